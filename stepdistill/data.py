@@ -1,0 +1,119 @@
+"""Image data: Fashion-MNIST style idx files and the preprocessing shared by training and evaluation.
+
+Images live in [-1, 1] as ``[N, C, H, W]`` float tensors everywhere in the library; ``to_uint8`` and
+``from_uint8`` convert at the edges (files, classifiers, FID networks).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Fashion-MNIST's class names, index = label (Xiao et al. 2017, arXiv 1708.07747).
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+_SPLITS = {"train": "train", "test": "t10k"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"idx file {path!r} does not exist.")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise ValueError(f"{path!r} is not an idx file of unsigned bytes (bad magic number).")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path!r} is truncated: header says {shape}, found {body.size} bytes.")
+    return body.reshape(shape)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped idx file (the inverse of ``read_idx``)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.GzipFile(os.fspath(path), "wb", mtime=0) as f:  # mtime=0: byte-identical reruns
+        f.write(header + array.tobytes())
+
+
+def load_fashion_mnist(folder: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load ``(images [N, 28, 28] uint8, labels [N] int64)`` from a folder of Fashion-MNIST idx files.
+
+    The folder holds ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` as distributed by the dataset
+    (Debian: ``apt-get install dataset-fashion-mnist``, files in /usr/share/datasets/fashion-mnist/).
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}.")
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"Data folder {folder!r} does not exist. Install Fashion-MNIST with "
+            "`apt-get install dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist) or use assets/fashion-mnist."
+        )
+    arrays = []
+    for kind in ("images-idx3", "labels-idx1"):
+        stem = f"{_SPLITS[split]}-{kind}-ubyte"
+        for name in (stem + ".gz", stem):
+            if os.path.isfile(os.path.join(folder, name)):
+                arrays.append(read_idx(os.path.join(folder, name)))
+                break
+        else:
+            raise FileNotFoundError(f"{folder!r} has no {stem}[.gz] for the {split!r} split.")
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise ValueError(f"{folder!r}: {len(images)} images but {len(labels)} labels in the {split!r} split.")
+    return images, labels.astype(np.int64)
+
+
+def from_uint8(images: np.ndarray | Tensor, resolution: int | None = None) -> Tensor:
+    """uint8 ``[N, H, W]`` or ``[N, C, H, W]`` -> float ``[N, C, R, R]`` in [-1, 1], area-resized to ``resolution``.
+
+    Antialiased bilinear resizing, so that downsampled training and reference images match.
+    """
+    x = torch.as_tensor(np.array(images, copy=True)).float()
+    if x.ndim == 3:
+        x = x[:, None]
+    x = x / 127.5 - 1.0
+    if resolution is not None and x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1.0, 1.0)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float ``[N, C, H, W]`` in [-1, 1] -> uint8 ``[N, C, H, W]`` (rounded, clipped)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def image_grid(x: Tensor, nrow: int) -> np.ndarray:
+    """Tile ``[N, C, H, W]`` images in [-1, 1] into one uint8 array ``[rows*H, nrow*W(, C)]`` with 1-px gaps."""
+    images = to_uint8(x).cpu()
+    n, c, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.full((c, rows * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = images[i]
+    grid = grid.permute(1, 2, 0).numpy()
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_grid(x: Tensor, path: str | os.PathLike, nrow: int, scale: int = 1) -> None:
+    """Save ``image_grid(x, nrow)`` as a PNG, nearest-upscaled by ``scale`` for small images."""
+    from PIL import Image
+
+    img = Image.fromarray(image_grid(x, nrow))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)

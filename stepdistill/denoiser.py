@@ -1,0 +1,293 @@
+"""The Denoiser: one wrapper for teacher, student (generator) and fake-score networks.
+
+``Denoiser.forward(x_t, t, cond) -> x0`` is EDM's ``D(x; sigma)`` (Karras et al. 2022, arXiv 2206.00364)
+over this library's continuous time ``t`` in [0, 1]; ``predict`` returns any other prediction kind. The
+wrapper hides the backbone's native prediction type, its timestep convention and classifier-free
+guidance (Ho & Salimans 2022, arXiv 2207.12598, Eq. 6 in the standard form ``u + w (c - u)``), so that
+strategies never look at any of them. Teacher, student and fake score are the same class and differ only
+in their weights and ``requires_grad`` (see ``frozen``, ``trainable_copy`` and ``add_lora``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor, nn
+
+from .schedules import Prediction, Schedule, check_prediction, combine, split
+
+SUPPORTED_BACKBONES = ("UNet2DConditionModel", "UNet2DModel")
+
+# LoRA targets of LCM-LoRA (Luo et al. 2023, arXiv 2311.05556): attention, feed-forward and ResNet convs.
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                        "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv",
+                        "time_emb_proj")
+
+
+@dataclass
+class Condition:
+    """What a denoiser is conditioned on; every field is optional and batched along dim 0.
+
+    Attributes:
+        labels: ``[B]`` int64 class ids (class-conditional pixel models).
+        text: ``[B, L, D]`` text-encoder hidden states (text-to-image models).
+        pooled: ``[B, D]`` pooled text embeddings (SDXL ``text_embeds``).
+        time_ids: ``[B, 6]`` SDXL size/crop conditioning.
+    """
+
+    labels: Tensor | None = None
+    text: Tensor | None = None
+    pooled: Tensor | None = None
+    time_ids: Tensor | None = None
+
+    def _items(self):
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __len__(self) -> int:
+        items = self._items()
+        return len(items[0][1]) if items else 0
+
+    def cat(self, other: Condition) -> Condition:
+        """Concatenate two conditions along the batch (both must set the same fields)."""
+        mine, theirs = dict(self._items()), dict(other._items())
+        if mine.keys() != theirs.keys():
+            raise ValueError(f"Cannot concatenate conditions with fields {sorted(mine)} and {sorted(theirs)}.")
+        return Condition(**{k: torch.cat([v, theirs[k]]) for k, v in mine.items()})
+
+    def map(self, fn) -> Condition:
+        """Apply ``fn`` to every tensor (e.g. ``lambda v: v.to(device)`` or ``lambda v: v[idx]``)."""
+        return replace(self, **{k: fn(v) for k, v in self._items()})
+
+
+def guidance_embedding(w: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of guidance scales ``w`` ``[B]`` (scaled by 1000, as in LCM).
+
+    Section 4.1 of Luo et al. 2023 (LCM, arXiv 2310.04378): the student takes ``w`` through the same kind of
+    Fourier features as the timestep, added to the timestep embedding (``timestep_cond`` in diffusers).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1))
+    args = (w.float() * 1000.0)[:, None] * freqs[None]
+    emb = torch.cat([args.sin(), args.cos()], dim=1)
+    return nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class Denoiser(nn.Module):
+    """A diffusion backbone seen as ``x0 = D(x_t, t, cond)``.
+
+    Args:
+        backbone: a diffusers ``UNet2DConditionModel`` or ``UNet2DModel`` (``None`` for analytic subclasses
+            that override ``native``).
+        schedule: the forward process the backbone was trained on.
+        prediction: the backbone's native output kind (diffusers' names accepted).
+        null_class: the class id that means "no class" for classifier-free guidance, if class-conditional.
+        guidance_embedding_dim: if set, the guidance scale is fed to the backbone as an embedding
+            (``timestep_cond``) in one pass instead of combining a conditional and an unconditional pass.
+    """
+
+    def __init__(self, backbone: nn.Module | None, schedule: Schedule, prediction: str,
+                 null_class: int | None = None, guidance_embedding_dim: int | None = None):
+        super().__init__()
+        if backbone is not None and type(backbone).__name__ not in SUPPORTED_BACKBONES:
+            raise TypeError(f"Unsupported backbone {type(backbone).__name__}: expected one of {SUPPORTED_BACKBONES}.")
+        self.backbone = backbone
+        self.schedule = schedule
+        self.prediction: Prediction = check_prediction(prediction)
+        self.null_class = null_class
+        self.guidance_embedding_dim = guidance_embedding_dim
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "unet", scheduler: str | None = None,
+                        dtype: torch.dtype | None = None, null_class: int | None = None,
+                        **hub_kwargs) -> Denoiser:
+        """Load a backbone and its schedule from a local folder or a Hub id.
+
+        Args:
+            path: a pipeline folder/id with ``unet/`` and ``scheduler/`` subfolders, or a model folder.
+            subfolder: the backbone's subfolder (``None`` when ``path`` is the model folder itself).
+            scheduler: a scheduler config (file or folder) if not ``path/scheduler``.
+            dtype: load the weights in this dtype.
+            null_class: override the null class; by default the last class embedding of a class-conditional
+                model (``num_class_embeds - 1``), this library's convention for classifier-free guidance.
+            hub_kwargs: passed to diffusers' ``from_pretrained`` (``revision``, ``variant``, ...).
+        """
+        import diffusers
+
+        path = os.fspath(path)
+        local = os.path.isdir(path)
+        top = path.split("/", 1)[0]
+        if not local and (path.startswith((".", "/")) or path.count("/") != 1 or os.path.isdir(top)):
+            raise FileNotFoundError(f"Model folder {path!r} does not exist (and it is not a Hub id 'owner/name').")
+        if local:
+            if subfolder and not os.path.isdir(os.path.join(path, subfolder)):
+                if not os.path.isfile(os.path.join(path, "config.json")):
+                    raise FileNotFoundError(f"{path!r} has neither a {subfolder!r} subfolder nor a config.json.")
+                subfolder = None  # the path is the model folder itself
+            config = diffusers.UNet2DConditionModel.load_config(path, subfolder=subfolder)
+            _check_backbone_class(config.get("_class_name"), os.path.join(path, subfolder or ""))
+            model_cls = getattr(diffusers, config["_class_name"])
+        else:
+            model_cls = diffusers.UNet2DConditionModel
+        backbone = model_cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, **hub_kwargs)
+        _check_backbone_class(type(backbone).__name__, path)
+        from .schedules import load_scheduler_config
+
+        if scheduler is None and not local:
+            scheduler_config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler", **hub_kwargs)
+        else:
+            scheduler_config = load_scheduler_config(scheduler or path)
+        schedule = Schedule.from_scheduler_config(scheduler_config)
+        prediction = scheduler_config.get("prediction_type", "epsilon")
+        if null_class is None and getattr(backbone.config, "num_class_embeds", None):
+            null_class = backbone.config.num_class_embeds - 1
+        time_cond = getattr(backbone.config, "time_cond_proj_dim", None)
+        return cls(backbone, schedule, prediction, null_class=null_class, guidance_embedding_dim=time_cond)
+
+    # ------------------------------------------------------------------------------------------- roles
+    def frozen(self, dtype: torch.dtype | None = None) -> Denoiser:
+        """Make this the teacher role in place: eval mode, no gradients, optionally cast. Returns ``self``."""
+        self.requires_grad_(False).eval()
+        if dtype is not None:
+            self.to(dtype)
+        return self
+
+    def trainable_copy(self, dtype: torch.dtype = torch.float32) -> Denoiser:
+        """A trainable deep copy (student / generator / fake score initialised from this network)."""
+        clone = copy.deepcopy(self).to(dtype)
+        clone.requires_grad_(True).train()
+        return clone
+
+    def add_lora(self, rank: int, alpha: float | None = None, target_modules: list[str] | None = None,
+                 adapter_name: str = "default") -> Denoiser:
+        """Freeze the base weights and add a trainable peft LoRA adapter (in place). Returns ``self``.
+
+        Args:
+            rank: LoRA rank ``r``.
+            alpha: LoRA ``lora_alpha`` (scale ``alpha / r``); defaults to ``rank``.
+            target_modules: module names to adapt; every name must exist. Default: those of
+                ``DEFAULT_LORA_TARGETS`` that the backbone has.
+        """
+        if not hasattr(self.backbone, "add_adapter"):
+            raise TypeError(f"{type(self.backbone).__name__} has no PEFT adapter support; LoRA needs a "
+                            "UNet2DConditionModel backbone.")
+        from peft import LoraConfig
+
+        names = [name for name, _ in self.backbone.named_modules()]
+
+        def exists(target):
+            return any(n == target or n.endswith("." + target) for n in names)
+
+        if target_modules is None:
+            target_modules = [m for m in DEFAULT_LORA_TARGETS if exists(m)]
+        missing = [m for m in target_modules if not exists(m)]
+        if missing or not target_modules:
+            raise ValueError(f"LoRA target modules {missing} do not exist in {type(self.backbone).__name__}.")
+        self.backbone.requires_grad_(False)
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules),
+                            init_lora_weights="gaussian")
+        self.backbone.add_adapter(config, adapter_name=adapter_name)
+        self.train()
+        return self
+
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """Run the base network without its LoRA adapters (LCM-LoRA's teacher, no second copy in memory)."""
+        self.backbone.disable_adapters()
+        try:
+            yield self
+        finally:
+            self.backbone.enable_adapters()
+
+    # ------------------------------------------------------------------------------------------ calling
+    def native(self, x_t: Tensor, t: Tensor, cond: Condition | None, w: Tensor | None = None) -> Tensor:
+        """The backbone's raw output at ``(x_t, t)``.
+
+        Args:
+            x_t: ``[B, C, H, W]``; t: ``[B]`` in [0, 1]; cond: batched like ``x_t``;
+            w: ``[B]`` guidance scales, only for backbones with a guidance embedding.
+        """
+        backbone = self.backbone
+        dtype = next(backbone.parameters()).dtype
+        timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=torch.float32)
+        cond = cond or Condition()
+        kwargs = {"class_labels": cond.labels}
+        if type(backbone).__name__ == "UNet2DConditionModel":
+            kwargs["encoder_hidden_states"] = None if cond.text is None else cond.text.to(dtype)
+            if cond.pooled is not None:
+                kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype), "time_ids": cond.time_ids.to(dtype)}
+            if self.guidance_embedding_dim:
+                if w is None:
+                    raise ValueError("This denoiser takes a guidance-scale embedding: pass guidance_scale.")
+                kwargs["timestep_cond"] = guidance_embedding(w, self.guidance_embedding_dim).to(dtype)
+        out = backbone(x_t.to(dtype), timestep, return_dict=False, **kwargs)[0]
+        return out.to(x_t.dtype)
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """The unconditional counterpart of ``cond`` (null class; text models pass ``uncond`` explicitly)."""
+        if cond.labels is None or cond.text is not None:
+            raise ValueError("Classifier-free guidance on a text condition needs `uncond` (negative embeddings).")
+        if self.null_class is None:
+            raise ValueError("This denoiser has no null class, so it cannot do classifier-free guidance.")
+        return replace(cond, labels=torch.full_like(cond.labels, self.null_class))
+
+    def guided_native(self, x_t: Tensor, t: Tensor, cond: Condition | None = None, guidance_scale=1.0,
+                      uncond: Condition | None = None) -> Tensor:
+        """Native output with classifier-free guidance ``u + w (c - u)`` (one doubled batch).
+
+        Guidance is applied to the native output; every conversion in ``schedules`` is affine in the
+        prediction with the same coefficients for both halves, so this equals guidance on x0, eps or v.
+        Scale 1 (or no condition) is a single unguided pass.
+        """
+        w = torch.as_tensor(guidance_scale, dtype=x_t.dtype, device=x_t.device).expand(len(x_t))
+        if self.guidance_embedding_dim:
+            return self.native(x_t, t, cond, w=w)
+        if cond is None or not len(cond) or bool((w == 1).all()):
+            return self.native(x_t, t, cond)
+        uncond = uncond if uncond is not None else self.null_condition(cond)
+        both = self.native(torch.cat([x_t, x_t]), torch.cat([t, t]), uncond.cat(cond))
+        out_u, out_c = both.chunk(2)  # [B, ...] each
+        return out_u + w.view(-1, *[1] * (x_t.ndim - 1)) * (out_c - out_u)
+
+    def split(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
+              uncond: Condition | None = None) -> tuple[Tensor, Tensor]:
+        """``(x0, eps)`` predicted at ``(x_t, t)``."""
+        t = self._as_batch_t(t, x_t)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
+        return split(out, self.prediction, x_t, alpha, sigma)
+
+    def predict(self, x_t: Tensor, t, cond: Condition | None = None, kind: Prediction = "x0", guidance_scale=1.0,
+                uncond: Condition | None = None) -> Tensor:
+        """The prediction of ``kind`` (``"x0"``, ``"eps"``, ``"v"``, ``"flow"``) at ``(x_t, t)``."""
+        t = self._as_batch_t(t, x_t)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
+        if kind == self.prediction:
+            return out
+        return combine(*split(out, self.prediction, x_t, alpha, sigma), kind, alpha, sigma)
+
+    def forward(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
+                uncond: Condition | None = None) -> Tensor:
+        """The predicted clean sample ``x0`` ``[B, C, H, W]``."""
+        return self.predict(x_t, t, cond, "x0", guidance_scale, uncond)
+
+    @staticmethod
+    def _as_batch_t(t, x_t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
+        return t.expand(len(x_t)) if t.ndim == 0 else t
+
+
+def _check_backbone_class(name: str | None, where: str) -> None:
+    if name not in SUPPORTED_BACKBONES:
+        raise ValueError(
+            f"{where!r} holds a {name or 'model with no _class_name'}, not a denoising UNet "
+            f"({' or '.join(SUPPORTED_BACKBONES)}). Point at a pipeline folder with a 'unet/' subfolder, or at the "
+            "UNet's own folder with subfolder=None."
+        )
+

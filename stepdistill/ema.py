@@ -1,0 +1,52 @@
+"""Exponential moving average of a network's parameters, kept in float32 whatever the network's dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """``shadow <- decay * shadow + (1 - decay) * param`` over a module's trainable parameters.
+
+    Args:
+        module: the network to average.
+        decay: the decay rate; ``warmup`` uses ``min(decay, (1 + n) / (10 + n))`` at update ``n``, as in
+            common diffusion codebases, so that early averages are not dominated by the initialisation.
+    """
+
+    def __init__(self, module: nn.Module, decay: float = 0.999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
+        self.shadow = {k: p.detach().float().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        decay = self.current_decay()
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach().float(), 1.0 - decay)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        """Write the averaged weights into ``module`` (cast to its dtype)."""
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                p.copy_(self.shadow[k].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.shadow) ^ set(state["shadow"])
+        if missing:
+            raise ValueError(f"EMA state does not match the network: differing keys {sorted(missing)[:5]}.")
+        self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
+        self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}

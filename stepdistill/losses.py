@@ -1,0 +1,46 @@
+"""Loss terms shared by strategies and by teacher training. Pure functions of networks and tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .denoiser import Condition, Denoiser
+from .schedules import add_noise, combine
+
+
+def denoising_loss(denoiser: Denoiser, x0: Tensor, cond: Condition | None = None, t: Tensor | None = None,
+                   eps: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Denoising score matching in the backbone's native parameterisation (mean squared error).
+
+    Eq. 14 of Ho et al. 2020 (DDPM, arXiv 2006.11239) for eps-prediction; the same regression on v
+    (Salimans & Ho 2022, App. D), x0 or flow velocity for other backbones. Used to train teachers and,
+    later, fake-score networks on generator samples.
+
+    Args:
+        denoiser: the network being trained.
+        x0: ``[B, C, H, W]`` clean samples.
+        cond: their conditions (already with any label dropout applied).
+        t: ``[B]`` times; drawn with ``schedule.sample_t`` when omitted.
+        eps: ``[B, C, H, W]`` noise; drawn when omitted.
+
+    Returns:
+        scalar loss.
+    """
+    if t is None:
+        t = denoiser.schedule.sample_t(len(x0), device=x0.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    alpha, sigma = denoiser.schedule.alpha_sigma(t.to(x0.dtype))
+    x_t = add_noise(x0, eps, alpha, sigma)
+    target = combine(x0, eps, denoiser.prediction, alpha, sigma)
+    return (denoiser.native(x_t, t, cond) - target).float().pow(2).mean()
+
+
+def drop_labels(cond: Condition, p: float, null_class: int, generator: torch.Generator | None = None) -> Condition:
+    """Replace each label by ``null_class`` with probability ``p`` (classifier-free guidance training)."""
+    if cond.labels is None or p <= 0:
+        return cond
+    drop = torch.rand(cond.labels.shape, device=cond.labels.device, generator=generator) < p
+    return Condition(**{**cond.__dict__, "labels": torch.where(drop, torch.full_like(cond.labels, null_class),
+                                                                 cond.labels)})

@@ -1,0 +1,314 @@
+"""Noise schedules, prediction parameterisations and deterministic samplers steps.
+
+Every forward process here is written ``x_t = alpha(t) * x0 + sigma(t) * eps`` with a continuous time
+``t`` in [0, 1] (t = 0 clean, t = 1 noisiest). Three families are supported:
+
+* ``discrete``: a discrete VP schedule read from a diffusers scheduler config (``alphas_cumprod``).
+  Training index ``i`` in ``0..T-1`` sits at ``t = (i + 1) / T``, so ``t = 0`` is the clean endpoint
+  (``alpha = 1``, diffusers' ``set_alpha_to_one``) and ``t = 1`` is the last training timestep.
+  Between grid points ``alpha_bar`` is interpolated linearly in the index.
+* ``cosine``: the continuous cosine VP schedule with truncated log-SNR, Sec. 2 of Salimans & Ho 2022
+  (arXiv 2202.00512): ``logsnr(t) = -2 log tan(a t + b)`` in ``[logsnr_min, logsnr_max]``.
+* ``flow``: rectified flow / flow matching, ``alpha = 1 - t``, ``sigma = t`` (Liu et al. 2022,
+  arXiv 2209.03003; Esser et al. 2024 SD3).
+
+Prediction kinds (``Prediction``) and their definitions for any ``(alpha, sigma)``:
+
+* ``x0``: the clean sample.
+* ``eps``: the noise.
+* ``v``: ``alpha * eps - sigma * x0`` (Sec. 4 and App. D of Salimans & Ho 2022).
+* ``flow``: the rectified-flow velocity ``eps - x0``. For the flow schedule this is ``dx_t/dt``; for
+  any other schedule it is the velocity of the same process rescaled to ``alpha + sigma = 1``.
+
+Conversions always go through the pair ``(x0, eps)`` (``split`` then ``combine``), so every kind
+converts to every other kind with one formula each way.
+
+Glossary: ``x_t`` noisy sample; ``x0`` clean sample; ``eps`` Gaussian noise; ``alpha``/``sigma``
+signal and noise scales at ``t``; ``s`` an earlier (less noisy) time; ``logsnr = log(alpha^2/sigma^2)``;
+``T`` the number of training timesteps of a discrete schedule.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+Prediction = Literal["x0", "eps", "v", "flow"]
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+ScheduleKind = Literal["discrete", "cosine", "flow"]
+Spacing = Literal["trailing", "leading", "linspace"]
+
+# diffusers' names for the prediction kinds, mapped to ours.
+_DIFFUSERS_PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+
+
+def check_prediction(kind: str) -> Prediction:
+    """Return ``kind`` as a ``Prediction``, accepting diffusers' names; raise ``ValueError`` otherwise."""
+    kind = _DIFFUSERS_PREDICTION.get(kind, kind)
+    if kind not in PREDICTIONS:
+        raise ValueError(
+            f"Unknown prediction type {kind!r}: expected one of {PREDICTIONS} "
+            f"or diffusers' {tuple(_DIFFUSERS_PREDICTION)}."
+        )
+    return kind  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A forward process ``x_t = alpha(t) x0 + sigma(t) eps`` over continuous ``t`` in [0, 1].
+
+    Build one with ``Schedule.discrete``, ``Schedule.from_scheduler_config``, ``Schedule.cosine`` or
+    ``Schedule.flow`` rather than calling the constructor.
+
+    Attributes:
+        kind: ``"discrete"``, ``"cosine"`` or ``"flow"``.
+        num_train_timesteps: ``T``; for continuous schedules, the scale of the backbone's timestep input.
+        alphas_cumprod: ``[T]`` float64, discrete schedules only.
+        logsnr_min: lower log-SNR bound of the cosine schedule.
+        logsnr_max: upper log-SNR bound of the cosine schedule.
+    """
+
+    kind: ScheduleKind
+    num_train_timesteps: int = 1000
+    alphas_cumprod: Tensor | None = field(default=None, repr=False)
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+
+    def __post_init__(self):
+        if self.kind not in get_args(ScheduleKind):
+            raise ValueError(f"Schedule kind must be one of {get_args(ScheduleKind)}, got {self.kind!r}.")
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}.")
+        if self.kind == "discrete":
+            ac = self.alphas_cumprod
+            if ac is None or ac.ndim != 1 or len(ac) != self.num_train_timesteps:
+                raise ValueError("A discrete schedule needs alphas_cumprod of length num_train_timesteps.")
+            if not torch.isfinite(ac).all() or (ac < 0).any() or (ac > 1).any() or (ac[1:] > ac[:-1]).any():
+                raise ValueError("alphas_cumprod must be finite, in [0, 1] and non-increasing.")
+        if self.kind == "cosine" and not self.logsnr_min < self.logsnr_max:
+            raise ValueError(f"logsnr_min ({self.logsnr_min}) must be below logsnr_max ({self.logsnr_max}).")
+
+    # ----------------------------------------------------------------------------------------- builders
+    @classmethod
+    def discrete(cls, alphas_cumprod: Tensor) -> Schedule:
+        """A discrete VP schedule from ``alphas_cumprod`` ``[T]``."""
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
+        return cls(kind="discrete", num_train_timesteps=len(ac), alphas_cumprod=ac)
+
+    @classmethod
+    def cosine(cls, logsnr_min: float = -20.0, logsnr_max: float = 20.0, num_train_timesteps: int = 1000):
+        """The continuous cosine VP schedule of Salimans & Ho 2022, log-SNR truncated to the bounds."""
+        return cls(kind="cosine", num_train_timesteps=num_train_timesteps, logsnr_min=logsnr_min,
+                   logsnr_max=logsnr_max)
+
+    @classmethod
+    def flow(cls, num_train_timesteps: int = 1000) -> Schedule:
+        """Rectified flow: ``alpha = 1 - t``, ``sigma = t``."""
+        return cls(kind="flow", num_train_timesteps=num_train_timesteps)
+
+    @classmethod
+    def from_scheduler_config(cls, config: dict | str | os.PathLike) -> Schedule:
+        """Read a diffusers scheduler config (a dict, a ``scheduler_config.json``, or its folder).
+
+        Flow-matching schedulers (class name containing ``FlowMatch``) give the flow schedule; every other
+        scheduler is treated as discrete VP and its ``alphas_cumprod`` computed by diffusers' own
+        ``DDPMScheduler`` from the config's betas (so ``trained_betas`` and ``rescale_betas_zero_snr``
+        are honoured).
+        """
+        config = load_scheduler_config(config)
+        name = config.get("_class_name", "")
+        if "FlowMatch" in name:
+            return cls.flow(int(config.get("num_train_timesteps", 1000)))
+        from diffusers import DDPMScheduler
+
+        known = set(inspect.signature(DDPMScheduler.__init__).parameters)
+        kwargs = {k: v for k, v in config.items() if k in known}
+        try:
+            scheduler = DDPMScheduler(**kwargs)
+        except (NotImplementedError, ValueError, TypeError) as err:
+            raise ValueError(f"Bad scheduler config ({name or 'no _class_name'}): {err}") from err
+        return cls.discrete(scheduler.alphas_cumprod)
+
+    # ------------------------------------------------------------------------------------------- values
+    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Signal and noise scales at ``t`` (any shape); returned in ``t``'s floating dtype."""
+        t = torch.as_tensor(t)
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        t64 = t.to(torch.float64)
+        if self.kind == "flow":
+            alpha, sigma = 1.0 - t64, t64
+        elif self.kind == "cosine":
+            logsnr = self.log_snr(t64)
+            alpha, sigma = torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+        else:
+            alpha_bar = self._alpha_bar(t64)
+            alpha, sigma = alpha_bar.sqrt(), (1.0 - alpha_bar).clamp_min(0).sqrt()
+        return alpha.to(dtype), sigma.to(dtype)
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        """``log(alpha^2 / sigma^2)`` at ``t``; ``+inf`` at a clean endpoint."""
+        t = torch.as_tensor(t)
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        t64 = t.to(torch.float64)
+        if self.kind == "cosine":
+            b = math.atan(math.exp(-0.5 * self.logsnr_max))
+            a = math.atan(math.exp(-0.5 * self.logsnr_min)) - b
+            return (-2.0 * torch.log(torch.tan(a * t64 + b))).to(dtype)
+        alpha, sigma = self.alpha_sigma(t64)
+        return (2.0 * (alpha.log() - sigma.log())).to(dtype)
+
+    def _alpha_bar(self, t: Tensor) -> Tensor:
+        ac = self.alphas_cumprod.to(t.device)
+        padded = torch.cat([ac.new_ones(1), ac])  # index 0 is the clean endpoint t = 0
+        pos = (t.clamp(0.0, 1.0) * self.num_train_timesteps)
+        lo = pos.floor().long().clamp(max=self.num_train_timesteps - 1)
+        frac = pos - lo
+        return padded[lo] * (1 - frac) + padded[lo + 1] * frac
+
+    def sample_t(self, n: int, device=None, generator: torch.Generator | None = None) -> Tensor:
+        """Training times ``[n]``: uniform over the training indices (discrete) or over (0, 1] (continuous)."""
+        if self.kind == "discrete":
+            index = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
+            return (index + 1).float() / self.num_train_timesteps
+        return 1.0 - torch.rand(n, device=device, generator=generator)  # (0, 1]: never the clean endpoint
+
+    def model_timestep(self, t: Tensor) -> Tensor:
+        """The timestep value a diffusers backbone was trained with at ``t``.
+
+        Discrete schedules use the training index ``t * T - 1`` (fractional between grid points);
+        continuous ones ``t * T`` (the ``sigma * 1000`` convention of diffusers' flow-matching models).
+        """
+        if self.kind == "discrete":
+            return t * self.num_train_timesteps - 1
+        return t * self.num_train_timesteps
+
+
+def load_scheduler_config(config: dict | str | os.PathLike) -> dict:
+    """Return a scheduler config dict from a dict, a JSON file or a folder holding ``scheduler_config.json``."""
+    if isinstance(config, dict):
+        return dict(config)
+    path = os.fspath(config)
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "scheduler_config.json"),
+                          os.path.join(path, "scheduler", "scheduler_config.json")):
+            if os.path.isfile(candidate):
+                path = candidate
+                break
+        else:
+            raise FileNotFoundError(f"No scheduler_config.json in {config!r} or its 'scheduler/' subfolder.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Scheduler config {path!r} does not exist.")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Scheduler config {path!r} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"Scheduler config {path!r} must hold a JSON object.")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ conversions
+def _bcast(scale: Tensor | float, like: Tensor) -> Tensor:
+    """Broadcast a per-sample scale ``[B]`` (or scalar) against ``like`` ``[B, ...]``."""
+    scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+    return scale.reshape(scale.shape + (1,) * (like.ndim - scale.ndim)) if scale.ndim else scale
+
+
+def split(pred: Tensor, kind: Prediction, x_t: Tensor, alpha, sigma) -> tuple[Tensor, Tensor]:
+    """Recover ``(x0, eps)`` from a prediction of ``kind`` at ``x_t``.
+
+    Args:
+        pred: ``[B, ...]`` the model output.
+        kind: what ``pred`` is.
+        x_t: ``[B, ...]`` the noisy input.
+        alpha, sigma: ``[B]`` or scalars, the scales at the input's time.
+
+    Returns:
+        ``(x0, eps)``, each shaped like ``x_t``.
+    """
+    alpha, sigma = _bcast(alpha, x_t), _bcast(sigma, x_t)
+    if kind == "x0":
+        return pred, (x_t - alpha * pred) / sigma
+    if kind == "eps":
+        return (x_t - sigma * pred) / alpha, pred
+    if kind == "v":
+        norm = alpha * alpha + sigma * sigma  # 1 for VP schedules; kept so any (alpha, sigma) works
+        return (alpha * x_t - sigma * pred) / norm, (sigma * x_t + alpha * pred) / norm
+    if kind == "flow":
+        x0 = (x_t - sigma * pred) / (alpha + sigma)
+        return x0, x0 + pred
+    raise ValueError(f"Unknown prediction kind {kind!r}; expected one of {PREDICTIONS}.")
+
+
+def combine(x0: Tensor, eps: Tensor, kind: Prediction, alpha, sigma) -> Tensor:
+    """Express ``(x0, eps)`` as a prediction of ``kind`` (the inverse of ``split``)."""
+    if kind == "x0":
+        return x0
+    if kind == "eps":
+        return eps
+    if kind == "v":
+        return _bcast(alpha, x0) * eps - _bcast(sigma, x0) * x0
+    if kind == "flow":
+        return eps - x0
+    raise ValueError(f"Unknown prediction kind {kind!r}; expected one of {PREDICTIONS}.")
+
+
+def convert(pred: Tensor, src: Prediction, dst: Prediction, x_t: Tensor, alpha, sigma) -> Tensor:
+    """Convert a prediction from kind ``src`` to kind ``dst`` at ``x_t`` with scales ``alpha, sigma``."""
+    if src == dst:
+        return pred
+    x0, eps = split(pred, src, x_t, alpha, sigma)
+    return combine(x0, eps, dst, alpha, sigma)
+
+
+def add_noise(x0: Tensor, eps: Tensor, alpha, sigma) -> Tensor:
+    """``x_t = alpha * x0 + sigma * eps``, with per-sample ``alpha, sigma`` ``[B]``."""
+    return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
+
+
+def ddim_step(x0: Tensor, eps: Tensor, alpha_s, sigma_s) -> Tensor:
+    """One deterministic DDIM step to time ``s``: re-noise the predicted ``x0`` with the predicted ``eps``.
+
+    Eq. 12 of Song et al. 2021 (DDIM, arXiv 2010.02502) with eta = 0. For the flow schedule this is
+    exactly one Euler step ``x_s = x_t + (s - t) (eps - x0)`` of the probability-flow ODE.
+    ``alpha_s = 1, sigma_s = 0`` returns ``x0``.
+    """
+    return add_noise(x0, eps, alpha_s, sigma_s)
+
+
+# ------------------------------------------------------------------------------------- timestep grids
+def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "trailing",
+                  steps_offset: int = 0) -> Tensor:
+    """Decreasing times ``[num_steps]`` in (0, 1] for an N-step sampler; the sampler ends at ``t = 0``.
+
+    The grid is laid on the schedule's ``T`` training indices exactly as diffusers' ``DDIMScheduler``
+    lays its ``timestep_spacing`` options (Table 2 of Lin et al. 2024, arXiv 2305.08891), then mapped to
+    ``t = (index + 1) / T``. ``"trailing"`` always starts at the noisiest time ``t = 1``; ``"leading"``
+    (SD 1.5's default, with ``steps_offset = 1``) does not, which is why few-step samplers want trailing.
+
+    Returns:
+        float64 tensor ``[num_steps]``, strictly decreasing.
+    """
+    big_t = schedule.num_train_timesteps
+    if not 1 <= num_steps <= big_t:
+        raise ValueError(f"num_steps must be in [1, {big_t}], got {num_steps}.")
+    if spacing == "trailing":
+        index = torch.arange(big_t, 0, -big_t / num_steps, dtype=torch.float64).round() - 1
+    elif spacing == "leading":
+        index = (torch.arange(num_steps, dtype=torch.float64) * (big_t // num_steps)).round().flip(0)
+        index = index + steps_offset
+    elif spacing == "linspace":
+        index = torch.linspace(0, big_t - 1, num_steps, dtype=torch.float64).round().flip(0)
+    else:
+        raise ValueError(f"Unknown timestep spacing {spacing!r}; expected trailing, leading or linspace.")
+    if index.max() > big_t - 1 or index.min() < 0:
+        raise ValueError(f"steps_offset={steps_offset} pushes the grid outside [0, {big_t - 1}].")
+    return (index + 1) / big_t

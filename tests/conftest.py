@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("STEPDISTILL_TEST_THREADS", "2")))
+
+
+def tiny_unet(num_classes: int = 3, time_cond_proj_dim: int | None = None, sample_size: int = 8, seed: int = 0):
+    """A few-thousand-parameter class-conditional UNet2DConditionModel (real diffusers class, random weights)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2D", layers_per_block=1, num_class_embeds=num_classes + 1,
+        attention_head_dim=4, norm_num_groups=4, time_cond_proj_dim=time_cond_proj_dim,
+    )
+
+
+def tiny_scheduler(prediction_type: str = "v_prediction"):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                         clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A pipeline-style folder (unet/ + scheduler/) holding a tiny random class-conditional UNet."""
+    tiny_unet().save_pretrained(tmp_path / "unet")
+    tiny_scheduler().save_pretrained(tmp_path / "scheduler")
+    return tmp_path
