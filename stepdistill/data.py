@@ -81,7 +81,7 @@ def from_uint8(images: np.ndarray | Tensor, resolution: int | None = None) -> Te
 
     Antialiased bilinear resizing, so that downsampled training and reference images match.
     """
-    x = torch.as_tensor(np.array(images, copy=True)).float()
+    x = images.float() if isinstance(images, Tensor) else torch.from_numpy(np.array(images)).float()
     if x.ndim == 3:
         x = x[:, None]
     x = x / 127.5 - 1.0

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+from stepdistill.data import from_uint8, image_grid, load_fashion_mnist, read_idx, to_uint8, write_idx
+
+ASSET_DATA = "assets/fashion-mnist"
+
+
+def test_idx_round_trip_and_errors(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04junk")
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"abc")
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short")
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "missing.gz")
+
+
+def test_bundled_subset_loads_with_labels():
+    images, labels = load_fashion_mnist(ASSET_DATA, "train")
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert labels.min() == 0 and labels.max() == 9 and len(np.unique(labels)) == 10
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+        load_fashion_mnist(ASSET_DATA, "test")
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist("no/such/folder")
+
+
+def test_uint8_conversions_and_grid():
+    x = torch.from_numpy(np.arange(256, dtype=np.uint8).reshape(1, 16, 16))
+    f = from_uint8(x)
+    assert f.shape == (1, 1, 16, 16) and f.min() == -1 and f.max() == 1
+    torch.testing.assert_close(to_uint8(f)[:, 0], x)
+    small = from_uint8(x, resolution=8)
+    assert small.shape == (1, 1, 8, 8)
+    grid = image_grid(torch.zeros(5, 1, 4, 4), nrow=3)
+    assert grid.shape == (2 * 5 + 1, 3 * 5 + 1)
