@@ -21,6 +21,8 @@ import torch
 from stepdistill.data import from_uint8, load_fashion_mnist, save_grid
 from stepdistill.denoiser import Denoiser
 from stepdistill.evaluation import DomainScorer, sweep
+from stepdistill import ASSETS
+from stepdistill.cli import run_cli
 from stepdistill.reporting import plot_metric_vs_steps, results_table
 
 
@@ -38,7 +40,7 @@ def main():
     parser.add_argument("--num-samples", type=int, default=5000, help="samples per setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--classifier", default="assets/fashion-classifier", help="domain classifier folder")
+    parser.add_argument("--classifier", default=os.path.join(ASSETS, "fashion-classifier"), help="domain classifier folder")
     parser.add_argument("--reference", default=None, help="reference statistics npz (default: the classifier's)")
     parser.add_argument("--real", default=None, help="folder of real idx files for the real-vs-real FD floor")
     parser.add_argument("--out", default="outputs/eval", help="output folder")
@@ -76,5 +78,9 @@ def main():
     print(f"wrote {args.out}/results.json in {result['wall_time_s']:.0f} s")
 
 
+def cli():
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

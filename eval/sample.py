@@ -10,6 +10,7 @@ import torch
 
 from stepdistill.data import save_grid
 from stepdistill.denoiser import Condition, Denoiser
+from stepdistill.cli import run_cli
 from stepdistill.sampling import ddim_sample
 
 
@@ -38,5 +39,9 @@ def main():
           f"{time.time() - start:.1f} s)")
 
 
+def cli():
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

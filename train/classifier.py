@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from stepdistill.data import from_uint8, load_fashion_mnist
 from stepdistill.features import DomainClassifier
+from stepdistill.cli import run_cli
 from stepdistill.metrics import batched, feature_stats
 
 
@@ -71,5 +72,9 @@ def main():
     print(f"test accuracy {accuracy:.4f} at {args.resolution}px, wall time {wall:.0f} s")
 
 
+def cli():
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -23,6 +23,7 @@ from stepdistill.ema import EMA
 from stepdistill.io import atomic_dir
 from stepdistill.losses import denoising_loss, drop_labels
 from stepdistill.sampling import ddim_sample
+from stepdistill.cli import run_cli
 from stepdistill.schedules import Schedule
 
 
@@ -109,5 +110,9 @@ def main():
     print(f"trained {args.iterations} iterations in {wall:.0f} s; wrote {args.out}")
 
 
+def cli():
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,124 @@
+"""Typed configs and the one helper that turns dataclasses into a command line.
+
+Every config is a ``@dataclass`` whose fields are typed, have defaults and carry
+``metadata={"help": ...}``; ``__post_init__`` validates and raises ``ValueError`` naming the field.
+``parse_configs`` builds the CLI: a ``--preset NAME`` is the base, a ``--config run.yaml`` (or .json) file
+overrides it, and flags override both. Unknown keys are errors, with a suggestion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+
+def _base_type(tp):
+    """Strip ``Optional[...]`` / ``X | None``; return (inner type, optional?)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, hints: dict) -> None:
+    tp, optional = _base_type(hints[field.name])
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    help_text = field.metadata.get("help", "")
+    kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
+                              "help": f"{help_text} (default: {default!r})"}
+    flag = "--" + field.name.replace("_", "-")
+    if tp is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        return
+    if get_origin(tp) is Literal:
+        kwargs["choices"] = get_args(tp)
+        kwargs["type"] = type(get_args(tp)[0])
+    elif get_origin(tp) in (list, tuple):
+        kwargs["nargs"] = "+"
+        kwargs["type"] = get_args(tp)[0]
+    elif tp in (int, float, str):
+        kwargs["type"] = tp
+    else:
+        kwargs["type"] = str
+    if optional:
+        inner = kwargs.get("type", str)
+        kwargs["type"] = lambda s, inner=inner: None if s.lower() == "none" else inner(s)
+    parser.add_argument(flag, **kwargs)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a flat YAML or JSON mapping of field names to values."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of option names to values.")
+    return data
+
+
+def _check_keys(values: dict, known: set[str], where: str) -> None:
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown option {key!r} in {where}.{hint}")
+
+
+def parse_configs(classes: list[type], argv: list[str] | None = None, presets: dict[str, dict] | None = None,
+                  description: str | None = None) -> tuple:
+    """Build the configs ``classes`` from ``--preset NAME``, then ``--config FILE``, then flags (later wins).
+
+    Field names must be unique across ``classes`` (the command line is flat).
+
+    Returns:
+        one instance per class, in order.
+    """
+    hints = {cls: typing.get_type_hints(cls) for cls in classes}
+    owner: dict[str, type] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name in owner:
+                raise TypeError(f"Option {f.name!r} is defined by both {owner[f.name].__name__} and {cls.__name__}.")
+            owner[f.name] = cls
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON file of options; flags given here override it")
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), help="a named set of options (from the paper)")
+    for cls in classes:
+        group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
+        for f in dataclasses.fields(cls):
+            _add_field(group, f, hints[cls])
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    preset = args.pop("preset", None)
+    if preset:
+        _check_keys(presets[preset], set(owner), f"preset {preset!r}")
+        values.update(presets[preset])
+    config_path = args.pop("config", None)
+    if config_path:
+        file_values = load_config_file(config_path)
+        _check_keys(file_values, set(owner), config_path)
+        values.update(file_values)
+    values.update(args)
+    return tuple(cls(**{k: v for k, v in values.items() if owner[k] is cls}) for cls in classes)
+
+
+def to_dict(*configs) -> dict:
+    """The resolved configs as one JSON-ready dict keyed by class name (written next to checkpoints)."""
+    return {type(c).__name__: dataclasses.asdict(c) for c in configs}

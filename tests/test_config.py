@@ -1,0 +1,59 @@
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from stepdistill.config import parse_configs, to_dict
+
+
+@dataclass
+class ToyTrainer:
+    """Trainer options."""
+
+    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    max_steps: int = field(default=10, metadata={"help": "steps"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "precision"})
+    ema: bool = field(default=True, metadata={"help": "keep an EMA"})
+    resume: str | None = field(default=None, metadata={"help": "checkpoint"})
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class ToyMethod:
+    """Method options."""
+
+    steps: list[int] = field(default_factory=lambda: [4, 2], metadata={"help": "schedule"})
+
+
+def test_flags_override_file_override_preset(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"lr": 0.5, "max_steps": 7}))
+    trainer, method = parse_configs([ToyTrainer, ToyMethod], ["--preset", "paper", "--config", str(path),
+                                                              "--max-steps", "3", "--no-ema", "--steps", "8", "4"],
+                                    presets={"paper": {"lr": 0.1, "mixed_precision": "bf16", "steps": [16]}})
+    assert (trainer.lr, trainer.max_steps, trainer.mixed_precision, trainer.ema) == (0.5, 3, "bf16", False)
+    assert method.steps == [8, 4] and trainer.resume is None
+    assert to_dict(trainer, method)["ToyMethod"]["steps"] == [8, 4]
+
+
+def test_yaml_and_unknown_keys(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.25\nmax_stpes: 3\n")
+    with pytest.raises(ValueError, match="Unknown option 'max_stpes'.*'max_steps'"):
+        parse_configs([ToyTrainer], ["--config", str(path)])
+    path.write_text("lr: 0.25\nresume: ckpt\n")
+    (trainer,) = parse_configs([ToyTrainer], ["--config", str(path)])
+    assert trainer.lr == 0.25 and trainer.resume == "ckpt"
+
+
+def test_validation_and_bad_flags(capsys):
+    with pytest.raises(ValueError, match="lr must be positive"):
+        parse_configs([ToyTrainer], ["--lr", "-1"])
+    with pytest.raises(SystemExit):
+        parse_configs([ToyTrainer], ["--mixed-precision", "fp8"])
+    with pytest.raises(FileNotFoundError):
+        parse_configs([ToyTrainer], ["--config", "missing.yaml"])
