@@ -18,6 +18,23 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 
+@dataclasses.dataclass
+class ModelConfig:
+    """The teacher and the data."""
+
+    teacher: str = dataclasses.field(default="assets/fashion-teacher",
+                                     metadata={"help": "teacher pipeline folder (unet/ + scheduler/) or Hub id"})
+    revision: str | None = dataclasses.field(default=None, metadata={"help": "Hub revision of the teacher"})
+    data: str = dataclasses.field(default="assets/fashion-mnist",
+                                  metadata={"help": "training images: a folder of idx files or of images"})
+    data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
+    grid_guidance: float = dataclasses.field(default=1.0, metadata={"help": "guidance scale of sample grids"})
+
+    def __post_init__(self):
+        if self.data_limit is not None and self.data_limit < 1:
+            raise ValueError(f"ModelConfig.data_limit must be positive, got {self.data_limit}.")
+
+
 def _base_type(tp):
     """Strip ``Optional[...]`` / ``X | None``; return (inner type, optional?)."""
     origin = get_origin(tp)

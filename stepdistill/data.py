@@ -117,3 +117,58 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int, scale: int = 1) -> 
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, np.ndarray | None]:
+    """Load every image under ``folder`` as uint8 ``[N, C, H, W]``, with labels if it has class subfolders.
+
+    Class subfolders named by integers (``0/``, ``1/``, ...) give labels; otherwise labels are ``None``.
+    Files are read in sorted order; all images must share one size and mode.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ValueError(f"Image folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    paths = paths[:limit] if limit else paths
+    arrays, first = [], None
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                array = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"Cannot read image {path!r}: {err}") from err
+        if first is None:
+            first = (path, array.shape)
+        elif array.shape != first[1]:
+            raise ValueError(f"Images differ in size or channels: {first[0]!r} is {first[1]}, {path!r} is {array.shape}; "
+                             "resize them to one size first.")
+        arrays.append(array)
+    images = torch.from_numpy(np.stack(arrays))
+    images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    parents = [os.path.basename(os.path.dirname(p)) for p in paths]
+    labels = np.array([int(p) for p in parents]) if all(p.isdigit() for p in parents) else None
+    return images.contiguous(), labels
+
+
+def load_training_data(path: str | os.PathLike, resolution: int, limit: int | None = None) -> dict[str, Tensor]:
+    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder."""
+    path = os.fspath(path)
+    is_idx = os.path.isdir(path) and any(n.startswith("train-images-idx3-ubyte") for n in os.listdir(path))
+    if is_idx:
+        images, labels = load_fashion_mnist(path, "train")
+    else:
+        images, labels = load_image_folder(path, limit)
+    images = images[:limit] if limit else images
+    out = {"x0": from_uint8(images, resolution)}
+    if labels is not None:
+        out["labels"] = torch.as_tensor(labels[:len(out["x0"])], dtype=torch.long)
+    return out

@@ -1,7 +1,7 @@
 """The Denoiser: one wrapper for teacher, student (generator) and fake-score networks.
 
 ``Denoiser.forward(x_t, t, cond) -> x0`` is EDM's ``D(x; sigma)`` (Karras et al. 2022, arXiv 2206.00364)
-over this library's continuous time ``t`` in [0, 1]; ``predict`` returns any other prediction kind. The
+over this library's continuous time ``t`` in [0, 1]; ``kind=`` asks for any other prediction kind. The
 wrapper hides the backbone's native prediction type, its timestep convention and classifier-free
 guidance (Ho & Salimans 2022, arXiv 2207.12598, Eq. 6 in the standard form ``u + w (c - u)``), so that
 strategies never look at any of them. Teacher, student and fake score are the same class and differ only
@@ -195,6 +195,26 @@ class Denoiser(nn.Module):
         self.train()
         return self
 
+    def with_guidance_embedding(self, dim: int) -> Denoiser:
+        """Give the backbone a zero-initialised guidance-scale input (diffusers' ``time_cond_proj_dim``), in place.
+
+        The UNet is rebuilt with ``time_cond_proj_dim=dim`` and its weights copied; the new projection
+        ``time_embedding.cond_proj`` starts at zero, so the output is unchanged until trained: the
+        initialisation of w-conditioned students (LCM Sec. 4.1, guided PD stage 1).
+        """
+        old = self.backbone
+        if type(old).__name__ != "UNet2DConditionModel":
+            raise TypeError(f"A guidance embedding needs a UNet2DConditionModel, not {type(old).__name__}.")
+        param = next(old.parameters())
+        new = type(old).from_config({**old.config, "time_cond_proj_dim": dim}).to(param.device, param.dtype)
+        missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):
+            raise ValueError(f"Unexpected weights when adding a guidance embedding: {missing + unexpected}.")
+        nn.init.zeros_(new.time_embedding.cond_proj.weight)
+        new.requires_grad_(param.requires_grad).train(old.training)
+        self.backbone, self.guidance_embedding_dim = new, dim
+        return self
+
     @contextlib.contextmanager
     def adapters_disabled(self):
         """Run the base network without its LoRA adapters (LCM-LoRA's teacher, no second copy in memory)."""
@@ -262,20 +282,24 @@ class Denoiser(nn.Module):
         out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
         return split(out, self.prediction, x_t, alpha, sigma)
 
-    def predict(self, x_t: Tensor, t, cond: Condition | None = None, kind: Prediction = "x0", guidance_scale=1.0,
-                uncond: Condition | None = None) -> Tensor:
-        """The prediction of ``kind`` (``"x0"``, ``"eps"``, ``"v"``, ``"flow"``) at ``(x_t, t)``."""
+    def forward(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
+                uncond: Condition | None = None, kind: Prediction = "x0") -> Tensor:
+        """The prediction of ``kind`` (default the clean sample ``x0``) at ``(x_t, t)``, ``[B, C, H, W]``.
+
+        Strategies call trainable denoisers only through this method, so that distributed wrappers
+        (DDP/FSDP, which hook ``forward``) see every call.
+
+        Args:
+            x_t: ``[B, C, H, W]`` noisy input; t: ``[B]`` times in [0, 1] (or a scalar);
+            cond: the condition; guidance_scale: ``w`` (float or ``[B]``); uncond: explicit negative
+            condition; kind: ``"x0"``, ``"eps"``, ``"v"`` or ``"flow"``.
+        """
         t = self._as_batch_t(t, x_t)
         alpha, sigma = self.schedule.alpha_sigma(t)
         out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
         if kind == self.prediction:
             return out
         return combine(*split(out, self.prediction, x_t, alpha, sigma), kind, alpha, sigma)
-
-    def forward(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
-                uncond: Condition | None = None) -> Tensor:
-        """The predicted clean sample ``x0`` ``[B, C, H, W]``."""
-        return self.predict(x_t, t, cond, "x0", guidance_scale, uncond)
 
     @staticmethod
     def _as_batch_t(t, x_t: Tensor) -> Tensor:

@@ -37,6 +37,22 @@ def denoising_loss(denoiser: Denoiser, x0: Tensor, cond: Condition | None = None
     return (denoiser.native(x_t, t, cond) - target).float().pow(2).mean()
 
 
+def distillation_weight(log_snr: Tensor, kind: str) -> Tensor:
+    """Per-sample weight ``[B]`` of an x-space regression loss (Sec. 4 of Salimans & Ho 2022).
+
+    ``"truncated_snr"``: ``max(SNR, 1)``, i.e. ``max(||x - x_hat||^2, ||eps - eps_hat||^2)``;
+    ``"snr_plus_one"``: ``SNR + 1`` (the v-loss); ``"constant"``: 1.
+    """
+    snr = log_snr.float().clamp(max=30.0).exp()  # clamp: SNR at the clean end is infinite
+    if kind == "truncated_snr":
+        return snr.clamp_min(1.0)
+    if kind == "snr_plus_one":
+        return snr + 1.0
+    if kind == "constant":
+        return torch.ones_like(snr)
+    raise ValueError(f"Unknown loss weighting {kind!r}: expected truncated_snr, snr_plus_one or constant.")
+
+
 def drop_labels(cond: Condition, p: float, null_class: int, generator: torch.Generator | None = None) -> Condition:
     """Replace each label by ``null_class`` with probability ``p`` (classifier-free guidance training)."""
     if cond.labels is None or p <= 0:

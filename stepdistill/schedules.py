@@ -34,7 +34,7 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import torch
@@ -73,6 +73,7 @@ class Schedule:
         alphas_cumprod: ``[T]`` float64, discrete schedules only.
         logsnr_min: lower log-SNR bound of the cosine schedule.
         logsnr_max: upper log-SNR bound of the cosine schedule.
+        scheduler_config: the diffusers scheduler config it was read from, if any (reused on export).
     """
 
     kind: ScheduleKind
@@ -80,6 +81,7 @@ class Schedule:
     alphas_cumprod: Tensor | None = field(default=None, repr=False)
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
+    scheduler_config: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in get_args(ScheduleKind):
@@ -125,7 +127,7 @@ class Schedule:
         config = load_scheduler_config(config)
         name = config.get("_class_name", "")
         if "FlowMatch" in name:
-            return cls.flow(int(config.get("num_train_timesteps", 1000)))
+            return replace(cls.flow(int(config.get("num_train_timesteps", 1000))), scheduler_config=config)
         from diffusers import DDPMScheduler
 
         known = set(inspect.signature(DDPMScheduler.__init__).parameters)
@@ -134,7 +136,7 @@ class Schedule:
             scheduler = DDPMScheduler(**kwargs)
         except (NotImplementedError, ValueError, TypeError) as err:
             raise ValueError(f"Bad scheduler config ({name or 'no _class_name'}): {err}") from err
-        return cls.discrete(scheduler.alphas_cumprod)
+        return replace(cls.discrete(scheduler.alphas_cumprod), scheduler_config=config)
 
     # ------------------------------------------------------------------------------------------- values
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -282,6 +284,21 @@ def ddim_step(x0: Tensor, eps: Tensor, alpha_s, sigma_s) -> Tensor:
     ``alpha_s = 1, sigma_s = 0`` returns ``x0``.
     """
     return add_noise(x0, eps, alpha_s, sigma_s)
+
+
+def two_step_target(x_t: Tensor, x_end: Tensor, scales_t, scales_end) -> Tensor:
+    """The x0-target that makes ONE DDIM step from ``x_t`` at ``t`` land exactly on ``x_end`` at ``t''``.
+
+    Algorithm 2 of Salimans & Ho 2022 (progressive distillation):
+    ``x_target = (x_end - (sigma''/sigma) x_t) / (alpha'' - (sigma''/sigma) alpha)``. At a clean end
+    (``sigma'' = 0``) it is ``x_end`` itself.
+
+    Args:
+        x_t, x_end: ``[B, ...]``; scales_t, scales_end: ``(alpha, sigma)`` pairs of ``[B]`` tensors.
+    """
+    (alpha, sigma), (alpha_end, sigma_end) = scales_t, scales_end
+    ratio = _bcast(sigma_end / sigma, x_t)
+    return (x_end - ratio * x_t) / (_bcast(alpha_end, x_t) - ratio * _bcast(alpha, x_t))
 
 
 # ------------------------------------------------------------------------------------- timestep grids

@@ -32,3 +32,31 @@ def tiny_model_dir(tmp_path):
     tiny_unet().save_pretrained(tmp_path / "unet")
     tiny_scheduler().save_pretrained(tmp_path / "scheduler")
     return tmp_path
+
+
+class MLPDenoiser(torch.nn.Module):
+    """A small trainable x0-predictor for vector "images" [B, 1, 1, D], used as the student of analytic teachers."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 2, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
+
+    def forward(self, x_t, t):
+        flat = x_t.reshape(len(x_t), -1)
+        feats = torch.cat([flat, torch.sin(t)[:, None], torch.cos(t)[:, None]], dim=1)
+        return (flat + self.net(feats)).reshape(x_t.shape)
+
+
+def mlp_student(schedule, dim: int, seed: int = 0):
+    """A Denoiser whose native x0 prediction comes from an MLP (no diffusers backbone)."""
+    from stepdistill.denoiser import Denoiser
+
+    class Student(Denoiser):
+        def native(self, x_t, t, cond, w=None):
+            return self.mlp(x_t, t)
+
+    torch.manual_seed(seed)
+    student = Student(None, schedule, "x0")
+    student.mlp = MLPDenoiser(dim)
+    return student

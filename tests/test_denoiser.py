@@ -33,8 +33,8 @@ def test_guidance_is_the_same_in_every_parameterisation(kind):
     den = make()
     x, t, cond = inputs()
     uncond = den.null_condition(cond)
-    c, u = den.predict(x, t, cond, kind), den.predict(x, t, uncond, kind)
-    torch.testing.assert_close(den.predict(x, t, cond, kind, guidance_scale=2.5), u + 2.5 * (c - u),
+    c, u = den(x, t, cond, kind=kind), den(x, t, uncond, kind=kind)
+    torch.testing.assert_close(den(x, t, cond, guidance_scale=2.5, kind=kind), u + 2.5 * (c - u),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -42,10 +42,10 @@ def test_predict_kinds_are_consistent():
     den = make()
     x, t, cond = inputs()
     alpha, sigma = den.schedule.alpha_sigma(t)
-    x0, eps = den.predict(x, t, cond, "x0"), den.predict(x, t, cond, "eps")
+    x0, eps = den(x, t, cond), den(x, t, cond, kind="eps")
     torch.testing.assert_close(alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps, x, rtol=1e-4, atol=1e-4)
     native = den.native(x, t, cond)
-    torch.testing.assert_close(den.predict(x, t, cond, "v"), native)
+    torch.testing.assert_close(den(x, t, cond, kind="v"), native)
 
 
 def test_native_timestep_matches_direct_unet_call():
@@ -128,3 +128,13 @@ def test_unguided_text_condition_needs_uncond():
     x, t, _ = inputs()
     with pytest.raises(ValueError, match="uncond"):
         den.null_condition(Condition(text=torch.zeros(4, 2, 8)))
+
+
+def test_with_guidance_embedding_starts_as_the_unguided_network():
+    teacher = make()
+    student = teacher.trainable_copy().with_guidance_embedding(32)
+    x, t, cond = inputs()
+    torch.testing.assert_close(student(x, t, cond, guidance_scale=3.0), teacher(x, t, cond))
+    with torch.no_grad():
+        student.backbone.time_embedding.cond_proj.weight.normal_()
+    assert not torch.allclose(student(x, t, cond, guidance_scale=3.0), student(x, t, cond, guidance_scale=1.0))

@@ -1,0 +1,94 @@
+"""Export a student as a diffusers pipeline folder that loads with plain diffusers.
+
+The folder holds ``unet/``, ``scheduler/`` (configured so that ``set_timesteps(N)`` gives exactly the
+student's timesteps), ``model_index.json``, the self-contained pipeline file from ``pipelines/`` (diffusers
+loads it from the folder, so stepdistill need not be installed), the resolved training config and a
+model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from .denoiser import Denoiser
+from .io import atomic_dir
+
+PIPELINES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
+CLASS_CONDITIONAL = ("pipeline_class_conditional", "ClassConditionalPipeline")
+
+
+def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
+    """The diffusers integer timesteps of sampling times ``times``; raises if one is not on the training grid."""
+    raw = denoiser.schedule.model_timestep(times.double())
+    rounded = raw.round()
+    if (raw - rounded).abs().max() > 1e-6:
+        raise ValueError(f"Sampling times {times.tolist()} do not fall on the schedule's integer timesteps "
+                         f"({raw.tolist()}); choose a step count that divides {denoiser.schedule.num_train_timesteps}.")
+    return [int(v) for v in rounded]
+
+
+def export_pipeline(denoiser: Denoiser, folder: str | os.PathLike, num_steps: int, guidance_scale: float = 1.0,
+                    card: str = "", config: dict | None = None, scheduler_class: str = "DDIMScheduler") -> str:
+    """Write ``denoiser`` as a class-conditional few-step pipeline folder (atomically).
+
+    Args:
+        denoiser: the student (its backbone is saved in float32).
+        folder: output folder (replaced as a whole).
+        num_steps: the student's step count; the scheduler is set to trailing spacing so that
+            ``set_timesteps(num_steps)`` reproduces the uniform grid ``t = k / num_steps``.
+        guidance_scale: the guidance scale the student is meant to be sampled with (recorded).
+        card: model card markdown (README.md).
+        config: resolved training config, saved as ``training_config.json``.
+        scheduler_class: diffusers scheduler to configure (``DDIMScheduler`` or ``LCMScheduler``).
+
+    Returns:
+        the folder path.
+    """
+    import diffusers
+
+    schedule = denoiser.schedule
+    if schedule.kind != "discrete":
+        raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) students only.")
+    times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    timesteps = student_timesteps(denoiser, times)
+    prediction = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[denoiser.prediction]
+    source = {k: v for k, v in (schedule.scheduler_config or {}).items() if not k.startswith("_")}
+    if not source:  # no diffusers config to copy: give betas that rebuild alphas_cumprod
+        source = {"num_train_timesteps": schedule.num_train_timesteps, "trained_betas": _betas(schedule).tolist()}
+    scheduler_cls = getattr(diffusers, scheduler_class)
+    scheduler = scheduler_cls.from_config({**source, "prediction_type": prediction, "timestep_spacing": "trailing",
+                                           "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0})
+    scheduler.set_timesteps(num_steps)
+    if scheduler.timesteps.tolist() != timesteps:
+        raise ValueError(f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
+                         f"but the student was trained for {timesteps}.")
+    with atomic_dir(folder) as tmp:
+        backbone = denoiser.backbone
+        backbone.save_pretrained(os.path.join(tmp, "unet"))
+        scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        module, cls = CLASS_CONDITIONAL
+        shutil.copy(os.path.join(PIPELINES_DIR, f"{module}.py"), os.path.join(tmp, f"{module}.py"))
+        index = {"_class_name": [module, cls], "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", type(backbone).__name__], "scheduler": ["diffusers", scheduler_class]}
+        with open(os.path.join(tmp, "model_index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+        with open(os.path.join(tmp, "stepdistill.json"), "w") as f:
+            json.dump({"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps},
+                      f, indent=2)
+        if config is not None:
+            with open(os.path.join(tmp, "training_config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(card)
+    return os.fspath(folder)
+
+
+def _betas(schedule) -> torch.Tensor:
+    """Betas that reproduce the schedule's ``alphas_cumprod`` exactly (diffusers rebuilds it from betas)."""
+    ac = schedule.alphas_cumprod.double()
+    prev = torch.cat([ac.new_ones(1), ac[:-1]])
+    return 1.0 - ac / prev

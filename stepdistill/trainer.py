@@ -1,0 +1,341 @@
+"""One distributed training loop for every strategy, on ``accelerate``.
+
+The trainer owns the ``Accelerator`` (single process, DDP, FSDP or DeepSpeed through accelerate configs),
+mixed precision, gradient accumulation and clipping, LR warm-up and schedules, an EMA of the student kept
+in float32, logging (a JSONL file always; accelerate trackers such as tensorboard/wandb when asked),
+a progress bar, periodic sample grids, and atomic checkpoints with exact resume. It only sees the
+``Strategy`` interface: no method-specific branches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .config import to_dict
+from .data import save_grid
+from .denoiser import Condition
+from .ema import EMA
+from .strategies.base import Strategy
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class TrainerConfig:
+    """Options of the training loop, shared by every method."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "run folder: checkpoints, logs, grids, export"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
+    batch_size: int = field(default=64, metadata={"help": "per-process micro-batch size"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
+    teacher_dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "dtype of the frozen teacher's weights"})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up steps"})
+    lr_schedule: Literal["constant", "cosine", "linear"] = field(default="constant",
+                                                                 metadata={"help": "LR decay after warm-up"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm (None: off)"})
+    ema_decay: float | None = field(default=None, metadata={"help": "EMA decay of the student (None: no EMA)"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, noise and initialisation"})
+    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
+    sample_every: int = field(default=0, metadata={"help": "steps between sample grids (0: only at the end)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
+    report_to: str | None = field(default=None, metadata={"help": "accelerate tracker: tensorboard, wandb, all"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (large UNets)"})
+    attention: Literal["default", "sdpa", "xformers"] = field(
+        default="default", metadata={"help": "attention kernel of diffusers UNets (xformers needs CUDA)"})
+    num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"TrainerConfig.ema_decay must be in (0, 1), got {self.ema_decay}.")
+        if self.keep_checkpoints < 1:
+            raise ValueError("TrainerConfig.keep_checkpoints must be >= 1.")
+
+
+class DataStream:
+    """An endless, seeded, resumable stream of shuffled mini-batches from in-memory tensors.
+
+    Epoch ``e`` visits the samples in ``randperm(seed + e)`` order; ``state_dict`` stores the epoch and
+    position, so a resumed run sees exactly the batches an uninterrupted one would. Each process reads
+    its own slice of every global batch.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"All data tensors must have the same length, got {lengths}.")
+        self.tensors, self.batch_size, self.seed, self.rank, self.world = tensors, batch_size, seed, rank, world
+        self.size = lengths.pop()
+        if self.size < batch_size * world:
+            raise ValueError(f"The data has {self.size} samples, fewer than one global batch ({batch_size * world}).")
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+
+    def next(self) -> dict[str, Tensor]:
+        global_batch = self.batch_size * self.world
+        if self.position + global_batch > self.size:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation()
+        start = self.position + self.rank * self.batch_size
+        idx = self._order[start:start + self.batch_size]
+        self.position += global_batch
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation()
+
+
+class _Stateful:
+    """Adapts get/set callables to the state_dict protocol of ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self, get, set_):
+        self.get, self.set = get, set_
+
+    def state_dict(self):
+        return self.get()
+
+    def load_state_dict(self, state):
+        self.set(state)
+
+
+def lr_lambda(config: TrainerConfig):
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0
+        progress = min(1.0, max(0, step - config.lr_warmup_steps) / max(1, config.max_steps - config.lr_warmup_steps))
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        if config.lr_schedule == "linear":
+            return warm * (1 - progress)
+        return warm
+
+    return factor
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Completed checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
+    folder = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if CHECKPOINT_RE.match(n))
+    return [os.path.join(folder, n) for n in names]
+
+
+class Trainer:
+    """Train ``strategy`` on ``data`` (a dict of equal-length tensors, e.g. ``{"x0": ..., "labels": ...}``).
+
+    Args:
+        config: loop options.
+        strategy: the method; its ``trainable()`` networks and ``optimizers()`` are prepared here.
+        data: the training set, streamed in seeded shuffled batches.
+        resolved_config: the full resolved config, written beside every checkpoint.
+        grid_condition: condition of the periodic sample grid (default: none).
+    """
+
+    def __init__(self, config: TrainerConfig, strategy: Strategy, data: dict[str, Tensor],
+                 resolved_config: dict | None = None, grid_condition: Condition | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        self.config, self.strategy = config, strategy
+        self.resolved_config = resolved_config or to_dict(config, strategy.config)
+        strategy.check_compatible()
+        set_seed(config.seed)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.report_to, project_config=ProjectConfiguration(project_dir=config.output_dir))
+        acc = self.accelerator
+        self.step = 0
+        self._configure_networks()
+        modules, optimizers = strategy.trainable(), strategy.optimizers()
+        if set(modules) != set(optimizers):
+            raise ValueError(f"{type(strategy).__name__}: trainable() {sorted(modules)} and optimizers() "
+                             f"{sorted(optimizers)} must name the same networks.")
+        self.names = list(modules)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizers[n], lr_lambda(config)) for n in self.names]
+        prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names], *schedulers)
+        k = len(self.names)
+        for i, n in enumerate(self.names):
+            setattr(strategy, n, prepared[i])  # the strategy now calls the wrapped network
+        self.optimizers = dict(zip(self.names, prepared[k:2 * k]))
+        self.schedulers = dict(zip(self.names, prepared[2 * k:]))
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
+        strategy.teacher.to(acc.device, dtype)
+        self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
+        self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
+        acc.register_for_checkpointing(self.data)
+        acc.register_for_checkpointing(_Stateful(lambda: {"step": self.step}, lambda s: setattr(self, "step", s["step"])))
+        acc.register_for_checkpointing(_Stateful(strategy.extra_state, strategy.load_extra_state))
+        if self.ema is not None:
+            acc.register_for_checkpointing(self.ema)
+        self.grid_condition = grid_condition
+        self.log_path = os.path.join(config.output_dir, "log.jsonl")
+
+    def _configure_networks(self) -> None:
+        for module in self.strategy.trainable().values():
+            backbone = getattr(module, "backbone", None)
+            if backbone is None:
+                continue
+            if self.config.gradient_checkpointing:
+                if not getattr(backbone, "_supports_gradient_checkpointing", False):
+                    raise ValueError(f"{type(backbone).__name__} does not support gradient checkpointing.")
+                backbone.enable_gradient_checkpointing()
+            if self.config.attention == "xformers":
+                if not torch.cuda.is_available():
+                    raise ValueError("attention='xformers' needs a CUDA device and the xformers extra.")
+                backbone.enable_xformers_memory_efficient_attention()
+            elif self.config.attention == "sdpa" and hasattr(backbone, "set_default_attn_processor"):
+                from diffusers.models.attention_processor import AttnProcessor2_0
+
+                backbone.set_attn_processor(AttnProcessor2_0())
+
+    # ------------------------------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        """Run to ``max_steps`` (resuming first if asked); returns the last logged values."""
+        config, acc, strategy = self.config, self.accelerator, self.strategy
+        if config.resume:
+            self.load_checkpoint(config.resume)
+        if acc.is_main_process:
+            os.makedirs(config.output_dir, exist_ok=True)
+            with open(os.path.join(config.output_dir, "config.json"), "w") as f:
+                json.dump(self.resolved_config, f, indent=2)
+        if config.report_to:
+            acc.init_trackers(os.path.basename(os.path.normpath(config.output_dir)))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=self.step, desc=strategy.name, disable=not acc.is_main_process)
+        logs, start, start_step = {}, time.time(), self.step
+        while self.step < config.max_steps:
+            logs = self._optimizer_step()
+            self.step += 1
+            strategy.on_step_end(self.step)
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(strategy.student))
+            bar.update()
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                logs["it_per_s"] = (self.step - start_step) / max(time.time() - start, 1e-9)
+                self._log(logs)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")})
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+                self.save_checkpoint()
+            if config.sample_every and self.step % config.sample_every == 0:
+                self.save_grid()
+        bar.close()
+        self.save_checkpoint()
+        self.save_grid()
+        acc.end_training()
+        return logs
+
+    def _optimizer_step(self) -> dict[str, float]:
+        """One optimizer step: ``gradient_accumulation_steps`` micro-batches, then clip and step."""
+        acc, strategy = self.accelerator, self.strategy
+        modules = [getattr(strategy, n) for n in self.names]
+        totals: dict[str, float] = {}
+        for _ in range(self.config.gradient_accumulation_steps):
+            batch = {k: v.to(acc.device) for k, v in self.data.next().items()}
+            with acc.accumulate(*modules), acc.autocast():
+                losses = strategy.losses(batch, self.step)
+                stepped = [k for k in losses if not k.startswith("log/")]
+                unknown = set(stepped) - set(self.names)
+                if unknown:
+                    raise ValueError(f"losses() returned {sorted(unknown)}, which name no optimizer {self.names}.")
+                for name in stepped:
+                    if not torch.isfinite(losses[name]):
+                        raise FloatingPointError(f"Non-finite {name} loss ({losses[name].item()}) at step {self.step}; "
+                                                 "lower the learning rate or check the data and teacher dtype.")
+                    acc.backward(losses[name])
+                for name in stepped:
+                    if acc.sync_gradients and self.config.max_grad_norm is not None:
+                        norm = acc.clip_grad_norm_(getattr(strategy, name).parameters(), self.config.max_grad_norm)
+                        totals[f"grad_norm/{name}"] = float(norm)
+                    self.optimizers[name].step()
+                    self.schedulers[name].step()
+                    self.optimizers[name].zero_grad(set_to_none=True)
+            for key, value in losses.items():
+                key = key if key.startswith("log/") else f"loss/{key}"
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.config.gradient_accumulation_steps
+        for name in self.names:
+            totals[f"lr/{name}"] = self.schedulers[name].get_last_lr()[0]
+        return totals
+
+    def _log(self, logs: dict[str, float]) -> None:
+        acc = self.accelerator
+        if self.config.report_to:
+            acc.log(logs, step=self.step)
+        if acc.is_main_process:
+            os.makedirs(self.config.output_dir, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"step": self.step, **logs}) + "\n")
+
+    # ------------------------------------------------------------------------------------ artefacts
+    def save_grid(self) -> str | None:
+        """Write ``grids/step-N.png`` from the strategy's sampler (main process)."""
+        acc = self.accelerator
+        if not acc.is_main_process or self.grid_condition is None:
+            return None
+        student = acc.unwrap_model(self.strategy.student)
+        config = student.backbone.config
+        cond = self.grid_condition.map(lambda v: v.to(acc.device))
+        noise = torch.randn(len(cond), config.in_channels, config.sample_size, config.sample_size,
+                            generator=torch.Generator().manual_seed(self.config.seed)).to(acc.device)
+        images = self.strategy.sample(noise, cond)
+        path = os.path.join(self.config.output_dir, "grids", f"step-{self.step:08d}.png")
+        save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
+        return path
+
+    def save_checkpoint(self) -> str:
+        """Save the full training state to ``checkpoints/step-N``, atomically (all processes must call)."""
+        acc = self.accelerator
+        folder = os.path.join(self.config.output_dir, "checkpoints")
+        final = os.path.join(folder, f"step-{self.step:08d}")
+        tmp = os.path.join(folder, f".tmp-step-{self.step:08d}")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(folder, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        if acc.is_main_process:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(self.resolved_config, f, indent=2)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.rename(tmp, final)  # the only moment the checkpoint becomes visible
+            for old in list_checkpoints(self.config.output_dir)[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, which: str) -> None:
+        """Restore everything from ``which`` (a checkpoint folder, or ``"latest"``)."""
+        if which == "latest":
+            found = list_checkpoints(self.config.output_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume latest: no checkpoint in {self.config.output_dir}/checkpoints.")
+            which = found[-1]
+        if not os.path.isdir(which):
+            raise FileNotFoundError(f"Checkpoint {which!r} does not exist.")
+        self.accelerator.load_state(which)

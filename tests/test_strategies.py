@@ -1,0 +1,103 @@
+"""Strategy correctness on analytic teachers and smoke tests on a tiny diffusers UNet."""
+
+import pytest
+import torch
+from conftest import mlp_student, tiny_scheduler, tiny_unet
+
+from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
+from stepdistill.denoiser import Condition, Denoiser
+from stepdistill.schedules import Schedule, add_noise, ddim_step, two_step_target
+from stepdistill.strategies.base import REGISTRY, get_strategy
+from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
+from stepdistill.trainer import Trainer, TrainerConfig
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+
+
+def teacher_two_steps(teacher, x_t, t, n):
+    x0, eps = teacher.split(x_t, t)
+    x_mid = ddim_step(x0, eps, *teacher.schedule.alpha_sigma(t - 0.5 / n))
+    x0, eps = teacher.split(x_mid, t - 0.5 / n)
+    return ddim_step(x0, eps, *teacher.schedule.alpha_sigma(t - 1.0 / n))
+
+
+def test_two_step_target_makes_one_step_land_on_the_teacher():
+    schedule = Schedule.cosine()
+    teacher = GaussianMixtureDenoiser(GaussianMixture.random(3, (1, 1, 2)), schedule)
+    x_t = torch.randn(64, 1, 1, 2, dtype=torch.float64)
+    for t0, n in ((1.0, 4), (0.5, 4), (0.25, 4)):
+        t = torch.full((64,), t0, dtype=torch.float64)
+        x_end = teacher_two_steps(teacher, x_t, t, n)
+        target = two_step_target(x_t, x_end, schedule.alpha_sigma(t), schedule.alpha_sigma(t - 1 / n))
+        # one DDIM step whose x0 is the target, with eps implied by x_t
+        alpha, sigma = schedule.alpha_sigma(t)
+        eps = (x_t - alpha.view(-1, 1, 1, 1) * target) / sigma.view(-1, 1, 1, 1)
+        torch.testing.assert_close(ddim_step(target, eps, *schedule.alpha_sigma(t - 1 / n)), x_end)
+
+
+def test_registry_and_config_validation():
+    assert get_strategy("progressive") is ProgressiveStrategy and "progressive" in REGISTRY
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        get_strategy("nope")
+    with pytest.raises(ValueError, match="power of two"):
+        ProgressiveConfig(teacher_steps=48)
+    with pytest.raises(ValueError, match="below teacher_steps"):
+        ProgressiveConfig(teacher_steps=4, target_steps=8)
+    with pytest.raises(ValueError, match="guided_steps"):
+        ProgressiveConfig(guidance_range=[1.0, 3.0])
+
+
+def test_pd_round_student_matches_two_step_teacher_map(tmp_path):
+    """One PD round (4 -> 2 steps) on the exact Gaussian-mixture teacher: the student's single DDIM step
+    reproduces two teacher steps far better than the teacher's own single step does."""
+    schedule = Schedule.cosine()
+    mixture = GaussianMixture.random(3, (1, 1, 2), seed=0)
+    teacher = GaussianMixtureDenoiser(mixture, schedule)
+    student = mlp_student(schedule, dim=2).float()
+    config = ProgressiveConfig(teacher_steps=4, target_steps=2, steps_per_round=1500, lr=3e-3)
+    strategy = ProgressiveStrategy(config, teacher, student=student)
+    data = {"x0": mixture.sample(20000, torch.Generator().manual_seed(0)).float()}
+    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=256,
+                                    lr_schedule="cosine", log_every=500), strategy, data)
+    trainer.train()
+    n = 2
+    x0 = mixture.sample(4000, torch.Generator().manual_seed(1))
+    errors = {"student": 0.0, "teacher_one_step": 0.0}
+    for t0 in (1.0, 0.5):
+        t = torch.full((len(x0),), t0, dtype=torch.float64)
+        x_t = add_noise(x0, torch.randn_like(x0), *schedule.alpha_sigma(t))
+        target = teacher_two_steps(teacher, x_t, t, n)
+        with torch.no_grad():
+            s_x0, s_eps = student.float().split(x_t.float(), t.float())
+        one = ddim_step(s_x0.double(), s_eps.double(), *schedule.alpha_sigma(t - 1 / n))
+        naive = ddim_step(*teacher.split(x_t, t), *schedule.alpha_sigma(t - 1 / n))
+        errors["student"] += (one - target).pow(2).mean().item()
+        errors["teacher_one_step"] += (naive - target).pow(2).mean().item()
+    assert errors["student"] < 0.15 * errors["teacher_one_step"], errors
+
+
+def tiny_teacher():
+    return Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_pd_smoke_on_tiny_unet(tmp_path, guided):
+    teacher = tiny_teacher()
+    extra = {"guidance_range": [1.0, 3.0], "guided_steps": 1} if guided else {}
+    config = ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=1, lr=1e-3, **extra)
+    strategy = ProgressiveStrategy(config, teacher)
+    data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
+    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=4,
+                                    log_every=1), strategy, data, grid_condition=Condition(labels=torch.arange(3)))
+    logs = trainer.train()
+    assert torch.isfinite(torch.tensor(logs["loss/student"])) and logs["log/student_steps"] == 2
+    assert all(p.grad is None for p in teacher.parameters()), "the frozen teacher must get no gradients"
+    assert (tmp_path / "grids").is_dir() and (tmp_path / "log.jsonl").is_file()
+    assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)
