@@ -2,8 +2,9 @@
 
 Loads with plain diffusers, without stepdistill installed:
 
-    pipe = DiffusionPipeline.from_pretrained(folder)                      # folder holds this file
-    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline="path/to/pipeline_class_conditional.py")
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)   # folder holds this file
+    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline="path/to/pipeline_class_conditional.py",
+                                             trust_remote_code=True)
     images = pipe(class_labels=[0, 1, 2], num_inference_steps=4, guidance_scale=2.0).images
 
 Works with any diffusers scheduler whose ``step(model_output, t, sample)`` follows the usual contract
