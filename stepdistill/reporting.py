@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+METRICS = {"fd_domain": "FD (domain)", "fid": "FID", "fd_clip": "FD (CLIP)", "accuracy": "class accuracy",
+           "clip_score": "CLIP score"}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, int) else f"{value:.3f}"
+
 
 def results_table(result: dict) -> str:
-    """A markdown table of ``result["results"]`` rows, with the real-vs-real floor first if present."""
-    lines = ["| model | steps | guidance | FD | class accuracy | N |", "|---|---:|---:|---:|---:|---:|"]
+    """A markdown table of ``result["results"]`` (one column per metric present), real-data floor first."""
+    rows = list(result["results"])
     floor = result.get("real_floor")
     if floor:
-        lines.append(f"| real data (floor) | - | - | {floor['fd']:.3f} | {floor.get('accuracy', float('nan')):.3f} "
-                     f"| {floor['n']} |")
-    for row in result["results"]:
-        acc = row.get("accuracy")
-        lines.append(f"| {row['model']} | {row['steps']} | {row['guidance']:g} | {row['fd']:.3f} | "
-                     f"{'-' if acc is None else f'{acc:.3f}'} | {row['n']} |")
+        rows.insert(0, {"model": "real data (floor)", "steps": None, "guidance": None, **floor})
+    metrics = [m for m in METRICS if any(m in row for row in rows)]
+    lines = ["| model | steps | guidance | " + " | ".join(METRICS[m] for m in metrics) + " | N |",
+             "|---|---:|---:|" + "---:|" * (len(metrics) + 1)]
+    for row in rows:
+        cells = [row["model"], _fmt(row.get("steps")), "-" if row.get("guidance") is None else f"{row['guidance']:g}"]
+        cells += [_fmt(row.get(m)) for m in metrics] + [str(row["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -34,11 +45,12 @@ def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float 
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     if floor is not None:
-        ax.axhline(floor, color="grey", linestyle="--", label="real vs real")
+        ax.axhline(floor, color="grey", linestyle="--", label="real data")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if metric.startswith("fd") or metric == "fid":
+        ax.set_yscale("log")
     ax.set_xlabel("sampling steps")
-    ax.set_ylabel(metric.upper())
+    ax.set_ylabel(METRICS.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,9 +3,18 @@ import pytest
 import scipy.linalg
 import torch
 
-from stepdistill.data import from_uint8, load_fashion_mnist
-from stepdistill.evaluation import DomainScorer
+from stepdistill.data import load_fashion_mnist
+from stepdistill.evaluation import DomainFeatures, FrechetDistance, ReferenceStats, Scorers
+from stepdistill.features import DomainClassifier
 from stepdistill.metrics import feature_stats, frechet_distance
+
+CLASSIFIER = "assets/fashion-classifier"
+
+
+def domain_scorers():
+    net = DomainFeatures(DomainClassifier.from_pretrained(CLASSIFIER))
+    reference = ReferenceStats.load(f"{CLASSIFIER}/reference-test.npz")
+    return Scorers({"fd_domain": FrechetDistance(net, reference)}, net), net, reference
 
 
 def scipy_frechet(mu1, s1, mu2, s2):
@@ -35,16 +44,32 @@ def test_frechet_distance_of_known_gaussians():
         feature_stats(np.zeros((1, 3)))
 
 
+def test_command_fd_equals_independent_numpy_fd():
+    """The torchmetrics-accumulated FD equals scipy's FD of the same features to 1e-3 relative."""
+    scorers, net, reference = domain_scorers()
+    images = torch.from_numpy(load_fashion_mnist("assets/fashion-mnist", "train")[0][:1500])[:, None]
+    for i in range(0, 1500, 400):  # several batches, as the command feeds them
+        scorers.update(images[i:i + 400])
+    fd = scorers.compute()["fd_domain"]
+    mu, sigma = feature_stats(net(images))
+    ref = scipy_frechet(mu, sigma, reference.mu, reference.sigma)
+    assert abs(fd - ref) <= 1e-3 * ref
+
+
 def test_domain_fd_is_small_for_real_and_grows_with_noise():
-    scorer = DomainScorer.from_folder("assets/fashion-classifier")
+    scorers, _, _ = domain_scorers()
     images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
-    real = from_uint8(images[:2000], 16)
-    clean = scorer.score(real, torch.from_numpy(labels[:2000]))
-    assert clean["accuracy"] > 0.85
-    fds = [clean["fd"]]
+    real = torch.from_numpy(images[:2000])[:, None]
+    scorers.update(real, torch.from_numpy(labels[:2000]))
+    clean = scorers.compute()
+    assert clean["accuracy"] > 0.85 and clean["n"] == 2000
+    fds = [clean["fd_domain"]]
     g = torch.Generator().manual_seed(0)
-    for strength in (0.1, 0.3, 0.6):
-        fds.append(scorer.score((real + strength * torch.randn(real.shape, generator=g)).clamp(-1, 1))["fd"])
-    assert fds == sorted(fds) and fds[-1] > 20 * fds[0]
+    for strength in (10.0, 30.0, 60.0):
+        scorers.reset()
+        noisy = (real.float() + strength * torch.randn(real.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+        scorers.update(noisy)
+        fds.append(scorers.compute()["fd_domain"])
+    assert fds == sorted(fds) and fds[-1] > 20 * fds[0], fds
     with pytest.raises(ValueError, match="takes"):
-        scorer.score(torch.zeros(4, 3, 16, 16))
+        scorers.update(torch.zeros(4, 3, 16, 16, dtype=torch.uint8))

@@ -46,9 +46,9 @@ def test_evaluate_and_sample_scripts(tmp_path):
                "--out", str(out))
     result = json.load(open(out / "results.json"))
     assert [(r["steps"], r["guidance"]) for r in result["results"]] == [(1, 1.0), (2, 1.0), (1, 2.0), (2, 2.0)]
-    assert all(r["n"] == 40 and r["fd"] > 0 and 0 <= r["accuracy"] <= 1 for r in result["results"])
+    assert all(r["n"] == 40 and r["fd_domain"] > 0 and 0 <= r["accuracy"] <= 1 for r in result["results"])
     assert result["real_floor"]["n"] == 40 and "| teacher | 2 | 2 |" in proc.stdout
-    assert (out / "fd_vs_steps.png").is_file() and len(os.listdir(out / "grids")) == 4
+    assert (out / "fd_domain_vs_steps.png").is_file() and len(os.listdir(out / "grids")) == 4
     run("eval/sample.py", "--model", "assets/fashion-teacher", "--steps", "2", "--per-class", "2",
         "--out", str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").stat().st_size > 100

@@ -44,7 +44,7 @@ def main(argv=None):
         if trainer.ema is not None:
             trainer.ema.copy_to(student)
         folder = export_pipeline(student, os.path.join(trainer_cfg.output_dir, "pipeline"), pd_cfg.target_steps,
-                                 pd_cfg.guidance_scale, card=f"Progressive distillation of {model_cfg.teacher}.\n",
+                                 strategy.sampling_guidance, card=f"Progressive distillation of {model_cfg.teacher}.\n",
                                  config=trainer.resolved_config)
         print(f"exported {folder}")
 

@@ -10,6 +10,10 @@ Guided PD, stage 1 (Sec. 3.1 of Meng et al.): when ``guidance_range`` is set, th
 guidance-scale embedding and first learns the guided teacher ``u + w (c - u)`` for ``w ~ U[w_min, w_max]``
 at the same step count (``guided_steps`` optimizer steps); stage 2 then halves steps with ``w`` passed
 through. Deviation from the paper: its guidance form ``(1 + w) c - w u`` is our ``w + 1``.
+
+Without ``guidance_range``, a ``guidance_scale`` other than 1 is baked into the student: round 1 distils
+the teacher's guided sampler, the student is always called unguided (one pass per step), and the exported
+pipeline is sampled at guidance 1.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class ProgressiveConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(
         default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"})
-    guidance_scale: float = field(default=1.0, metadata={"help": "fixed teacher guidance when not guided-PD"})
+    guidance_scale: float = field(default=1.0, metadata={
+        "help": "teacher guidance baked into the student (without guidance_range); in guided PD, the grid's w"})
     guidance_range: list[float] | None = field(
         default=None, metadata={"help": "w_min w_max: guided PD with a w-conditioned student"})
     guided_steps: int = field(default=0, metadata={"help": "stage-1 optimizer steps of guided PD"})
@@ -139,16 +144,19 @@ class ProgressiveStrategy(Strategy):
         k = torch.randint(1, n + 1, (len(x0),), device=x0.device)
         t = k.to(x0.dtype) / n  # [B], the student's uniform grid
         w = self._draw_guidance(len(x0), x0)
+        w_student = w if self.config.guidance_range is not None else torch.ones_like(w)
+        # the original teacher is guided at w; snapshots of a baked-guidance student already include it
+        w_teacher = w if self.round_teacher is None or self.config.guidance_range is not None else w_student
         schedule = self.teacher.schedule
         alpha, sigma = schedule.alpha_sigma(t)
         eps = torch.randn_like(x0)
         x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
         with torch.no_grad():
             if round_index < 0:  # guided stage 1: match the guided teacher's x0 at the same time
-                target = self.teacher(x_t, t, cond, guidance_scale=w)
+                target = self.teacher(x_t, t, cond, guidance_scale=w_teacher)
             else:
-                target = self._two_step_target(x_t, t, cond, w, n)
-        pred = self.student(x_t, t, cond, guidance_scale=w, kind="x0")
+                target = self._two_step_target(x_t, t, cond, w_teacher, n)
+        pred = self.student(x_t, t, cond, guidance_scale=w_student, kind="x0")
         weight = distillation_weight(schedule.log_snr(t), self.config.weighting)
         per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
@@ -174,11 +182,17 @@ class ProgressiveStrategy(Strategy):
     # ---------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale: float | None = None) -> Tensor:
+        """DDIM with the student on its current grid; ``guidance_scale`` only applies to guided-PD students."""
         student = unwrap(self.student)
-        n = self.student_steps(max(self.round, 0) if self.round >= 0 else -1)
-        w = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        n = self.student_steps(self.round)
+        w = self.sampling_guidance if guidance_scale is None else guidance_scale
         times = torch.arange(n, 0, -1, dtype=torch.float64) / n
         return ddim_sample(student, noise, cond, guidance_scale=w, times=times)
+
+    @property
+    def sampling_guidance(self) -> float:
+        """The guidance scale to sample the student with (1 when guidance is baked in)."""
+        return self.config.guidance_scale if self.config.guidance_range is not None else 1.0
 
     def extra_state(self) -> dict:
         state = {"round": self.round}

