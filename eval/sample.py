@@ -1,6 +1,6 @@
 """Write a sample grid from a model folder: one row per class, DDIM with classifier-free guidance.
 
-    python eval/sample.py --model assets/fashion-teacher --steps 50 --guidance 2 --out outputs/teacher.png
+python eval/sample.py --model assets/fashion-teacher --steps 50 --guidance 2 --out outputs/teacher.png
 """
 
 import argparse
@@ -8,9 +8,9 @@ import time
 
 import torch
 
+from stepdistill.cli import run_cli
 from stepdistill.data import save_grid
 from stepdistill.denoiser import Condition, Denoiser
-from stepdistill.cli import run_cli
 from stepdistill.sampling import ddim_sample
 
 
@@ -30,13 +30,20 @@ def main():
         parser.error(f"{args.model} is not class-conditional; this grid has one row per class.")
     cfg = den.backbone.config
     labels = torch.arange(den.null_class).repeat_interleave(args.per_class)
-    noise = torch.randn(len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size,
-                        generator=torch.Generator().manual_seed(args.seed))
+    noise = torch.randn(
+        len(labels),
+        cfg.in_channels,
+        cfg.sample_size,
+        cfg.sample_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     start = time.time()
     images = ddim_sample(den, noise, Condition(labels=labels), args.steps, args.guidance, progress=True)
     save_grid(images, args.out, nrow=args.per_class, scale=args.scale)
-    print(f"wrote {args.out} ({len(labels)} samples, {args.steps} steps, w={args.guidance:g}, "
-          f"{time.time() - start:.1f} s)")
+    print(
+        f"wrote {args.out} ({len(labels)} samples, {args.steps} steps, w={args.guidance:g}, "
+        f"{time.time() - start:.1f} s)"
+    )
 
 
 def cli():

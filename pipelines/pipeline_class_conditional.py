@@ -65,9 +65,17 @@ class ClassConditionalPipeline(DiffusionPipeline):
         return out_u + guidance_scale * (out_c - out_u)
 
     @torch.no_grad()
-    def __call__(self, class_labels, num_inference_steps: int = 4, guidance_scale: float = 1.0, generator=None,
-                 latents: torch.Tensor | None = None, timesteps: list[int] | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+    def __call__(
+        self,
+        class_labels,
+        num_inference_steps: int = 4,
+        guidance_scale: float = 1.0,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         """Generate one image per class label.
 
         Args:
@@ -107,4 +115,3 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-

@@ -4,7 +4,8 @@ For data ``x0 ~ sum_k pi_k N(mu_k, S_k)`` and ``x_t = alpha x0 + sigma eps``, ea
 ``x_t | k ~ N(alpha mu_k, alpha^2 S_k + sigma^2 I)`` and the posterior mean
 
     E[x0 | x_t, k] = mu_k + alpha S_k (alpha^2 S_k + sigma^2 I)^-1 (x_t - alpha mu_k),
-    E[x0 | x_t]    = sum_k r_k(x_t) E[x0 | x_t, k],  r_k proportional to pi_k N(x_t; alpha mu_k, alpha^2 S_k + sigma^2 I).
+    E[x0 | x_t]    = sum_k r_k(x_t) E[x0 | x_t, k],
+    r_k proportional to pi_k N(x_t; alpha mu_k, alpha^2 S_k + sigma^2 I).
 
 ``GaussianMixtureDenoiser`` returns this exact ``x0`` through the same interface as a network, so every
 strategy can be checked for correctness in seconds: a perfect student of it is known in closed form.
@@ -32,8 +33,14 @@ class GaussianMixture:
         classes: ``[K]`` class label of each component; default ``arange(K)``.
     """
 
-    def __init__(self, means: Tensor, covs: Tensor, weights: Tensor | None = None, shape: tuple[int, ...] | None = None,
-                 classes: Tensor | None = None):
+    def __init__(
+        self,
+        means: Tensor,
+        covs: Tensor,
+        weights: Tensor | None = None,
+        shape: tuple[int, ...] | None = None,
+        classes: Tensor | None = None,
+    ):
         self.means = means.double()
         self.covs = covs.double()
         k, d = self.means.shape
@@ -48,13 +55,14 @@ class GaussianMixture:
         self.chol = torch.linalg.cholesky(self.covs)  # raises if a covariance is not positive definite
 
     @classmethod
-    def random(cls, num_components: int = 3, shape: tuple[int, ...] = (2,), scale: float = 1.0,
-               seed: int = 0) -> GaussianMixture:
+    def random(
+        cls, num_components: int = 3, shape: tuple[int, ...] = (2,), scale: float = 1.0, seed: int = 0
+    ) -> GaussianMixture:
         """A reproducible random mixture with well-separated means and anisotropic covariances."""
         g = torch.Generator().manual_seed(seed)
         d = torch.Size(shape).numel()
         means = 2.0 * scale * torch.randn(num_components, d, generator=g, dtype=torch.float64)
-        a = torch.randn(num_components, d, d, generator=g, dtype=torch.float64) * (0.3 * scale / d ** 0.5)
+        a = torch.randn(num_components, d, d, generator=g, dtype=torch.float64) * (0.3 * scale / d**0.5)
         covs = a @ a.transpose(1, 2) + (0.05 * scale) ** 2 * torch.eye(d, dtype=torch.float64)
         weights = 0.5 + torch.rand(num_components, generator=g, dtype=torch.float64)
         return cls(means, covs, weights, shape)
@@ -92,7 +100,7 @@ class GaussianMixture:
         x = x_t.reshape(b, d).double()
         alpha, sigma = alpha.double().reshape(b, 1, 1, 1), sigma.double().reshape(b, 1, 1, 1)
         eye = torch.eye(d, dtype=torch.float64)
-        cov_t = alpha ** 2 * self.covs[None] + sigma ** 2 * eye  # [B, K, D, D]
+        cov_t = alpha**2 * self.covs[None] + sigma**2 * eye  # [B, K, D, D]
         chol = torch.linalg.cholesky(cov_t)
         resid = x[:, None, :] - alpha[..., 0] * self.means[None]  # [B, K, D]
         sol = torch.cholesky_solve(resid[..., None], chol)[..., 0]  # (cov_t)^-1 resid, [B, K, D]

@@ -22,17 +22,28 @@ from typing import Any, Literal, get_args, get_origin
 class ModelConfig:
     """The teacher and the data."""
 
-    teacher: str = dataclasses.field(default="assets/fashion-teacher",
-                                     metadata={"help": "teacher pipeline folder (unet/ + scheduler/) or Hub id"})
+    teacher: str = dataclasses.field(
+        default="assets/fashion-teacher", metadata={"help": "teacher pipeline folder (unet/ + scheduler/) or Hub id"}
+    )
     revision: str | None = dataclasses.field(default=None, metadata={"help": "Hub revision of the teacher"})
-    data: str = dataclasses.field(default="assets/fashion-mnist",
-                                  metadata={"help": "training images: a folder of idx files or of images"})
+    data: str = dataclasses.field(
+        default="assets/fashion-mnist", metadata={"help": "training images: a folder of idx files or of images"}
+    )
     data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
-    grid_guidance: float = dataclasses.field(default=1.0, metadata={"help": "guidance scale of sample grids"})
+    eval_every: int = dataclasses.field(
+        default=0,
+        metadata={"help": "steps between FD/accuracy evaluations of the student with the domain classifier (0: off)"},
+    )
+    eval_samples: int = dataclasses.field(default=1000, metadata={"help": "samples per evaluation"})
+    classifier: str = dataclasses.field(
+        default="assets/fashion-classifier", metadata={"help": "domain classifier folder for evaluations"}
+    )
 
     def __post_init__(self):
         if self.data_limit is not None and self.data_limit < 1:
             raise ValueError(f"ModelConfig.data_limit must be positive, got {self.data_limit}.")
+        if self.eval_every < 0 or self.eval_samples < 2:
+            raise ValueError("ModelConfig.eval_every must be >= 0 and eval_samples >= 2.")
 
 
 def _base_type(tp):
@@ -49,8 +60,11 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, hints:
     tp, optional = _base_type(hints[field.name])
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     help_text = field.metadata.get("help", "")
-    kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                              "help": f"{help_text} (default: {default!r})"}
+    kwargs: dict[str, Any] = {
+        "dest": field.name,
+        "default": argparse.SUPPRESS,
+        "help": f"{help_text} (default: {default!r})",
+    }
     flag = "--" + field.name.replace("_", "-")
     if tp is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -97,8 +111,12 @@ def _check_keys(values: dict, known: set[str], where: str) -> None:
             raise ValueError(f"Unknown option {key!r} in {where}.{hint}")
 
 
-def parse_configs(classes: list[type], argv: list[str] | None = None, presets: dict[str, dict] | None = None,
-                  description: str | None = None) -> tuple:
+def parse_configs(
+    classes: list[type],
+    argv: list[str] | None = None,
+    presets: dict[str, dict] | None = None,
+    description: str | None = None,
+) -> tuple:
     """Build the configs ``classes`` from ``--preset NAME``, then ``--config FILE``, then flags (later wins).
 
     Field names must be unique across ``classes`` (the command line is flat).

@@ -16,8 +16,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Fashion-MNIST's class names, index = label (Xiao et al. 2017, arXiv 1708.07747).
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _SPLITS = {"train": "train", "test": "t10k"}
 
 
@@ -32,7 +42,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ValueError(f"{path!r} is not an idx file of unsigned bytes (bad magic number).")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path!r} is truncated: header says {shape}, found {body.size} bytes.")
@@ -103,7 +113,7 @@ def image_grid(x: Tensor, nrow: int) -> np.ndarray:
     grid = torch.full((c, rows * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = images[i]
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = images[i]
     grid = grid.permute(1, 2, 0).numpy()
     return grid[..., 0] if c == 1 else grid
 
@@ -133,8 +143,12 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not paths:
         raise ValueError(f"Image folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     paths = paths[:limit] if limit else paths
@@ -149,8 +163,10 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
         if first is None:
             first = (path, array.shape)
         elif array.shape != first[1]:
-            raise ValueError(f"Images differ in size or channels: {first[0]!r} is {first[1]}, {path!r} is {array.shape}; "
-                             "resize them to one size first.")
+            raise ValueError(
+                f"Images differ in size or channels: {first[0]!r} is {first[1]}, {path!r} is {array.shape}; "
+                "resize them to one size first."
+            )
         arrays.append(array)
     images = torch.from_numpy(np.stack(arrays))
     images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
@@ -170,5 +186,5 @@ def load_training_data(path: str | os.PathLike, resolution: int, limit: int | No
     images = images[:limit] if limit else images
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
-        out["labels"] = torch.as_tensor(labels[:len(out["x0"])], dtype=torch.long)
+        out["labels"] = torch.as_tensor(labels[: len(out["x0"])], dtype=torch.long)
     return out

@@ -24,9 +24,22 @@ from .schedules import Prediction, Schedule, check_prediction, combine, split
 SUPPORTED_BACKBONES = ("UNet2DConditionModel", "UNet2DModel")
 
 # LoRA targets of LCM-LoRA (Luo et al. 2023, arXiv 2311.05556): attention, feed-forward and ResNet convs.
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                        "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv",
-                        "time_emb_proj")
+DEFAULT_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
 
 
 @dataclass
@@ -90,8 +103,14 @@ class Denoiser(nn.Module):
             (``timestep_cond``) in one pass instead of combining a conditional and an unconditional pass.
     """
 
-    def __init__(self, backbone: nn.Module | None, schedule: Schedule, prediction: str,
-                 null_class: int | None = None, guidance_embedding_dim: int | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module | None,
+        schedule: Schedule,
+        prediction: str,
+        null_class: int | None = None,
+        guidance_embedding_dim: int | None = None,
+    ):
         super().__init__()
         if backbone is not None and type(backbone).__name__ not in SUPPORTED_BACKBONES:
             raise TypeError(f"Unsupported backbone {type(backbone).__name__}: expected one of {SUPPORTED_BACKBONES}.")
@@ -103,9 +122,15 @@ class Denoiser(nn.Module):
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "unet", scheduler: str | None = None,
-                        dtype: torch.dtype | None = None, null_class: int | None = None,
-                        **hub_kwargs) -> Denoiser:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        subfolder: str | None = "unet",
+        scheduler: str | None = None,
+        dtype: torch.dtype | None = None,
+        null_class: int | None = None,
+        **hub_kwargs,
+    ) -> Denoiser:
         """Load a backbone and its schedule from a local folder or a Hub id.
 
         Args:
@@ -163,8 +188,13 @@ class Denoiser(nn.Module):
         clone.requires_grad_(True).train()
         return clone
 
-    def add_lora(self, rank: int, alpha: float | None = None, target_modules: list[str] | None = None,
-                 adapter_name: str = "default") -> Denoiser:
+    def add_lora(
+        self,
+        rank: int,
+        alpha: float | None = None,
+        target_modules: list[str] | None = None,
+        adapter_name: str = "default",
+    ) -> Denoiser:
         """Freeze the base weights and add a trainable peft LoRA adapter (in place). Returns ``self``.
 
         Args:
@@ -174,8 +204,10 @@ class Denoiser(nn.Module):
                 ``DEFAULT_LORA_TARGETS`` that the backbone has.
         """
         if not hasattr(self.backbone, "add_adapter"):
-            raise TypeError(f"{type(self.backbone).__name__} has no PEFT adapter support; LoRA needs a "
-                            "UNet2DConditionModel backbone.")
+            raise TypeError(
+                f"{type(self.backbone).__name__} has no PEFT adapter support; LoRA needs a "
+                "UNet2DConditionModel backbone."
+            )
         from peft import LoraConfig
 
         names = [name for name, _ in self.backbone.named_modules()]
@@ -189,8 +221,9 @@ class Denoiser(nn.Module):
         if missing or not target_modules:
             raise ValueError(f"LoRA target modules {missing} do not exist in {type(self.backbone).__name__}.")
         self.backbone.requires_grad_(False)
-        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules),
-                            init_lora_weights="gaussian")
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights="gaussian"
+        )
         self.backbone.add_adapter(config, adapter_name=adapter_name)
         self.train()
         return self
@@ -240,7 +273,10 @@ class Denoiser(nn.Module):
         if type(backbone).__name__ == "UNet2DConditionModel":
             kwargs["encoder_hidden_states"] = None if cond.text is None else cond.text.to(dtype)
             if cond.pooled is not None:
-                kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype), "time_ids": cond.time_ids.to(dtype)}
+                kwargs["added_cond_kwargs"] = {
+                    "text_embeds": cond.pooled.to(dtype),
+                    "time_ids": cond.time_ids.to(dtype),
+                }
             if self.guidance_embedding_dim:
                 if w is None:
                     raise ValueError("This denoiser takes a guidance-scale embedding: pass guidance_scale.")
@@ -256,8 +292,14 @@ class Denoiser(nn.Module):
             raise ValueError("This denoiser has no null class, so it cannot do classifier-free guidance.")
         return replace(cond, labels=torch.full_like(cond.labels, self.null_class))
 
-    def guided_native(self, x_t: Tensor, t: Tensor, cond: Condition | None = None, guidance_scale=1.0,
-                      uncond: Condition | None = None) -> Tensor:
+    def guided_native(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Condition | None = None,
+        guidance_scale=1.0,
+        uncond: Condition | None = None,
+    ) -> Tensor:
         """Native output with classifier-free guidance ``u + w (c - u)`` (one doubled batch).
 
         Guidance is applied to the native output; every conversion in ``schedules`` is affine in the
@@ -274,16 +316,24 @@ class Denoiser(nn.Module):
         out_u, out_c = both.chunk(2)  # [B, ...] each
         return out_u + w.view(-1, *[1] * (x_t.ndim - 1)) * (out_c - out_u)
 
-    def split(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
-              uncond: Condition | None = None) -> tuple[Tensor, Tensor]:
+    def split(
+        self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0, uncond: Condition | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(x0, eps)`` predicted at ``(x_t, t)``."""
         t = self._as_batch_t(t, x_t)
         alpha, sigma = self.schedule.alpha_sigma(t)
         out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
         return split(out, self.prediction, x_t, alpha, sigma)
 
-    def forward(self, x_t: Tensor, t, cond: Condition | None = None, guidance_scale=1.0,
-                uncond: Condition | None = None, kind: Prediction = "x0") -> Tensor:
+    def forward(
+        self,
+        x_t: Tensor,
+        t,
+        cond: Condition | None = None,
+        guidance_scale=1.0,
+        uncond: Condition | None = None,
+        kind: Prediction = "x0",
+    ) -> Tensor:
         """The prediction of ``kind`` (default the clean sample ``x0``) at ``(x_t, t)``, ``[B, C, H, W]``.
 
         Strategies call trainable denoisers only through this method, so that distributed wrappers
@@ -314,4 +364,3 @@ def _check_backbone_class(name: str | None, where: str) -> None:
             f"({' or '.join(SUPPORTED_BACKBONES)}). Point at a pipeline folder with a 'unet/' subfolder, or at the "
             "UNet's own folder with subfolder=None."
         )
-

@@ -93,8 +93,12 @@ class ReferenceStats:
     @classmethod
     def of(cls, net: nn.Module, images: Tensor, source: str, batch_size: int = 250) -> ReferenceStats:
         """Statistics of ``net`` features of uint8 ``images``."""
-        feats = torch.cat([net(images[i:i + batch_size]).double().cpu() for i in
-                           tqdm(range(0, len(images), batch_size), desc="reference features", leave=False)])
+        feats = torch.cat(
+            [
+                net(images[i : i + batch_size]).double().cpu()
+                for i in tqdm(range(0, len(images), batch_size), desc="reference features", leave=False)
+            ]
+        )
         mu, sigma = feature_stats(feats)
         return cls(mu, sigma, len(images), source)
 
@@ -129,8 +133,10 @@ class FrechetDistance:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if reference.mu.shape != (net.num_features,):
-            raise ValueError(f"Reference statistics have {reference.mu.shape[0]} features; the network gives "
-                             f"{net.num_features}. Recompute them with this feature network.")
+            raise ValueError(
+                f"Reference statistics have {reference.mu.shape[0]} features; the network gives "
+                f"{net.num_features}. Recompute them with this feature network."
+            )
         self.metric = FrechetInceptionDistance(feature=net, reset_real_features=False, normalize=False)
         n = reference.n
         mu = torch.from_numpy(np.asarray(reference.mu, np.float64))
@@ -151,9 +157,19 @@ class FrechetDistance:
 
 # --------------------------------------------------------------------------------------- generation
 @torch.no_grad()
-def generate(denoiser: Denoiser, num_samples: int, num_steps: int, guidance_scale: float = 1.0, seed: int = 0,
-             labels: Tensor | None = None, batch_size: int = 500, shape: tuple[int, ...] | None = None,
-             indices: slice | None = None, progress: bool = True, desc: str = "sampling") -> Tensor:
+def generate(
+    denoiser: Denoiser,
+    num_samples: int,
+    num_steps: int,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    batch_size: int = 500,
+    shape: tuple[int, ...] | None = None,
+    indices: slice | None = None,
+    progress: bool = True,
+    desc: str = "sampling",
+) -> Tensor:
     """Generate uint8 samples ``[n, C, H, W]`` with the toolkit's DDIM sampler.
 
     The noise of all ``num_samples`` is drawn at once from ``seed``; ``indices`` selects this process's
@@ -168,16 +184,26 @@ def generate(denoiser: Denoiser, num_samples: int, num_steps: int, guidance_scal
     device = next(iter(denoiser.parameters()), torch.empty(0)).device
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
-        cond = None if labels is None else Condition(labels=labels[i:i + batch_size].to(device))
-        x = ddim_sample(denoiser, noise[i:i + batch_size].to(device), cond, num_steps, guidance_scale)
+        cond = None if labels is None else Condition(labels=labels[i : i + batch_size].to(device))
+        x = ddim_sample(denoiser, noise[i : i + batch_size].to(device), cond, num_steps, guidance_scale)
         out.append(to_uint8(x).cpu())
     return torch.cat(out) if out else torch.empty(0, *shape, dtype=torch.uint8)
 
 
 @torch.no_grad()
-def generate_with_pipeline(pipe, num_samples: int, num_steps: int, guidance_scale: float = 1.0, seed: int = 0,
-                           labels: Tensor | None = None, prompts: list[str] | None = None, batch_size: int = 100,
-                           indices: slice | None = None, progress: bool = True, desc: str = "pipeline") -> Tensor:
+def generate_with_pipeline(
+    pipe,
+    num_samples: int,
+    num_steps: int,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    prompts: list[str] | None = None,
+    batch_size: int = 100,
+    indices: slice | None = None,
+    progress: bool = True,
+    desc: str = "pipeline",
+) -> Tensor:
     """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image).
 
     The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``.
@@ -199,14 +225,22 @@ def generate_with_pipeline(pipe, num_samples: int, num_steps: int, guidance_scal
             raise ValueError("This pipeline is text-to-image: give a prompt file (--prompts).")
         inputs = {"prompt": [prompts[i % len(prompts)] for i in range(num_samples)][indices]}
     else:
-        raise ValueError(f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels "
-                         "nor prompt.")
+        raise ValueError(
+            f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels nor prompt."
+        )
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = {k: v[i:i + batch_size] for k, v in inputs.items()}
-        images = pipe(**batch, num_inference_steps=num_steps, guidance_scale=guidance_scale,
-                      latents=noise[i:i + batch_size].to(pipe.device, unet.dtype), output_type="np").images
-        out.append(torch.from_numpy((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
+        batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+        images = pipe(
+            **batch,
+            num_inference_steps=num_steps,
+            guidance_scale=guidance_scale,
+            latents=noise[i : i + batch_size].to(pipe.device, unet.dtype),
+            output_type="np",
+        ).images
+        out.append(
+            torch.from_numpy((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
+        )
     return torch.cat(out)
 
 
@@ -225,8 +259,10 @@ class ClipModel(nn.Module):
         import open_clip
 
         if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"CLIP checkpoint {checkpoint!r} does not exist; pass a local open_clip weights "
-                                    "file with --clip-checkpoint (no weights are downloaded).")
+            raise FileNotFoundError(
+                f"CLIP checkpoint {checkpoint!r} does not exist; pass a local open_clip weights "
+                "file with --clip-checkpoint (no weights are downloaded)."
+            )
         if config_file is not None:
             open_clip.add_model_config(config_file)
         if model_name not in open_clip.list_models():
@@ -246,8 +282,9 @@ class ClipModel(nn.Module):
         x = images.to(self.mean.device).float() / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
-                                      align_corners=False).clamp(0, 1)
+        x = nn.functional.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
+        ).clamp(0, 1)
         emb = self.model.encode_image((x - self.mean) / self.std)
         return nn.functional.normalize(emb.float(), dim=-1)
 
@@ -306,8 +343,9 @@ class Scorers:
         clip: a ``ClipModel`` for ``clip_score`` when prompts are known.
     """
 
-    def __init__(self, fds: dict[str, FrechetDistance], classifier: DomainFeatures | None = None,
-                 clip: ClipModel | None = None):
+    def __init__(
+        self, fds: dict[str, FrechetDistance], classifier: DomainFeatures | None = None, clip: ClipModel | None = None
+    ):
         self.fds, self.classifier, self.clip = fds, classifier, clip
         self.reset()
 
@@ -340,3 +378,42 @@ class Scorers:
         if totals["prompted"]:
             result["clip_score"] = totals["clip"] / totals["prompted"]
         return result
+
+
+def fd_callback(
+    scorers: Scorers,
+    every: int,
+    num_samples: int,
+    num_classes: int,
+    shape: tuple[int, ...],
+    seed: int = 0,
+    batch_size: int = 250,
+):
+    """A ``Trainer`` callback that scores ``strategy.sample`` every ``every`` steps and logs ``eval/<metric>``.
+
+    Samples are class-balanced when ``num_classes`` > 0; each process scores its own shard and the metrics
+    are reduced across processes.
+    """
+
+    def callback(trainer) -> None:
+        if trainer.step % every and trainer.step != trainer.config.max_steps:
+            return
+        acc = trainer.accelerator
+        part = shard(num_samples, acc.process_index, acc.num_processes)
+        noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[part]
+        labels = balanced_labels(num_samples, num_classes)[part] if num_classes else None
+        scorers.reset()
+        for i in range(0, len(noise), batch_size):
+            cond = None if labels is None else Condition(labels=labels[i : i + batch_size].to(acc.device))
+            images = to_uint8(trainer.strategy.sample(noise[i : i + batch_size].to(acc.device), cond)).cpu()
+            scorers.update(images, None if labels is None else labels[i : i + batch_size])
+        trainer.log({f"eval/{k}": v for k, v in scorers.compute().items() if k != "n"})
+
+    return callback
+
+
+def domain_scorers(classifier_folder: str | os.PathLike, device="cpu") -> Scorers:
+    """FD in domain-classifier space against its shipped real test-set statistics, plus class accuracy."""
+    net = DomainFeatures(DomainClassifier.from_pretrained(classifier_folder)).to(device)
+    reference = ReferenceStats.load(os.path.join(classifier_folder, "reference-test.npz"))
+    return Scorers({"fd_domain": FrechetDistance(net, reference)}, net)

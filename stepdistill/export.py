@@ -26,13 +26,31 @@ def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
     raw = denoiser.schedule.model_timestep(times.double())
     rounded = raw.round()
     if (raw - rounded).abs().max() > 1e-6:
-        raise ValueError(f"Sampling times {times.tolist()} do not fall on the schedule's integer timesteps "
-                         f"({raw.tolist()}); choose a step count that divides {denoiser.schedule.num_train_timesteps}.")
+        raise ValueError(
+            f"Sampling times {times.tolist()} do not fall on the schedule's integer timesteps "
+            f"({raw.tolist()}); choose a step count that divides {denoiser.schedule.num_train_timesteps}."
+        )
     return [int(v) for v in rounded]
 
 
-def export_pipeline(denoiser: Denoiser, folder: str | os.PathLike, num_steps: int, guidance_scale: float = 1.0,
-                    card: str = "", config: dict | None = None, scheduler_class: str = "DDIMScheduler") -> str:
+def exportable_steps(denoiser: Denoiser, num_steps: int) -> bool:
+    """Whether the uniform grid ``t = k / num_steps`` falls on the schedule's integer timesteps."""
+    try:
+        student_timesteps(denoiser, torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps)
+    except ValueError:
+        return False
+    return denoiser.schedule.kind == "discrete"
+
+
+def export_pipeline(
+    denoiser: Denoiser,
+    folder: str | os.PathLike,
+    num_steps: int,
+    guidance_scale: float = 1.0,
+    card: str = "",
+    config: dict | None = None,
+    scheduler_class: str = "DDIMScheduler",
+) -> str:
     """Write ``denoiser`` as a class-conditional few-step pipeline folder (atomically).
 
     Args:
@@ -60,31 +78,68 @@ def export_pipeline(denoiser: Denoiser, folder: str | os.PathLike, num_steps: in
     if not source:  # no diffusers config to copy: give betas that rebuild alphas_cumprod
         source = {"num_train_timesteps": schedule.num_train_timesteps, "trained_betas": _betas(schedule).tolist()}
     scheduler_cls = getattr(diffusers, scheduler_class)
-    scheduler = scheduler_cls.from_config({**source, "prediction_type": prediction, "timestep_spacing": "trailing",
-                                           "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0})
+    scheduler = scheduler_cls.from_config(
+        {
+            **source,
+            "prediction_type": prediction,
+            "timestep_spacing": "trailing",
+            "clip_sample": False,
+            "set_alpha_to_one": True,
+            "steps_offset": 0,
+        }
+    )
     scheduler.set_timesteps(num_steps)
     if scheduler.timesteps.tolist() != timesteps:
-        raise ValueError(f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
-                         f"but the student was trained for {timesteps}.")
+        raise ValueError(
+            f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
+            f"but the student was trained for {timesteps}."
+        )
     with atomic_dir(folder) as tmp:
         backbone = denoiser.backbone
         backbone.save_pretrained(os.path.join(tmp, "unet"))
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         module, cls = CLASS_CONDITIONAL
         shutil.copy(os.path.join(PIPELINES_DIR, f"{module}.py"), os.path.join(tmp, f"{module}.py"))
-        index = {"_class_name": [module, cls], "_diffusers_version": diffusers.__version__,
-                 "unet": ["diffusers", type(backbone).__name__], "scheduler": ["diffusers", scheduler_class]}
+        index = {
+            "_class_name": [module, cls],
+            "_diffusers_version": diffusers.__version__,
+            "unet": ["diffusers", type(backbone).__name__],
+            "scheduler": ["diffusers", scheduler_class],
+        }
         with open(os.path.join(tmp, "model_index.json"), "w") as f:
             json.dump(index, f, indent=2)
         with open(os.path.join(tmp, "stepdistill.json"), "w") as f:
-            json.dump({"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps},
-                      f, indent=2)
+            json.dump(
+                {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps},
+                f,
+                indent=2,
+            )
         if config is not None:
             with open(os.path.join(tmp, "training_config.json"), "w") as f:
                 json.dump(config, f, indent=2)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
     return os.fspath(folder)
+
+
+def model_card(
+    method: str, teacher: str, num_steps: int, guidance_scale: float, details: str = "", metrics: str | None = None
+) -> str:
+    """Markdown model card of an exported student: method, teacher, how to sample it, and measured quality."""
+    usage = (
+        "```python\nfrom diffusers import DiffusionPipeline\n\n"
+        "pipe = DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)\n"
+        f"images = pipe(class_labels=[0, 1, 2], num_inference_steps={num_steps}, "
+        f"guidance_scale={guidance_scale:g}).images\n```\n"
+    )
+    quality = metrics or "Not measured at export time: run `eval/evaluate.py --model NAME=FOLDER` to score it.\n"
+    return (
+        f"# {num_steps}-step student of `{teacher}`\n\n"
+        f"Method: {method}. {details}\n\n"
+        f"Sample with `num_inference_steps={num_steps}` and `guidance_scale={guidance_scale:g}` "
+        "(the scheduler in `scheduler/` is set to the student's timesteps):\n\n"
+        f"{usage}\n## Quality\n\n{quality}\nTraining configuration: `training_config.json`.\n"
+    )
 
 
 def _betas(schedule) -> torch.Tensor:

@@ -30,19 +30,36 @@ class DomainClassifier(nn.Module):
         resolution: the image size it was trained at; recorded so evaluation can resize to it.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
-                 resolution: int = 16):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 32,
+        feature_dim: int = 128,
+        resolution: int = 16,
+    ):
         super().__init__()
-        self.config = dict(in_channels=in_channels, num_classes=num_classes, width=width, feature_dim=feature_dim,
-                           resolution=resolution)
+        self.config = dict(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width=width,
+            feature_dim=feature_dim,
+            resolution=resolution,
+        )
 
         def block(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
         self.body = nn.Sequential(
-            *block(in_channels, width), *block(width, width), nn.MaxPool2d(2),
-            *block(width, 2 * width), *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(2 * width * 16, feature_dim), nn.ReLU(inplace=True),
+            *block(in_channels, width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            *block(2 * width, 2 * width),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, feature_dim),
+            nn.ReLU(inplace=True),
         )
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(feature_dim, num_classes)

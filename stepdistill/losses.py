@@ -9,8 +9,14 @@ from .denoiser import Condition, Denoiser
 from .schedules import add_noise, combine
 
 
-def denoising_loss(denoiser: Denoiser, x0: Tensor, cond: Condition | None = None, t: Tensor | None = None,
-                   eps: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+def denoising_loss(
+    denoiser: Denoiser,
+    x0: Tensor,
+    cond: Condition | None = None,
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Denoising score matching in the backbone's native parameterisation (mean squared error).
 
     Eq. 14 of Ho et al. 2020 (DDPM, arXiv 2006.11239) for eps-prediction; the same regression on v
@@ -58,5 +64,6 @@ def drop_labels(cond: Condition, p: float, null_class: int, generator: torch.Gen
     if cond.labels is None or p <= 0:
         return cond
     drop = torch.rand(cond.labels.shape, device=cond.labels.device, generator=generator) < p
-    return Condition(**{**cond.__dict__, "labels": torch.where(drop, torch.full_like(cond.labels, null_class),
-                                                                 cond.labels)})
+    return Condition(
+        **{**cond.__dict__, "labels": torch.where(drop, torch.full_like(cond.labels, null_class), cond.labels)}
+    )

@@ -33,7 +33,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"Feature statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}.")
+        raise ValueError(
+            f"Feature statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}."
+        )
     root = _sqrt_psd(sigma1)
     cross = np.linalg.eigvalsh(root @ sigma2 @ root).clip(min=0)
     diff = mu1 - mu2
@@ -43,4 +45,4 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 @torch.no_grad()
 def batched(fn, x: Tensor, batch_size: int = 500) -> Tensor:
     """Apply ``fn`` to ``x`` in batches along dim 0 and concatenate the results."""
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-METRICS = {"fd_domain": "FD (domain)", "fid": "FID", "fd_clip": "FD (CLIP)", "accuracy": "class accuracy",
-           "clip_score": "CLIP score"}
+METRICS = {
+    "fd_domain": "FD (domain)",
+    "fid": "FID",
+    "fd_clip": "FD (CLIP)",
+    "accuracy": "class accuracy",
+    "clip_score": "CLIP score",
+}
 
 
 def _fmt(value) -> str:
@@ -21,8 +26,10 @@ def results_table(result: dict) -> str:
     if floor:
         rows.insert(0, {"model": "real data (floor)", "steps": None, "guidance": None, **floor})
     metrics = [m for m in METRICS if any(m in row for row in rows)]
-    lines = ["| model | steps | guidance | " + " | ".join(METRICS[m] for m in metrics) + " | N |",
-             "|---|---:|---:|" + "---:|" * (len(metrics) + 1)]
+    lines = [
+        "| model | steps | guidance | " + " | ".join(METRICS[m] for m in metrics) + " | N |",
+        "|---|---:|---:|" + "---:|" * (len(metrics) + 1),
+    ]
     for row in rows:
         cells = [row["model"], _fmt(row.get("steps")), "-" if row.get("guidance") is None else f"{row['guidance']:g}"]
         cells += [_fmt(row.get(m)) for m in metrics] + [str(row["n"])]

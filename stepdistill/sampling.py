@@ -11,9 +11,18 @@ from .schedules import Spacing, ddim_step, timestep_grid
 
 
 @torch.no_grad()
-def ddim_sample(denoiser: Denoiser, noise: Tensor, cond: Condition | None = None, num_steps: int = 50,
-                guidance_scale: float = 1.0, spacing: Spacing = "trailing", clip_x0: float | None = None,
-                uncond: Condition | None = None, times: Tensor | None = None, progress: bool = False) -> Tensor:
+def ddim_sample(
+    denoiser: Denoiser,
+    noise: Tensor,
+    cond: Condition | None = None,
+    num_steps: int = 50,
+    guidance_scale: float = 1.0,
+    spacing: Spacing = "trailing",
+    clip_x0: float | None = None,
+    uncond: Condition | None = None,
+    times: Tensor | None = None,
+    progress: bool = False,
+) -> Tensor:
     """Run the deterministic DDIM sampler (eta = 0) from ``noise`` to a clean sample.
 
     Algorithm: Eq. 12 of Song et al. 2021 (DDIM) on the grid ``timestep_grid(schedule, num_steps, spacing)``,

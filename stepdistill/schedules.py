@@ -107,8 +107,9 @@ class Schedule:
     @classmethod
     def cosine(cls, logsnr_min: float = -20.0, logsnr_max: float = 20.0, num_train_timesteps: int = 1000):
         """The continuous cosine VP schedule of Salimans & Ho 2022, log-SNR truncated to the bounds."""
-        return cls(kind="cosine", num_train_timesteps=num_train_timesteps, logsnr_min=logsnr_min,
-                   logsnr_max=logsnr_max)
+        return cls(
+            kind="cosine", num_train_timesteps=num_train_timesteps, logsnr_min=logsnr_min, logsnr_max=logsnr_max
+        )
 
     @classmethod
     def flow(cls, num_train_timesteps: int = 1000) -> Schedule:
@@ -169,7 +170,7 @@ class Schedule:
     def _alpha_bar(self, t: Tensor) -> Tensor:
         ac = self.alphas_cumprod.to(t.device)
         padded = torch.cat([ac.new_ones(1), ac])  # index 0 is the clean endpoint t = 0
-        pos = (t.clamp(0.0, 1.0) * self.num_train_timesteps)
+        pos = t.clamp(0.0, 1.0) * self.num_train_timesteps
         lo = pos.floor().long().clamp(max=self.num_train_timesteps - 1)
         frac = pos - lo
         return padded[lo] * (1 - frac) + padded[lo + 1] * frac
@@ -198,8 +199,10 @@ def load_scheduler_config(config: dict | str | os.PathLike) -> dict:
         return dict(config)
     path = os.fspath(config)
     if os.path.isdir(path):
-        for candidate in (os.path.join(path, "scheduler_config.json"),
-                          os.path.join(path, "scheduler", "scheduler_config.json")):
+        for candidate in (
+            os.path.join(path, "scheduler_config.json"),
+            os.path.join(path, "scheduler", "scheduler_config.json"),
+        ):
             if os.path.isfile(candidate):
                 path = candidate
                 break
@@ -302,8 +305,7 @@ def two_step_target(x_t: Tensor, x_end: Tensor, scales_t, scales_end) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------- timestep grids
-def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "trailing",
-                  steps_offset: int = 0) -> Tensor:
+def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "trailing", steps_offset: int = 0) -> Tensor:
     """Decreasing times ``[num_steps]`` in (0, 1] for an N-step sampler; the sampler ends at ``t = 0``.
 
     The grid is laid on the schedule's ``T`` training indices exactly as diffusers' ``DDIMScheduler``

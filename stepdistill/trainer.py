@@ -40,10 +40,12 @@ class TrainerConfig:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
     teacher_dtype: Literal["float32", "float16", "bfloat16"] = field(
-        default="float32", metadata={"help": "dtype of the frozen teacher's weights"})
+        default="float32", metadata={"help": "dtype of the frozen teacher's weights"}
+    )
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up steps"})
-    lr_schedule: Literal["constant", "cosine", "linear"] = field(default="constant",
-                                                                 metadata={"help": "LR decay after warm-up"})
+    lr_schedule: Literal["constant", "cosine", "linear"] = field(
+        default="constant", metadata={"help": "LR decay after warm-up"}
+    )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm (None: off)"})
     ema_decay: float | None = field(default=None, metadata={"help": "EMA decay of the student (None: no EMA)"})
     seed: int = field(default=0, metadata={"help": "seed of data order, noise and initialisation"})
@@ -55,7 +57,8 @@ class TrainerConfig:
     report_to: str | None = field(default=None, metadata={"help": "accelerate tracker: tensorboard, wandb, all"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (large UNets)"})
     attention: Literal["default", "sdpa", "xformers"] = field(
-        default="default", metadata={"help": "attention kernel of diffusers UNets (xformers needs CUDA)"})
+        default="default", metadata={"help": "attention kernel of diffusers UNets (xformers needs CUDA)"}
+    )
     num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
 
     def __post_init__(self):
@@ -96,7 +99,7 @@ class DataStream:
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
         start = self.position + self.rank * self.batch_size
-        idx = self._order[start:start + self.batch_size]
+        idx = self._order[start : start + self.batch_size]
         self.position += global_batch
         return {k: v[idx] for k, v in self.tensors.items()}
 
@@ -152,10 +155,19 @@ class Trainer:
         data: the training set, streamed in seeded shuffled batches.
         resolved_config: the full resolved config, written beside every checkpoint.
         grid_condition: condition of the periodic sample grid (default: none).
+        callbacks: functions ``fn(trainer)`` called on every process after each optimizer step (and its
+            EMA update), e.g. to export intermediate students or compute metrics; ``trainer.step`` tells when.
     """
 
-    def __init__(self, config: TrainerConfig, strategy: Strategy, data: dict[str, Tensor],
-                 resolved_config: dict | None = None, grid_condition: Condition | None = None):
+    def __init__(
+        self,
+        config: TrainerConfig,
+        strategy: Strategy,
+        data: dict[str, Tensor],
+        resolved_config: dict | None = None,
+        grid_condition: Condition | None = None,
+        callbacks: list | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -164,33 +176,41 @@ class Trainer:
         strategy.check_compatible()
         set_seed(config.seed)
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
-            log_with=config.report_to, project_config=ProjectConfiguration(project_dir=config.output_dir))
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.report_to,
+            project_config=ProjectConfiguration(project_dir=config.output_dir),
+        )
         acc = self.accelerator
         self.step = 0
         self._configure_networks()
         modules, optimizers = strategy.trainable(), strategy.optimizers()
         if set(modules) != set(optimizers):
-            raise ValueError(f"{type(strategy).__name__}: trainable() {sorted(modules)} and optimizers() "
-                             f"{sorted(optimizers)} must name the same networks.")
+            raise ValueError(
+                f"{type(strategy).__name__}: trainable() {sorted(modules)} and optimizers() "
+                f"{sorted(optimizers)} must name the same networks."
+            )
         self.names = list(modules)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizers[n], lr_lambda(config)) for n in self.names]
         prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names], *schedulers)
         k = len(self.names)
         for i, n in enumerate(self.names):
             setattr(strategy, n, prepared[i])  # the strategy now calls the wrapped network
-        self.optimizers = dict(zip(self.names, prepared[k:2 * k]))
-        self.schedulers = dict(zip(self.names, prepared[2 * k:]))
+        self.optimizers = dict(zip(self.names, prepared[k : 2 * k]))
+        self.schedulers = dict(zip(self.names, prepared[2 * k :]))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
         strategy.teacher.to(acc.device, dtype)
         self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
         self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
         acc.register_for_checkpointing(self.data)
-        acc.register_for_checkpointing(_Stateful(lambda: {"step": self.step}, lambda s: setattr(self, "step", s["step"])))
+        acc.register_for_checkpointing(
+            _Stateful(lambda: {"step": self.step}, lambda s: setattr(self, "step", s["step"]))
+        )
         acc.register_for_checkpointing(_Stateful(strategy.extra_state, strategy.load_extra_state))
         if self.ema is not None:
             acc.register_for_checkpointing(self.ema)
         self.grid_condition = grid_condition
+        self.callbacks = list(callbacks or [])
         self.log_path = os.path.join(config.output_dir, "log.jsonl")
 
     def _configure_networks(self) -> None:
@@ -233,10 +253,12 @@ class Trainer:
             strategy.on_step_end(self.step)
             if self.ema is not None:
                 self.ema.update(acc.unwrap_model(strategy.student))
+            for callback in self.callbacks:
+                callback(self)
             bar.update()
             if self.step % config.log_every == 0 or self.step == config.max_steps:
                 logs["it_per_s"] = (self.step - start_step) / max(time.time() - start, 1e-9)
-                self._log(logs)
+                self.log(logs)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")})
             if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
                 self.save_checkpoint()
@@ -263,8 +285,10 @@ class Trainer:
                     raise ValueError(f"losses() returned {sorted(unknown)}, which name no optimizer {self.names}.")
                 for name in stepped:
                     if not torch.isfinite(losses[name]):
-                        raise FloatingPointError(f"Non-finite {name} loss ({losses[name].item()}) at step {self.step}; "
-                                                 "lower the learning rate or check the data and teacher dtype.")
+                        raise FloatingPointError(
+                            f"Non-finite {name} loss ({losses[name].item()}) at step {self.step}; "
+                            "lower the learning rate or check the data and teacher dtype."
+                        )
                     acc.backward(losses[name])
                 for name in stepped:
                     if acc.sync_gradients and self.config.max_grad_norm is not None:
@@ -280,7 +304,8 @@ class Trainer:
             totals[f"lr/{name}"] = self.schedulers[name].get_last_lr()[0]
         return totals
 
-    def _log(self, logs: dict[str, float]) -> None:
+    def log(self, logs: dict[str, float]) -> None:
+        """Write ``logs`` at the current step to the JSONL file and the trackers (main process)."""
         acc = self.accelerator
         if self.config.report_to:
             acc.log(logs, step=self.step)
@@ -298,8 +323,13 @@ class Trainer:
         student = acc.unwrap_model(self.strategy.student)
         config = student.backbone.config
         cond = self.grid_condition.map(lambda v: v.to(acc.device))
-        noise = torch.randn(len(cond), config.in_channels, config.sample_size, config.sample_size,
-                            generator=torch.Generator().manual_seed(self.config.seed)).to(acc.device)
+        noise = torch.randn(
+            len(cond),
+            config.in_channels,
+            config.sample_size,
+            config.sample_size,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        ).to(acc.device)
         images = self.strategy.sample(noise, cond)
         path = os.path.join(self.config.output_dir, "grids", f"step-{self.step:08d}.png")
         save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
@@ -324,7 +354,7 @@ class Trainer:
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)  # the only moment the checkpoint becomes visible
-            for old in list_checkpoints(self.config.output_dir)[:-self.config.keep_checkpoints]:
+            for old in list_checkpoints(self.config.output_dir)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final

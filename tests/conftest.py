@@ -12,18 +12,32 @@ def tiny_unet(num_classes: int = 3, time_cond_proj_dim: int | None = None, sampl
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        mid_block_type="UNetMidBlock2D", layers_per_block=1, num_class_embeds=num_classes + 1,
-        attention_head_dim=4, norm_num_groups=4, time_cond_proj_dim=time_cond_proj_dim,
+        sample_size=sample_size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2D",
+        layers_per_block=1,
+        num_class_embeds=num_classes + 1,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
 
 
 def tiny_scheduler(prediction_type: str = "v_prediction"):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                         clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
 
 
 @pytest.fixture
@@ -39,8 +53,13 @@ class MLPDenoiser(torch.nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 2, hidden), torch.nn.SiLU(),
-                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim + 2, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, dim),
+        )
 
     def forward(self, x_t, t):
         flat = x_t.reshape(len(x_t), -1)

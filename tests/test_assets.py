@@ -7,17 +7,14 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from stepdistill.data import to_uint8
 from stepdistill.denoiser import Denoiser
-from stepdistill.evaluation import (DomainFeatures, FrechetDistance, ReferenceStats, Scorers, balanced_labels,
-                                    generate)
-from stepdistill.features import DomainClassifier
+from stepdistill.evaluation import ReferenceStats, balanced_labels, domain_scorers, generate
 
 TEACHER = "assets/fashion-teacher"
 CLASSIFIER = "assets/fashion-classifier"
 
 
 def score(images, labels=None):
-    net = DomainFeatures(DomainClassifier.from_pretrained(CLASSIFIER))
-    scorers = Scorers({"fd_domain": FrechetDistance(net, ReferenceStats.load(f"{CLASSIFIER}/reference-test.npz"))}, net)
+    scorers = domain_scorers(CLASSIFIER)
     scorers.update(images, labels)
     return scorers.compute()
 
@@ -25,8 +22,9 @@ def score(images, labels=None):
 def plain_diffusers_samples(unet, scheduler, labels, steps, guidance_scale, seed=0):
     """A sampling loop with nothing but diffusers: what a user without stepdistill would write."""
     scheduler.set_timesteps(steps)
-    x = torch.randn(len(labels), 1, unet.config.sample_size, unet.config.sample_size,
-                    generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        len(labels), 1, unet.config.sample_size, unet.config.sample_size, generator=torch.Generator().manual_seed(seed)
+    )
     null = torch.full_like(labels, unet.config.num_class_embeds - 1)
     with torch.no_grad():
         for t in scheduler.timesteps:

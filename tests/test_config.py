@@ -32,9 +32,11 @@ class ToyMethod:
 def test_flags_override_file_override_preset(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"lr": 0.5, "max_steps": 7}))
-    trainer, method = parse_configs([ToyTrainer, ToyMethod], ["--preset", "paper", "--config", str(path),
-                                                              "--max-steps", "3", "--no-ema", "--steps", "8", "4"],
-                                    presets={"paper": {"lr": 0.1, "mixed_precision": "bf16", "steps": [16]}})
+    trainer, method = parse_configs(
+        [ToyTrainer, ToyMethod],
+        ["--preset", "paper", "--config", str(path), "--max-steps", "3", "--no-ema", "--steps", "8", "4"],
+        presets={"paper": {"lr": 0.1, "mixed_precision": "bf16", "steps": [16]}},
+    )
     assert (trainer.lr, trainer.max_steps, trainer.mixed_precision, trainer.ema) == (0.5, 3, "bf16", False)
     assert method.steps == [8, 4] and trainer.resume is None
     assert to_dict(trainer, method)["ToyMethod"]["steps"] == [8, 4]

@@ -9,14 +9,18 @@ from stepdistill.schedules import Schedule
 
 
 def make(prediction="v_prediction", **kw):
-    return Denoiser(tiny_unet(**kw), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), prediction,
-                    null_class=3).frozen()
+    return Denoiser(
+        tiny_unet(**kw), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), prediction, null_class=3
+    ).frozen()
 
 
 def inputs(b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 1, 8, 8, generator=g), torch.rand(b, generator=g) * 0.9 + 0.05, Condition(
-        labels=torch.randint(0, 3, (b,), generator=g))
+    return (
+        torch.randn(b, 1, 8, 8, generator=g),
+        torch.rand(b, generator=g) * 0.9 + 0.05,
+        Condition(labels=torch.randint(0, 3, (b,), generator=g)),
+    )
 
 
 def test_cfg_scale_one_is_unguided_and_formula_holds():
@@ -34,8 +38,7 @@ def test_guidance_is_the_same_in_every_parameterisation(kind):
     x, t, cond = inputs()
     uncond = den.null_condition(cond)
     c, u = den(x, t, cond, kind=kind), den(x, t, uncond, kind=kind)
-    torch.testing.assert_close(den(x, t, cond, guidance_scale=2.5, kind=kind), u + 2.5 * (c - u),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(den(x, t, cond, guidance_scale=2.5, kind=kind), u + 2.5 * (c - u), rtol=1e-4, atol=1e-4)
 
 
 def test_predict_kinds_are_consistent():

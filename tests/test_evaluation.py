@@ -25,7 +25,7 @@ TINY_CLIP = {
 
 def fashion(label, count, offset=0):
     images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
-    picked = images[labels == label][offset:offset + count]
+    picked = images[labels == label][offset : offset + count]
     return torch.from_numpy(picked)[:, None]
 
 
@@ -107,8 +107,7 @@ def test_shards_cover_every_sample_once():
 
 
 def run_eval(*args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, "eval/evaluate.py", *args], capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    return subprocess.run([*launcher, "eval/evaluate.py", *args], capture_output=True, text=True, env=ENV, timeout=600)
 
 
 def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):
@@ -116,11 +115,28 @@ def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):
     labels = np.array([0] * 10 + [7] * 10)
     write_folder(tmp_path / "imgs", images, labels)
     (tmp_path / "prompts.txt").write_text("\n".join(["a t-shirt"] * 10 + ["a sneaker"] * 10))
-    proc = run_eval("--images", f"mine={tmp_path / 'imgs'}", "--features", "domain", "clip", "--clip-score",
-                    "--clip-model", "tiny-clip-test", "--clip-checkpoint", str(tiny_clip / "tiny.pt"),
-                    "--clip-config", str(tiny_clip / "tiny-clip-test.json"), "--prompts", str(tmp_path / "prompts.txt"),
-                    "--reference", str(tmp_path / "imgs"), "--reference-cache", str(tmp_path / "cache"),
-                    "--out", str(tmp_path / "out"))
+    proc = run_eval(
+        "--images",
+        f"mine={tmp_path / 'imgs'}",
+        "--features",
+        "domain",
+        "clip",
+        "--clip-score",
+        "--clip-model",
+        "tiny-clip-test",
+        "--clip-checkpoint",
+        str(tiny_clip / "tiny.pt"),
+        "--clip-config",
+        str(tiny_clip / "tiny-clip-test.json"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--reference",
+        str(tmp_path / "imgs"),
+        "--reference-cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.load(open(tmp_path / "out" / "results.json"))["results"][0]
     assert row["n"] == 20 and row["accuracy"] > 0.9 and 0 <= row["clip_score"] <= 100
@@ -128,12 +144,17 @@ def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):
     assert len(os.listdir(tmp_path / "cache")) == 2  # domain + clip reference stats cached
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda d: d.mkdir(), "holds no images"),
-    (lambda d: (d.mkdir(), (d / "x.png").write_bytes(b"not a png")), "Cannot read image"),
-    (lambda d: (d.mkdir(), Image.new("L", (8, 8)).save(d / "a.png"), Image.new("L", (9, 9)).save(d / "b.png")),
-     "differ in size"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: d.mkdir(), "holds no images"),
+        (lambda d: (d.mkdir(), (d / "x.png").write_bytes(b"not a png")), "Cannot read image"),
+        (
+            lambda d: (d.mkdir(), Image.new("L", (8, 8)).save(d / "a.png"), Image.new("L", (9, 9)).save(d / "b.png")),
+            "differ in size",
+        ),
+    ],
+)
 def test_image_folder_errors(tmp_path, make, message):
     make(tmp_path / "imgs")
     proc = run_eval("--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"))
@@ -143,9 +164,16 @@ def test_image_folder_errors(tmp_path, make, message):
 def test_unknown_pipeline_type(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, layers_per_block=1)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
     proc = run_eval("--model", str(tmp_path / "pipe"), "--steps", "1", "--num-samples", "4", "--out", str(tmp_path))
     assert proc.returncode == 2 and "Unknown pipeline type DDPMPipeline" in proc.stderr, proc.stderr[-2000:]
@@ -155,12 +183,26 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
     single = run_eval(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    )
     double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.load(open(tmp_path / "one" / "results.json"))["results"][0]
     two = json.load(open(tmp_path / "two" / "results.json"))["results"][0]
-    assert two["n"] == one["n"] == 30 and json.load(open(tmp_path / "two" / "results.json"))["settings"]["processes"] == 2
+    assert (
+        two["n"] == one["n"] == 30 and json.load(open(tmp_path / "two" / "results.json"))["settings"]["processes"] == 2
+    )
     assert two["fd_domain"] == pytest.approx(one["fd_domain"], rel=1e-4)
     assert two["accuracy"] == pytest.approx(one["accuracy"])

@@ -27,7 +27,8 @@ folder, steps, w, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.a
 pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 g = torch.Generator().manual_seed(0)
-images = pipe(class_labels=[0, 1, 2, 0], num_inference_steps=steps, guidance_scale=w, generator=g, output_type="pt").images
+images = pipe(class_labels=[0, 1, 2, 0], num_inference_steps=steps, guidance_scale=w, generator=g,
+              output_type="pt").images
 torch.save({"images": images, "class": type(pipe).__name__, "timesteps": pipe.scheduler.timesteps.tolist()}, out)
 """
 
@@ -46,8 +47,13 @@ def test_exported_pipeline_matches_toolkit_sampler_in_fresh_process(tmp_path, st
     den = student(guidance_dim)
     folder = export_pipeline(den, tmp_path / "pipe", steps, guidance_scale=w, card="# test\n", config={"a": 1})
     out = tmp_path / "out.pt"
-    proc = subprocess.run([sys.executable, "-I", "-c", LOAD_SCRIPT, folder, str(steps), str(w), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_SCRIPT, folder, str(steps), str(w), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(out)
     assert result["class"] == "ClassConditionalPipeline"

@@ -4,17 +4,15 @@ import scipy.linalg
 import torch
 
 from stepdistill.data import load_fashion_mnist
-from stepdistill.evaluation import DomainFeatures, FrechetDistance, ReferenceStats, Scorers
-from stepdistill.features import DomainClassifier
+from stepdistill.evaluation import ReferenceStats, domain_scorers
 from stepdistill.metrics import feature_stats, frechet_distance
 
 CLASSIFIER = "assets/fashion-classifier"
 
 
-def domain_scorers():
-    net = DomainFeatures(DomainClassifier.from_pretrained(CLASSIFIER))
-    reference = ReferenceStats.load(f"{CLASSIFIER}/reference-test.npz")
-    return Scorers({"fd_domain": FrechetDistance(net, reference)}, net), net, reference
+def scorers_and_net():
+    scorers = domain_scorers(CLASSIFIER)
+    return scorers, scorers.classifier, ReferenceStats.load(f"{CLASSIFIER}/reference-test.npz")
 
 
 def scipy_frechet(mu1, s1, mu2, s2):
@@ -37,7 +35,9 @@ def test_frechet_distance_matches_scipy(dim):
 
 def test_frechet_distance_of_known_gaussians():
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2
-    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-1.0]), np.array([[1.0]])) == pytest.approx(5.0)
+    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-1.0]), np.array([[1.0]])) == pytest.approx(
+        5.0
+    )
     with pytest.raises(ValueError, match="differ in shape"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="N >= 2"):
@@ -46,10 +46,10 @@ def test_frechet_distance_of_known_gaussians():
 
 def test_command_fd_equals_independent_numpy_fd():
     """The torchmetrics-accumulated FD equals scipy's FD of the same features to 1e-3 relative."""
-    scorers, net, reference = domain_scorers()
+    scorers, net, reference = scorers_and_net()
     images = torch.from_numpy(load_fashion_mnist("assets/fashion-mnist", "train")[0][:1500])[:, None]
     for i in range(0, 1500, 400):  # several batches, as the command feeds them
-        scorers.update(images[i:i + 400])
+        scorers.update(images[i : i + 400])
     fd = scorers.compute()["fd_domain"]
     mu, sigma = feature_stats(net(images))
     ref = scipy_frechet(mu, sigma, reference.mu, reference.sigma)
@@ -57,7 +57,7 @@ def test_command_fd_equals_independent_numpy_fd():
 
 
 def test_domain_fd_is_small_for_real_and_grows_with_noise():
-    scorers, _, _ = domain_scorers()
+    scorers, _, _ = scorers_and_net()
     images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
     real = torch.from_numpy(images[:2000])[:, None]
     scorers.update(real, torch.from_numpy(labels[:2000]))

@@ -34,19 +34,27 @@ def test_ddim_matches_diffusers_scheduler(prediction, steps, spacing):
 
 
 def test_sampling_is_seed_deterministic_and_batch_split_invariant():
-    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3).frozen()
+    den = Denoiser(
+        tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3
+    ).frozen()
     noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = Condition(labels=torch.tensor([0, 1, 2, 0, 1, 2]))
     whole = ddim_sample(den, noise, cond, 4, guidance_scale=1.5)
-    halves = torch.cat([ddim_sample(den, noise[:3], cond.map(lambda v: v[:3]), 4, guidance_scale=1.5),
-                        ddim_sample(den, noise[3:], cond.map(lambda v: v[3:]), 4, guidance_scale=1.5)])
+    halves = torch.cat(
+        [
+            ddim_sample(den, noise[:3], cond.map(lambda v: v[:3]), 4, guidance_scale=1.5),
+            ddim_sample(den, noise[3:], cond.map(lambda v: v[3:]), 4, guidance_scale=1.5),
+        ]
+    )
     torch.testing.assert_close(whole, halves, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole, ddim_sample(den, noise, cond, 4, guidance_scale=1.5))
 
 
 def test_x0_clipping_keeps_eps_consistent():
     """With clipping, each step still lies on the line through x_t: x_t = alpha x0_clipped + sigma eps."""
-    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3).frozen()
+    den = Denoiser(
+        tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3
+    ).frozen()
     noise = 3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = Condition(labels=torch.tensor([0, 1, 2, 0]))
     out = ddim_sample(den, noise, cond, 4, guidance_scale=5.0, clip_x0=1.0)

@@ -8,12 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stepdistill.schedules import (
-    PREDICTIONS, Schedule, add_noise, check_prediction, combine, convert, ddim_step, split, timestep_grid,
+    PREDICTIONS,
+    Schedule,
+    add_noise,
+    check_prediction,
+    combine,
+    convert,
+    ddim_step,
+    split,
+    timestep_grid,
 )
 
 SCHEDULES = {
     "discrete": lambda: Schedule.from_scheduler_config(
-        {"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
+        {"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    ),
     "discrete_cosine": lambda: Schedule.from_scheduler_config({"beta_schedule": "squaredcos_cap_v2"}),
     "cosine": Schedule.cosine,
     "flow": Schedule.flow,
@@ -51,15 +60,17 @@ def test_schedule_shape_and_monotonicity(name):
     if name == "flow":
         torch.testing.assert_close(alpha + sigma, torch.ones_like(t))
     else:
-        torch.testing.assert_close(alpha ** 2 + sigma ** 2, torch.ones_like(t))
+        torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
     if name.startswith("discrete") or name == "flow":
         assert alpha[0] == 1 and sigma[0] == 0, "t = 0 is the clean endpoint"
 
 
 def test_cosine_log_snr_bounds():
     schedule = Schedule.cosine(logsnr_min=-15, logsnr_max=12)
-    torch.testing.assert_close(schedule.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64)),
-                               torch.tensor([12.0, -15.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        schedule.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64)),
+        torch.tensor([12.0, -15.0], dtype=torch.float64),
+    )
 
 
 def test_discrete_matches_diffusers_add_noise_and_velocity():
@@ -68,10 +79,12 @@ def test_discrete_matches_diffusers_add_noise_and_velocity():
     idx = torch.tensor([0, 1, 17, 500, 998, 999])
     t = (idx + 1).double() / 1000
     alpha, sigma = schedule.alpha_sigma(t)
-    torch.testing.assert_close(alpha ** 2, scheduler.alphas_cumprod[idx].double())
+    torch.testing.assert_close(alpha**2, scheduler.alphas_cumprod[idx].double())
     x0, eps = torch.randn(2, len(idx), 1, 4, 4)
     torch.testing.assert_close(add_noise(x0, eps, alpha.float(), sigma.float()), scheduler.add_noise(x0, eps, idx))
-    torch.testing.assert_close(combine(x0, eps, "v", alpha.float(), sigma.float()), scheduler.get_velocity(x0, eps, idx))
+    torch.testing.assert_close(
+        combine(x0, eps, "v", alpha.float(), sigma.float()), scheduler.get_velocity(x0, eps, idx)
+    )
     assert schedule.model_timestep(t).round().long().tolist() == idx.tolist()
 
 

@@ -22,8 +22,22 @@ def run(*args):
 
 def test_teacher_script_smoke(tmp_path):
     out = tmp_path / "teacher"
-    run("train/teacher.py", "--data", "assets/fashion-mnist", "--out", str(out), "--iterations", "2",
-        "--batch-size", "8", "--resolution", "8", "--channels", "8", "16")
+    run(
+        "train/teacher.py",
+        "--data",
+        "assets/fashion-mnist",
+        "--out",
+        str(out),
+        "--iterations",
+        "2",
+        "--batch-size",
+        "8",
+        "--resolution",
+        "8",
+        "--channels",
+        "8",
+        "16",
+    )
     den = Denoiser.from_pretrained(out)
     assert den.prediction == "v" and den.null_class == 10 and den.backbone.config.sample_size == 8
     assert (out / "samples.png").is_file() and json.load(open(out / "training.json"))["iterations"] == 2
@@ -41,25 +55,58 @@ def test_classifier_script_smoke(tmp_path):
 
 def test_evaluate_and_sample_scripts(tmp_path):
     out = tmp_path / "eval"
-    proc = run("eval/evaluate.py", "--model", "teacher=assets/fashion-teacher", "--steps", "1", "2",
-               "--guidance", "1", "2", "--num-samples", "40", "--batch-size", "16", "--real", "assets/fashion-mnist",
-               "--out", str(out))
+    proc = run(
+        "eval/evaluate.py",
+        "--model",
+        "teacher=assets/fashion-teacher",
+        "--steps",
+        "1",
+        "2",
+        "--guidance",
+        "1",
+        "2",
+        "--num-samples",
+        "40",
+        "--batch-size",
+        "16",
+        "--real",
+        "assets/fashion-mnist",
+        "--out",
+        str(out),
+    )
     result = json.load(open(out / "results.json"))
     assert [(r["steps"], r["guidance"]) for r in result["results"]] == [(1, 1.0), (2, 1.0), (1, 2.0), (2, 2.0)]
     assert all(r["n"] == 40 and r["fd_domain"] > 0 and 0 <= r["accuracy"] <= 1 for r in result["results"])
     assert result["real_floor"]["n"] == 40 and "| teacher | 2 | 2 |" in proc.stdout
     assert (out / "fd_domain_vs_steps.png").is_file() and len(os.listdir(out / "grids")) == 4
-    run("eval/sample.py", "--model", "assets/fashion-teacher", "--steps", "2", "--per-class", "2",
-        "--out", str(tmp_path / "grid.png"))
+    run(
+        "eval/sample.py",
+        "--model",
+        "assets/fashion-teacher",
+        "--steps",
+        "2",
+        "--per-class",
+        "2",
+        "--out",
+        str(tmp_path / "grid.png"),
+    )
     assert (tmp_path / "grid.png").stat().st_size > 100
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--model", "assets/nothing-here"], "does not exist"),
-    (["--model", "assets/fashion-classifier", "--num-samples", "4"], "not a denoising UNet"),
-    (["--model", "assets/fashion-teacher", "--num-samples", "1"], "at least 2"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "assets/nothing-here"], "does not exist"),
+        (["--model", "assets/fashion-classifier", "--num-samples", "4"], "not a denoising UNet"),
+        (["--model", "assets/fashion-teacher", "--num-samples", "1"], "at least 2"),
+    ],
+)
 def test_evaluate_reports_bad_input(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "eval/evaluate.py", *args, "--out", str(tmp_path)], capture_output=True,
-                          text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "eval/evaluate.py", *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0 and message in proc.stderr

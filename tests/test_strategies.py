@@ -64,8 +64,13 @@ def test_pd_round_student_matches_two_step_teacher_map(tmp_path):
     config = ProgressiveConfig(teacher_steps=4, target_steps=2, steps_per_round=1500, lr=3e-3)
     strategy = ProgressiveStrategy(config, teacher, student=student)
     data = {"x0": mixture.sample(20000, torch.Generator().manual_seed(0)).float()}
-    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=256,
-                                    lr_schedule="cosine", log_every=500), strategy, data)
+    trainer = Trainer(
+        TrainerConfig(
+            output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=256, lr_schedule="cosine", log_every=500
+        ),
+        strategy,
+        data,
+    )
     trainer.train()
     n = 2
     x0 = mixture.sample(4000, torch.Generator().manual_seed(1))
@@ -94,8 +99,12 @@ def test_pd_smoke_on_tiny_unet(tmp_path, guided):
     config = ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=1, lr=1e-3, **extra)
     strategy = ProgressiveStrategy(config, teacher)
     data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
-    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=4,
-                                    log_every=1), strategy, data, grid_condition=Condition(labels=torch.arange(3)))
+    trainer = Trainer(
+        TrainerConfig(output_dir=str(tmp_path), max_steps=config.total_steps, batch_size=4, log_every=1),
+        strategy,
+        data,
+        grid_condition=Condition(labels=torch.arange(3)),
+    )
     logs = trainer.train()
     assert torch.isfinite(torch.tensor(logs["loss/student"])) and logs["log/student_steps"] == 2
     assert all(p.grad is None for p in teacher.parameters()), "the frozen teacher must get no gradients"

@@ -29,9 +29,19 @@ def make_trainer(out, max_steps, **kw):
     schedule = Schedule.cosine()
     # two rounds of 3 steps: the resume point (step 3) sits on a round boundary with a snapshot teacher
     config = ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=3, lr=1e-2)
-    strategy = ProgressiveStrategy(config, GaussianMixtureDenoiser(MIXTURE, schedule), student=mlp_student(schedule, 2))
-    trainer_cfg = TrainerConfig(output_dir=str(out), max_steps=max_steps, batch_size=32, log_every=1,
-                                ema_decay=0.9, lr_warmup_steps=2, lr_schedule="cosine", **kw)
+    strategy = ProgressiveStrategy(
+        config, GaussianMixtureDenoiser(MIXTURE, schedule), student=mlp_student(schedule, 2)
+    )
+    trainer_cfg = TrainerConfig(
+        output_dir=str(out),
+        max_steps=max_steps,
+        batch_size=32,
+        log_every=1,
+        ema_decay=0.9,
+        lr_warmup_steps=2,
+        lr_schedule="cosine",
+        **kw,
+    )
     return Trainer(trainer_cfg, strategy, DATA), strategy
 
 
@@ -59,8 +69,10 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     second.train()
     assert torch.equal(params(s_full), params(s_resumed))
     assert all(torch.equal(full.ema.shadow[k], second.ema.shadow[k]) for k in full.ema.shadow)
-    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "split"))] == ["step-00000004",
-                                                                                        "step-00000006"]
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "split"))] == [
+        "step-00000004",
+        "step-00000006",
+    ]
     assert not torch.equal(params(s_first), params(s_resumed))
 
 
@@ -88,8 +100,9 @@ def test_bad_resume_and_nan_loss_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         trainer.train()
     trainer, strategy = make_trainer(tmp_path / "nan", 2)
-    monkeypatch.setattr(strategy, "losses", lambda batch, step: {"student": torch.tensor(float("nan"),
-                                                                                         requires_grad=True)})
+    monkeypatch.setattr(
+        strategy, "losses", lambda batch, step: {"student": torch.tensor(float("nan"), requires_grad=True)}
+    )
     with pytest.raises(FloatingPointError, match="Non-finite student loss"):
         trainer.train()
     with pytest.raises(ValueError, match="max_steps"):

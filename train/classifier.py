@@ -16,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stepdistill.cli import run_cli
 from stepdistill.data import from_uint8, load_fashion_mnist
 from stepdistill.features import DomainClassifier
-from stepdistill.cli import run_cli
 from stepdistill.metrics import batched, feature_stats
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files")
+    parser.add_argument(
+        "--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files"
+    )
     parser.add_argument("--out", default="assets/fashion-classifier", help="output folder")
     parser.add_argument("--resolution", type=int, default=16, help="image size the classifier sees")
     parser.add_argument("--epochs", type=int, default=6)
@@ -48,7 +50,7 @@ def main():
     for _ in range(args.epochs):
         order = torch.randperm(len(train_x))
         for i in range(len(train_x) // args.batch_size):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
             x = train_x[idx]
             x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x, x.flip(-1))  # garments are left-right symmetric
             loss = F.cross_entropy(model(x), train_y[idx])

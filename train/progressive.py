@@ -1,6 +1,6 @@
 """Progressive distillation of a diffusion teacher into a few-step student (Salimans & Ho 2022).
 
-    python train/progressive.py --preset fashion-4step --output-dir outputs/pd-fashion
+    python train/progressive.py --preset fashion --output-dir outputs/pd-fashion
     accelerate launch train/progressive.py --config run.yaml
 
 Each round halves the student's steps (teacher_steps -> ... -> target_steps); the result is exported as a
@@ -15,38 +15,99 @@ from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.data import load_training_data
 from stepdistill.denoiser import Condition, Denoiser
-from stepdistill.export import export_pipeline
+from stepdistill.evaluation import domain_scorers, fd_callback
+from stepdistill.export import export_pipeline, exportable_steps, model_card
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
 PRESETS = {
     # Salimans & Ho 2022, CIFAR-10 settings (Sec. 5, App. C): 1024 -> 4 steps, ~50k updates per round.
-    "paper-cifar10": {"teacher_steps": 1024, "target_steps": 4, "steps_per_round": 50000, "lr": 5e-5,
-                      "batch_size": 128, "weighting": "truncated_snr"},
-    # The bundled Fashion-MNIST teacher on 2 CPU cores: 64 -> 4 steps in four short rounds.
-    "fashion-4step": {"teacher_steps": 64, "target_steps": 4, "steps_per_round": 1000, "lr": 2e-4,
-                      "batch_size": 64, "lr_warmup_steps": 100, "log_every": 20},
+    "paper-cifar10": {
+        "teacher_steps": 1024,
+        "target_steps": 4,
+        "steps_per_round": 50000,
+        "lr": 5e-5,
+        "batch_size": 128,
+        "weighting": "truncated_snr",
+    },
+    # The bundled Fashion-MNIST teacher on 2 CPU cores: 64 -> 2 steps in five short rounds (exports 8, 4, 2).
+    # A quick run for the demo (a few minutes on 2 CPU cores): 64 -> 4 steps, 150 updates per round.
+    "demo": {
+        "teacher_steps": 64,
+        "target_steps": 4,
+        "steps_per_round": 150,
+        "lr": 2e-4,
+        "batch_size": 64,
+        "lr_warmup_steps": 50,
+        "log_every": 20,
+    },
+    "fashion": {
+        "teacher_steps": 64,
+        "target_steps": 2,
+        "steps_per_round": 1200,
+        "lr": 2e-4,
+        "batch_size": 64,
+        "lr_warmup_steps": 100,
+        "log_every": 20,
+        "checkpoint_every": 600,
+    },
 }
 
 
 def main(argv=None):
-    trainer_cfg, model_cfg, pd_cfg = parse_configs([TrainerConfig, ModelConfig, ProgressiveConfig], argv, PRESETS,
-                                                   __doc__)
+    trainer_cfg, model_cfg, pd_cfg = parse_configs(
+        [TrainerConfig, ModelConfig, ProgressiveConfig], argv, PRESETS, __doc__
+    )
     trainer_cfg.max_steps = pd_cfg.total_steps
     teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
     data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
     strategy = ProgressiveStrategy(pd_cfg, teacher)
     grid = Condition(labels=torch.arange(teacher.null_class).repeat_interleave(8)) if teacher.null_class else None
-    trainer = Trainer(trainer_cfg, strategy, data, to_dict(trainer_cfg, model_cfg, pd_cfg), grid)
-    trainer.train()
-    if trainer.accelerator.is_main_process:
+
+    def export_round(trainer):
+        """At the end of each halving round, export that round's student as pipeline-<N>steps."""
+        round_index = strategy.round_of(trainer.step - 1)
+        if round_index < 0 or strategy.round_of(trainer.step) == round_index and trainer.step < trainer_cfg.max_steps:
+            return
+        steps = strategy.student_steps(round_index)
         student = trainer.accelerator.unwrap_model(strategy.student)
-        if trainer.ema is not None:
-            trainer.ema.copy_to(student)
-        folder = export_pipeline(student, os.path.join(trainer_cfg.output_dir, "pipeline"), pd_cfg.target_steps,
-                                 strategy.sampling_guidance, card=f"Progressive distillation of {model_cfg.teacher}.\n",
-                                 config=trainer.resolved_config)
-        print(f"exported {folder}")
+        if not exportable_steps(student, steps):
+            print(f"round {round_index + 1}: {steps} steps are not on the teacher's integer timesteps; not exported")
+        elif trainer.accelerator.is_main_process:
+            folder = os.path.join(trainer_cfg.output_dir, f"pipeline-{steps}steps")
+            details = (
+                f"Teacher sampler {pd_cfg.teacher_steps} steps, halved each round of {pd_cfg.steps_per_round} "
+                f"optimizer steps; exported after {trainer.step} steps."
+            )
+            if pd_cfg.guidance_range is None and pd_cfg.guidance_scale != 1:
+                details += f" The teacher's guidance w = {pd_cfg.guidance_scale:g} is baked in."
+            card = model_card(
+                "Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512)",
+                model_cfg.teacher,
+                steps,
+                strategy.sampling_guidance,
+                details,
+            )
+            export_pipeline(
+                student, folder, steps, strategy.sampling_guidance, card=card, config=trainer.resolved_config
+            )
+            print(f"exported {folder}")
+
+    callbacks = [export_round]
+    if model_cfg.eval_every:
+        shape = tuple(data["x0"].shape[1:])
+        callbacks.append(
+            fd_callback(
+                domain_scorers(model_cfg.classifier),
+                model_cfg.eval_every,
+                model_cfg.eval_samples,
+                teacher.null_class or 0,
+                shape,
+                trainer_cfg.seed,
+            )
+        )
+    trainer = Trainer(trainer_cfg, strategy, data, to_dict(trainer_cfg, model_cfg, pd_cfg), grid, callbacks)
+    trainer.train()
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
+from stepdistill.cli import run_cli
 from stepdistill.data import FASHION_CLASSES, from_uint8, load_fashion_mnist, save_grid
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.ema import EMA
 from stepdistill.io import atomic_dir
 from stepdistill.losses import denoising_loss, drop_labels
 from stepdistill.sampling import ddim_sample
-from stepdistill.cli import run_cli
 from stepdistill.schedules import Schedule
 
 
@@ -32,16 +32,25 @@ def build_unet(resolution: int, channels: list[int], layers_per_block: int, num_
     down = ["DownBlock2D"] * (len(channels) - 1) + ["AttnDownBlock2D"]
     up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (len(channels) - 1)
     return UNet2DConditionModel(
-        sample_size=resolution, in_channels=1, out_channels=1, block_out_channels=tuple(channels),
-        down_block_types=tuple(down), up_block_types=tuple(up), mid_block_type="UNetMidBlock2D",
-        layers_per_block=layers_per_block, num_class_embeds=num_classes + 1, attention_head_dim=8,
+        sample_size=resolution,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=tuple(channels),
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        mid_block_type="UNetMidBlock2D",
+        layers_per_block=layers_per_block,
+        num_class_embeds=num_classes + 1,
+        attention_head_dim=8,
         norm_num_groups=8,
     )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files")
+    parser.add_argument(
+        "--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files"
+    )
     parser.add_argument("--out", default="assets/fashion-teacher", help="output folder (replaced atomically)")
     parser.add_argument("--resolution", type=int, default=16, help="training image size (28 = native)")
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet block widths")
@@ -62,21 +71,32 @@ def main():
     num_classes = len(FASHION_CLASSES)
 
     unet = build_unet(args.resolution, args.channels, args.layers_per_block, num_classes)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                              prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True,
-                              timestep_spacing="trailing")
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
     denoiser = Denoiser(unet, Schedule.from_scheduler_config(dict(scheduler.config)), "v", null_class=num_classes)
     ema = EMA(unet, args.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / args.warmup) * 0.5 * (
-        1 + torch.cos(torch.tensor(torch.pi * i / args.iterations)).item()))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: (
+            min(1.0, (i + 1) / args.warmup)
+            * 0.5
+            * (1 + torch.cos(torch.tensor(torch.pi * i / args.iterations)).item())
+        ),
+    )
 
     order, pos = torch.randperm(len(data)), 0
     bar = tqdm(range(args.iterations), desc="teacher")
     for _ in bar:
         if pos + args.batch_size > len(order):
             order, pos = torch.randperm(len(data)), 0
-        idx = order[pos:pos + args.batch_size]
+        idx = order[pos : pos + args.batch_size]
         pos += args.batch_size
         x0 = data[idx]
         x0 = torch.where(torch.rand(len(x0), 1, 1, 1) < 0.5, x0, x0.flip(-1))  # left-right flips
@@ -94,14 +114,21 @@ def main():
     wall = time.time() - start
     denoiser.frozen()
     grid_labels = torch.arange(num_classes).repeat_interleave(8)
-    noise = torch.randn(len(grid_labels), 1, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(
+        len(grid_labels), 1, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)
+    )
     samples = ddim_sample(denoiser, noise, Condition(labels=grid_labels), num_steps=50, guidance_scale=2.0)
     with atomic_dir(args.out) as tmp:
         unet.save_pretrained(os.path.join(tmp, "unet"))
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         save_grid(samples, os.path.join(tmp, "samples.png"), nrow=8, scale=3)
-        info = {**vars(args), "num_parameters": sum(p.numel() for p in unet.parameters()),
-                "train_wall_time_s": round(wall, 1), "final_loss": loss.item(), "torch": torch.__version__}
+        info = {
+            **vars(args),
+            "num_parameters": sum(p.numel() for p in unet.parameters()),
+            "train_wall_time_s": round(wall, 1),
+            "final_loss": loss.item(),
+            "torch": torch.__version__,
+        }
         with open(os.path.join(tmp, "training.json"), "w") as f:
             json.dump(info, f, indent=2)
         if os.path.isfile(os.path.join(args.out, "README.md")):  # keep the hand-written model card

@@ -67,7 +67,9 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
     def __init__(self, config: Any, teacher: Denoiser):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}.")
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}."
+            )
         self.config = config
         self.__dict__["teacher"] = teacher.frozen()  # not a registered submodule
 

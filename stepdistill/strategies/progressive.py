@@ -42,11 +42,17 @@ class ProgressiveConfig:
     lr: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5 on CIFAR-10)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(
-        default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"})
-    guidance_scale: float = field(default=1.0, metadata={
-        "help": "teacher guidance baked into the student (without guidance_range); in guided PD, the grid's w"})
+        default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"}
+    )
+    guidance_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "teacher guidance baked into the student (without guidance_range); in guided PD, the grid's w"
+        },
+    )
     guidance_range: list[float] | None = field(
-        default=None, metadata={"help": "w_min w_max: guided PD with a w-conditioned student"})
+        default=None, metadata={"help": "w_min w_max: guided PD with a w-conditioned student"}
+    )
     guided_steps: int = field(default=0, metadata={"help": "stage-1 optimizer steps of guided PD"})
     guidance_embedding_dim: int = field(default=256, metadata={"help": "w-embedding width of guided PD students"})
 
@@ -61,7 +67,9 @@ class ProgressiveConfig:
             raise ValueError("ProgressiveConfig.steps_per_round and lr must be positive.")
         if self.guidance_range is not None:
             if len(self.guidance_range) != 2 or not 0 < self.guidance_range[0] <= self.guidance_range[1]:
-                raise ValueError(f"guidance_range must be 'w_min w_max' with 0 < w_min <= w_max, got {self.guidance_range}.")
+                raise ValueError(
+                    f"guidance_range must be 'w_min w_max' with 0 < w_min <= w_max, got {self.guidance_range}."
+                )
             if self.guided_steps < 1:
                 raise ValueError("guided PD needs guided_steps >= 1 (the stage-1 length).")
         elif self.guided_steps:
