@@ -48,6 +48,16 @@ def parse_named(spec: str) -> tuple[str, str]:
     return (name, path) if sep else (os.path.basename(os.path.normpath(spec)), spec)
 
 
+def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int]]:
+    """``NAME=PATH[@S1,S2]``: a model, and the step counts to sample it at (default: --steps)."""
+    spec, sep, steps = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    name, path = parse_named(spec)
+    try:
+        return name, path, [int(s) for s in steps.split(",")] if sep else default_steps
+    except ValueError:
+        raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
+
+
 def load_real_images(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (and labels) from an idx folder (Fashion-MNIST layout) or an image folder."""
     if os.path.isdir(path) and any(n.startswith("train-images-idx3") for n in os.listdir(path)):
@@ -60,7 +70,12 @@ def load_real_images(path: str, limit: int | None) -> tuple[torch.Tensor, torch.
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=[], help="NAME=PATH of a model or pipeline folder (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="NAME=PATH of a model or pipeline folder (repeatable); NAME=PATH@4 or @2,4 sets its steps",
+    )
     p.add_argument("--images", action="append", default=[], help="NAME=FOLDER of images to score (repeatable)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 50], help="sampling step counts")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales (1 = none)")
@@ -185,12 +200,12 @@ def main():
             args.batch_size,
         )
         add_row({"model": name, "steps": None, "guidance": None, **row}, images)
-    for name, path in map(parse_named, args.model):
+    for name, path, model_steps in (parse_model(spec, args.steps) for spec in args.model):
         model = load_model(path, state.device)
         classes = num_classes(model)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         for w in args.guidance:
-            for steps in args.steps:
+            for steps in model_steps:
                 t0 = time.time()
                 images = sample(model, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}")
                 own_prompts = (

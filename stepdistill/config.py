@@ -26,6 +26,9 @@ class ModelConfig:
         default="assets/fashion-teacher", metadata={"help": "teacher pipeline folder (unet/ + scheduler/) or Hub id"}
     )
     revision: str | None = dataclasses.field(default=None, metadata={"help": "Hub revision of the teacher"})
+    student: str | None = dataclasses.field(
+        default=None, metadata={"help": "initialise the student from this model folder (default: the teacher)"}
+    )
     data: str = dataclasses.field(
         default="assets/fashion-mnist", metadata={"help": "training images: a folder of idx files or of images"}
     )

@@ -257,6 +257,25 @@ class Denoiser(nn.Module):
         finally:
             self.backbone.enable_adapters()
 
+    def check_matches(self, other: Denoiser, role: str = "student") -> None:
+        """Raise ``ValueError`` if ``other`` (e.g. a student loaded from disk) cannot stand in for this network:
+        a different sample shape, class set, schedule or prediction type."""
+        problems = []
+        if self.schedule.kind != other.schedule.kind or (
+            self.schedule.kind == "discrete"
+            and not torch.allclose(self.schedule.alphas_cumprod, other.schedule.alphas_cumprod, atol=1e-6)
+        ):
+            problems.append("noise schedule")
+        if self.null_class != other.null_class:
+            problems.append(f"null class ({self.null_class} vs {other.null_class})")
+        if self.backbone is not None and other.backbone is not None:
+            for key in ("sample_size", "in_channels", "out_channels", "num_class_embeds"):
+                mine, theirs = getattr(self.backbone.config, key, None), getattr(other.backbone.config, key, None)
+                if mine != theirs:
+                    problems.append(f"{key} ({mine} vs {theirs})")
+        if problems:
+            raise ValueError(f"The {role} does not match the teacher: different {', '.join(problems)}.")
+
     # ------------------------------------------------------------------------------------------ calling
     def native(self, x_t: Tensor, t: Tensor, cond: Condition | None, w: Tensor | None = None) -> Tensor:
         """The backbone's raw output at ``(x_t, t)``.

@@ -206,3 +206,16 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
     )
     assert two["fd_domain"] == pytest.approx(one["fd_domain"], rel=1e-4)
     assert two["accuracy"] == pytest.approx(one["accuracy"])
+
+
+def test_model_specs():
+    sys.path.insert(0, "eval")
+    try:
+        from evaluate import parse_model
+    finally:
+        sys.path.pop(0)
+    assert parse_model("pd=out/pipe@4", [1, 2]) == ("pd", "out/pipe", [4])
+    assert parse_model("out/pipe@2,4", [1]) == ("pipe", "out/pipe", [2, 4])
+    assert parse_model("t=assets/fashion-teacher", [1, 50]) == ("t", "assets/fashion-teacher", [1, 50])
+    with pytest.raises(ValueError, match="Bad step list"):
+        parse_model("x=p@four", [1])

@@ -110,3 +110,31 @@ def test_pd_smoke_on_tiny_unet(tmp_path, guided):
     assert all(p.grad is None for p in teacher.parameters()), "the frozen teacher must get no gradients"
     assert (tmp_path / "grids").is_dir() and (tmp_path / "log.jsonl").is_file()
     assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)
+
+
+def test_student_teacher_mismatch_fails_before_training(tmp_path):
+    teacher = tiny_teacher()
+    other = Denoiser(tiny_unet(num_classes=5), teacher.schedule, "v", null_class=5)
+    strategy = ProgressiveStrategy(ProgressiveConfig(teacher_steps=4, target_steps=2), teacher, student=other)
+    with pytest.raises(ValueError, match="does not match the teacher.*null class.*num_class_embeds"):
+        Trainer(TrainerConfig(output_dir=str(tmp_path)), strategy, {"x0": torch.zeros(4, 1, 8, 8)})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_train_script_rejects_bad_configs(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "run.yaml").write_text("teacher_steps: 64\nstep_per_round: 10\n")
+    for args, message in [
+        (["--config", str(tmp_path / "run.yaml")], "Did you mean 'steps_per_round'"),
+        (["--teacher-steps", "48"], "power of two"),
+        (["--teacher", str(tmp_path / "none")], "does not exist"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "train/progressive.py", "--output-dir", str(tmp_path / "o"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

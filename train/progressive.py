@@ -61,7 +61,8 @@ def main(argv=None):
     trainer_cfg.max_steps = pd_cfg.total_steps
     teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
     data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
-    strategy = ProgressiveStrategy(pd_cfg, teacher)
+    student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
+    strategy = ProgressiveStrategy(pd_cfg, teacher, student)
     grid = Condition(labels=torch.arange(teacher.null_class).repeat_interleave(8)) if teacher.null_class else None
 
     def export_round(trainer):

@@ -106,6 +106,7 @@ class ProgressiveStrategy(Strategy):
         self.round_teacher: Denoiser | None = None  # frozen snapshot of the student at the round's start
 
     def check_compatible(self) -> None:
+        self.teacher.check_matches(unwrap(self.student))
         if self.config.guidance_range is not None and self.teacher.null_class is None:
             raise ValueError("Guided PD needs a class-conditional teacher with a null class.")
         if self.config.guidance_scale != 1.0 and self.teacher.null_class is None:
