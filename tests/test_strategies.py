@@ -138,3 +138,54 @@ def test_train_script_rejects_bad_configs(tmp_path):
             timeout=300,
         )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"gradient_checkpointing": True},
+        {"mixed_precision": "bf16"},
+        {"gradient_accumulation_steps": 2, "ema_decay": 0.99},
+    ],
+)
+def test_trainer_options_on_tiny_unet(tmp_path, options):
+    teacher = tiny_teacher()
+    config = ProgressiveConfig(teacher_steps=4, target_steps=2, steps_per_round=2, lr=1e-3)
+    strategy = ProgressiveStrategy(config, teacher)
+    data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
+    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4, **options), strategy, data)
+    before = [p.detach().clone() for p in strategy.student.parameters()]
+    logs = trainer.train()
+    assert torch.isfinite(torch.tensor(logs["loss/student"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, strategy.student.parameters()))
+    if options.get("gradient_checkpointing"):
+        assert strategy.student.backbone.is_gradient_checkpointing
+
+
+def test_xformers_without_cuda_is_a_clear_error(tmp_path):
+    strategy = ProgressiveStrategy(ProgressiveConfig(teacher_steps=4, target_steps=2), tiny_teacher())
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="xformers.*CUDA"):
+        Trainer(
+            TrainerConfig(output_dir=str(tmp_path), attention="xformers"), strategy, {"x0": torch.zeros(4, 1, 8, 8)}
+        )
+
+
+def test_periodic_evaluation_callback_logs_metrics(tmp_path):
+    import json
+
+    from stepdistill.evaluation import domain_scorers, fd_callback
+
+    strategy = ProgressiveStrategy(
+        ProgressiveConfig(teacher_steps=4, target_steps=2, steps_per_round=2), tiny_teacher()
+    )
+    data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
+    callback = fd_callback(
+        domain_scorers("assets/fashion-classifier"), every=2, num_samples=12, num_classes=3, shape=(1, 8, 8)
+    )
+    Trainer(
+        TrainerConfig(output_dir=str(tmp_path), max_steps=4, batch_size=4), strategy, data, callbacks=[callback]
+    ).train()
+    evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if "eval/fd_domain" in line]
+    assert [e["step"] for e in evals] == [2, 4] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
