@@ -59,6 +59,19 @@ def distillation_weight(log_snr: Tensor, kind: str) -> Tensor:
     raise ValueError(f"Unknown loss weighting {kind!r}: expected truncated_snr, snr_plus_one or constant.")
 
 
+def consistency_distance(a: Tensor, b: Tensor, kind: str = "l2", huber_c: float = 0.001) -> Tensor:
+    """Mean distance between consistency-function outputs ``[B, ...]``.
+
+    ``"l2"``: mean squared error; ``"huber"``: pseudo-Huber ``sqrt((a - b)^2 + c^2) - c`` per element
+    (Song & Dhariwal 2023 use it per sample; LCM-LoRA's scripts per element, as here).
+    """
+    if kind == "l2":
+        return (a - b).pow(2).mean()
+    if kind == "huber":
+        return ((a - b).pow(2) + huber_c * huber_c).sqrt().sub(huber_c).mean()
+    raise ValueError(f"Unknown consistency distance {kind!r}: expected l2 or huber.")
+
+
 def drop_labels(cond: Condition, p: float, null_class: int, generator: torch.Generator | None = None) -> Condition:
     """Replace each label by ``null_class`` with probability ``p`` (classifier-free guidance training)."""
     if cond.labels is None or p <= 0:

@@ -7,7 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoiser import Condition, Denoiser
-from .schedules import Spacing, ddim_step, timestep_grid
+from .schedules import Spacing, add_noise, boundary_scalings, ddim_step, lcm_times, timestep_grid
 
 
 @torch.no_grad()
@@ -60,4 +60,44 @@ def ddim_sample(
             return x0
         alpha_s, sigma_s = schedule.alpha_sigma(times[i + 1])
         x = ddim_step(x0, eps, alpha_s, sigma_s)
+    return x
+
+
+@torch.no_grad()
+def consistency_sample(
+    student: Denoiser,
+    noise: Tensor,
+    cond: Condition | None = None,
+    num_steps: int = 4,
+    guidance_scale: float = 1.0,
+    solver_steps: int = 50,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+    times: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Algorithm 1 of Song et al. 2023; LCM's multistep sampler).
+
+    At each time: denoise with the consistency function ``f = c_skip x + c_out x0``, then re-noise the
+    result to the next time with fresh Gaussian noise. Times default to ``lcm_times`` (those of diffusers'
+    ``LCMScheduler``).
+
+    Args:
+        student: the consistency model (its ``x0`` prediction is wrapped by the boundary scalings).
+        noise: ``[B, C, H, W]`` initial noise.
+        generator: draws the re-noising noise (on ``noise``'s device).
+    """
+    schedule = student.schedule
+    times = lcm_times(schedule, num_steps, solver_steps) if times is None else times
+    times = times.to(device=noise.device, dtype=noise.dtype)
+    x = noise
+    for i in range(len(times)):
+        t = times[i].expand(len(x))
+        c_skip, c_out = boundary_scalings(schedule, t, sigma_data, timestep_scaling)
+        x0 = student(x, t, cond, guidance_scale=guidance_scale)
+        denoised = c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * x0
+        if i + 1 == len(times):
+            return denoised
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = add_noise(denoised, z, *schedule.alpha_sigma(times[i + 1]))
     return x

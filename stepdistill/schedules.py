@@ -304,6 +304,36 @@ def two_step_target(x_t: Tensor, x_end: Tensor, scales_t, scales_end) -> Tensor:
     return (x_end - ratio * x_t) / (_bcast(alpha_end, x_t) - ratio * _bcast(alpha, x_t))
 
 
+def boundary_scalings(
+    schedule: Schedule, t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+) -> tuple[Tensor, Tensor]:
+    """``(c_skip, c_out)`` ``[B]`` of a consistency function ``f = c_skip x_t + c_out x0``.
+
+    LCM's scalings (Eq. 5 of Luo et al. 2023 with the timestep scaling of its code): with
+    ``tau = timestep_scaling * timestep``, ``c_skip = sigma_data^2 / (tau^2 + sigma_data^2)`` and
+    ``c_out = tau / sqrt(tau^2 + sigma_data^2)``; ``timestep`` is the backbone's value at ``t`` (0 at the clean
+    end, where ``f(x) = x``).
+    """
+    tau = schedule.model_timestep(t).clamp_min(0) * timestep_scaling
+    norm = tau * tau + sigma_data * sigma_data
+    return sigma_data * sigma_data / norm, tau / norm.sqrt()
+
+
+def lcm_times(schedule: Schedule, num_steps: int, solver_steps: int = 50) -> Tensor:
+    """The ``num_steps`` sampling times of a consistency model trained on a ``solver_steps`` grid.
+
+    The same timesteps as diffusers' ``LCMScheduler.set_timesteps(num_steps)`` with
+    ``original_inference_steps = solver_steps``: evenly spaced points (floor of a linspace over indices) of
+    the solver grid, from the noisiest one down.
+    """
+    big_t = schedule.num_train_timesteps
+    if not 1 <= num_steps <= solver_steps:
+        raise ValueError(f"num_steps must be in [1, solver_steps={solver_steps}], got {num_steps}.")
+    grid = torch.arange(1, solver_steps + 1, dtype=torch.float64) * (big_t // solver_steps)  # index + 1
+    picks = torch.linspace(0, solver_steps, num_steps + 1, dtype=torch.float64)[:-1].floor().long()
+    return grid.flip(0)[picks] / big_t
+
+
 # ------------------------------------------------------------------------------------- timestep grids
 def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "trailing", steps_offset: int = 0) -> Tensor:
     """Decreasing times ``[num_steps]`` in (0, 1] for an N-step sampler; the sampler ends at ``t = 0``.

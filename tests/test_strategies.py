@@ -189,3 +189,76 @@ def test_periodic_evaluation_callback_logs_metrics(tmp_path):
     ).train()
     evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if "eval/fd_domain" in line]
     assert [e["step"] for e in evals] == [2, 4] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
+
+
+def ode_map(teacher, noise, steps=200):
+    from stepdistill.sampling import ddim_sample
+
+    return ddim_sample(teacher, noise, num_steps=steps)
+
+
+def test_consistency_one_step_map_approaches_the_teacher_ode_map(tmp_path):
+    """CD on the exact Gaussian-mixture teacher: the 1-step map f(x_1, 1) converges to the teacher's ODE map."""
+    from stepdistill.sampling import consistency_sample
+    from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
+
+    schedule = Schedule.from_scheduler_config({"beta_schedule": "squaredcos_cap_v2"})
+    mixture = GaussianMixture.random(3, (1, 1, 2), seed=0)
+    teacher = GaussianMixtureDenoiser(mixture, schedule)
+    student = mlp_student(schedule, dim=2).float()
+    config = ConsistencyConfig(
+        solver_steps=20,
+        lr=2e-3,
+        guidance_range=[1.0, 1.0],
+        guidance_embedding_dim=None,
+        target="ema",
+        target_decay=0.95,
+        loss="l2",
+    )
+    strategy = ConsistencyStrategy(config, teacher, student=student)
+    noise = torch.randn(2000, 1, 1, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = ode_map(teacher, noise)
+
+    def error():
+        with torch.no_grad():
+            one = consistency_sample(student, noise.float(), num_steps=1, solver_steps=20).double()
+        return (one - exact).pow(2).mean().item()
+
+    errors = [error()]
+    data = {"x0": mixture.sample(20000, torch.Generator().manual_seed(0)).float()}
+    for max_steps in (400, 2000):
+        trainer = Trainer(
+            TrainerConfig(
+                output_dir=str(tmp_path / str(max_steps)), max_steps=max_steps, batch_size=256, log_every=500
+            ),
+            strategy,
+            data,
+        )
+        trainer.train()
+        errors.append(error())
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 0.1 * errors[0], errors
+
+
+@pytest.mark.parametrize("variant", ["lcm", "lcm-lora"])
+def test_consistency_smoke_on_tiny_unet(tmp_path, variant):
+    from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
+
+    teacher = tiny_teacher()
+    extra = {"lora_rank": 4, "target": "none", "lr": 1e-3} if variant == "lcm-lora" else {"guidance_embedding_dim": 16}
+    config = ConsistencyConfig(solver_steps=10, sample_steps=2, guidance_range=[1.0, 3.0], **extra)
+    strategy = ConsistencyStrategy(config, teacher)
+    frozen = {n: p.detach().clone() for n, p in teacher.named_parameters() if "lora" not in n}
+    data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
+    trainer = Trainer(
+        TrainerConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4),
+        strategy,
+        data,
+        grid_condition=Condition(labels=torch.arange(3)),
+    )
+    logs = trainer.train()
+    assert torch.isfinite(torch.tensor(logs["loss/student"]))
+    trained = [n for n, p in strategy.student.named_parameters() if p.requires_grad]
+    assert trained and (variant == "lcm" or all("lora" in n for n in trained))
+    # the teacher's weights (for LCM-LoRA: the shared base weights) never change
+    assert all(torch.equal(p, frozen[n]) for n, p in teacher.named_parameters() if n in frozen)
+    assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)

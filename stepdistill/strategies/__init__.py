@@ -1,6 +1,16 @@
 """Distillation strategies; importing this package registers every built-in method."""
 
 from .base import REGISTRY, Strategy, get_strategy, register
+from .consistency import ConsistencyConfig, ConsistencyStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
 
-__all__ = ["REGISTRY", "ProgressiveConfig", "ProgressiveStrategy", "Strategy", "get_strategy", "register"]
+__all__ = [
+    "ConsistencyConfig",
+    "ConsistencyStrategy",
+    "REGISTRY",
+    "ProgressiveConfig",
+    "ProgressiveStrategy",
+    "Strategy",
+    "get_strategy",
+    "register",
+]

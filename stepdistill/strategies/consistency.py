@@ -1,0 +1,184 @@
+"""Consistency distillation: CD (Song et al. 2023, arXiv 2303.01469), LCM (Luo et al. 2023, arXiv 2310.04378)
+and LCM-LoRA (Luo et al. 2023, arXiv 2311.05556).
+
+The student is a consistency function ``f(x_t, t) = c_skip(t) x_t + c_out(t) x0_student(x_t, t)`` (Eq. 5 of
+LCM, boundary scalings with ``sigma_data`` and ``timestep_scaling``), trained so that ``f`` agrees at two
+adjacent points of one teacher ODE trajectory: ``x_t`` and ``x_s``, one teacher DDIM step (with classifier-
+free guidance inside the step) of ``skip`` training timesteps earlier (the skipping-step solver of LCM,
+Sec. 4.3). The target side uses a target network: an EMA of the student (CD/LCM), or the student itself
+without gradient (LCM-LoRA). Guidance ``w ~ U[w_min, w_max]`` (the standard form; LCM's ``w`` is ours
+minus 1) is fed to a guidance-embedding student, or a fixed ``w`` is baked in.
+
+Deviation: times are this library's continuous ``t`` (``t = (index + 1) / T``); the boundary scalings use
+the backbone's timestep value, as LCM's code does, so ``c_skip = 1`` exactly at the clean end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Condition, Denoiser
+from ..ema import EMA
+from ..losses import consistency_distance
+from ..sampling import consistency_sample
+from ..schedules import add_noise, boundary_scalings, ddim_step
+from .base import Strategy, register, unwrap
+
+
+@dataclass
+class ConsistencyConfig:
+    """Consistency distillation options (LCM defaults)."""
+
+    solver_steps: int = field(default=50, metadata={"help": "teacher DDIM grid size N; skip = T / N timesteps"})
+    sample_steps: int = field(default=4, metadata={"help": "multistep consistency sampling steps for grids/export"})
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate (LCM full UNet 1e-6; LoRA 1e-4)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    guidance_range: list[float] = field(
+        default_factory=lambda: [4.0, 16.0], metadata={"help": "w_min w_max, standard CFG form (LCM's 3..15 + 1)"}
+    )
+    guidance_embedding_dim: int | None = field(
+        default=256, metadata={"help": "w-embedding width of the student; None bakes in guidance_range[0]"}
+    )
+    target: Literal["ema", "none"] = field(
+        default="ema", metadata={"help": "target network: EMA of the student, or the student"}
+    )
+    target_decay: float = field(default=0.95, metadata={"help": "EMA decay of the target network (LCM: 0.95)"})
+    loss: Literal["l2", "huber"] = field(default="huber", metadata={"help": "distance between f values"})
+    huber_c: float = field(default=0.001, metadata={"help": "pseudo-Huber constant c"})
+    sigma_data: float = field(default=0.5, metadata={"help": "sigma_data of the boundary scalings"})
+    timestep_scaling: float = field(default=10.0, metadata={"help": "timestep scaling of the boundary scalings"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank (LCM-LoRA); 0 trains the full student"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+
+    def __post_init__(self):
+        if self.solver_steps < 1 or self.sample_steps < 1:
+            raise ValueError("ConsistencyConfig.solver_steps and sample_steps must be >= 1.")
+        if len(self.guidance_range) != 2 or not 0 < self.guidance_range[0] <= self.guidance_range[1]:
+            raise ValueError(
+                f"guidance_range must be 'w_min w_max' with 0 < w_min <= w_max, got {self.guidance_range}."
+            )
+        if self.lora_rank < 0:
+            raise ValueError(f"ConsistencyConfig.lora_rank must be >= 0, got {self.lora_rank}.")
+        if self.lora_rank and self.target == "ema":
+            raise ValueError("LCM-LoRA uses target='none' (the student itself); an EMA of LoRA weights is not kept.")
+        if not 0 < self.target_decay < 1:
+            raise ValueError(f"target_decay must be in (0, 1), got {self.target_decay}.")
+
+
+@register("consistency")
+class ConsistencyStrategy(Strategy):
+    """CD / LCM / LCM-LoRA. With ``lora_rank > 0`` the student is the teacher's own network with a LoRA
+    adapter, and the teacher is that network with adapters disabled (no second copy in memory).
+
+    Args:
+        config: the method's options.
+        teacher: the frozen teacher.
+        student: the initial student (default: a trainable copy of the teacher, or the teacher + LoRA).
+    """
+
+    config_class = ConsistencyConfig
+
+    def __init__(self, config: ConsistencyConfig, teacher: Denoiser, student: Denoiser | None = None):
+        super().__init__(config, teacher)
+        if config.lora_rank:
+            student = teacher.add_lora(config.lora_rank, config.lora_alpha)  # shares the frozen base weights
+        elif student is None:
+            student = teacher.trainable_copy()
+        if config.guidance_embedding_dim and not config.lora_rank:
+            student = student.with_guidance_embedding(config.guidance_embedding_dim)
+        self.student = student
+        self.target_net: Denoiser | None = None
+        self.target_ema: EMA | None = None
+        if config.target == "ema":
+            self.target_net = student.trainable_copy().frozen()
+            self.target_ema = EMA(student, config.target_decay, warmup=False)
+
+    def check_compatible(self) -> None:
+        if self.teacher.null_class is None and self.config.guidance_range != [1.0, 1.0]:
+            raise ValueError("Guided consistency distillation needs a teacher with a null class.")
+        if self.teacher.schedule.num_train_timesteps % self.config.solver_steps:
+            raise ValueError(
+                f"solver_steps ({self.config.solver_steps}) must divide the teacher's "
+                f"{self.teacher.schedule.num_train_timesteps} training timesteps."
+            )
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return {"student": torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)}
+
+    @property
+    def w_conditioned(self) -> bool:
+        return unwrap(self.student).guidance_embedding_dim is not None
+
+    def _teacher_call(self, x_t: Tensor, t: Tensor, cond, w: Tensor) -> tuple[Tensor, Tensor]:
+        if self.config.lora_rank:
+            with unwrap(self.student).adapters_disabled():
+                return unwrap(self.student).split(x_t, t, cond, w)
+        return self.teacher.split(x_t, t, cond, w)
+
+    def consistency_fn(self, net, x_t: Tensor, t: Tensor, cond, w: Tensor) -> Tensor:
+        """``f(x_t, t) = c_skip x_t + c_out x0(x_t, t)`` for network ``net``."""
+        c_skip, c_out = boundary_scalings(
+            self.teacher.schedule, t, self.config.sigma_data, self.config.timestep_scaling
+        )
+        x0 = net(x_t, t, cond, guidance_scale=w if self.w_conditioned else 1.0)
+        return c_skip.view(-1, 1, 1, 1) * x_t + c_out.view(-1, 1, 1, 1) * x0
+
+    def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        config, schedule = self.config, self.teacher.schedule
+        x0 = batch["x0"]
+        cond = Condition(labels=batch["labels"]) if "labels" in batch else None
+        b, big_t = len(x0), schedule.num_train_timesteps
+        skip = big_t // config.solver_steps
+        index = torch.randint(1, config.solver_steps + 1, (b,), device=x0.device)
+        t = (index * skip).to(x0.dtype) / big_t  # grid points skip, 2 skip, ..., T (as t = (i + 1) / T)
+        s = t - skip / big_t  # one solver step earlier; 0 is the clean end
+        lo, hi = config.guidance_range
+        w = lo + (hi - lo) * torch.rand(b, device=x0.device, dtype=x0.dtype)
+        if not self.w_conditioned:
+            w = torch.full_like(w, lo)
+        x_t = add_noise(x0, torch.randn_like(x0), *schedule.alpha_sigma(t))
+        f_student = self.consistency_fn(self.student, x_t, t, cond, w)
+        with torch.no_grad():
+            x0_w, eps_w = self._teacher_call(x_t, t, cond, w)
+            x_s = ddim_step(x0_w, eps_w, *schedule.alpha_sigma(s))
+            target_net = self.target_net if self.target_net is not None else unwrap(self.student)
+            f_target = self.consistency_fn(target_net, x_s, s, cond, w)
+        loss = consistency_distance(f_student.float(), f_target.float(), config.loss, config.huber_c)
+        return {"student": loss}
+
+    def on_step_end(self, step: int) -> None:
+        if self.target_ema is not None:
+            self.target_ema.update(unwrap(self.student))
+            self.target_ema.copy_to(self.target_net)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale: float | None = None) -> Tensor:
+        w = self.config.guidance_range[0] if guidance_scale is None else guidance_scale
+        return consistency_sample(
+            unwrap(self.student),
+            noise,
+            cond,
+            self.config.sample_steps,
+            guidance_scale=w if self.w_conditioned else 1.0,
+            solver_steps=self.config.solver_steps,
+            sigma_data=self.config.sigma_data,
+            timestep_scaling=self.config.timestep_scaling,
+        )
+
+    def extra_state(self) -> dict:
+        if self.target_ema is None:
+            return {}
+        return {"target_ema": self.target_ema.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "target_ema" in state:
+            self.target_ema.load_state_dict(state["target_ema"])
+            self.target_ema.copy_to(self.target_net)
