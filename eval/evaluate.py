@@ -62,7 +62,7 @@ def load_real_images(path: str, limit: int | None) -> tuple[torch.Tensor, torch.
     """uint8 images (and labels) from an idx folder (Fashion-MNIST layout) or an image folder."""
     if os.path.isdir(path) and any(n.startswith("train-images-idx3") for n in os.listdir(path)):
         images, labels = load_fashion_mnist(path, "train")
-        images, labels = torch.from_numpy(images[:limit])[:, None], torch.from_numpy(labels[:limit])
+        images, labels = torch.from_numpy(images[:limit].copy())[:, None], torch.from_numpy(labels[:limit].copy())
         return images, labels
     images, labels = load_image_folder(path, limit)
     return images, None if labels is None else torch.from_numpy(labels)

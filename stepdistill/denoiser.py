@@ -248,6 +248,15 @@ class Denoiser(nn.Module):
         self.backbone, self.guidance_embedding_dim = new, dim
         return self
 
+    def merged_copy(self) -> Denoiser:
+        """A copy with its LoRA adapters fused into the base weights and removed (a plain full network)."""
+        clone = copy.deepcopy(self)
+        if not hasattr(clone.backbone, "fuse_lora") or not getattr(clone.backbone, "_hf_peft_config_loaded", False):
+            raise ValueError("merged_copy() needs a network with LoRA adapters (see add_lora).")
+        clone.backbone.fuse_lora()
+        clone.backbone.unload_lora()
+        return clone.requires_grad_(False)
+
     @contextlib.contextmanager
     def adapters_disabled(self):
         """Run the base network without its LoRA adapters (LCM-LoRA's teacher, no second copy in memory)."""

@@ -50,6 +50,8 @@ def export_pipeline(
     card: str = "",
     config: dict | None = None,
     scheduler_class: str = "DDIMScheduler",
+    times: torch.Tensor | None = None,
+    scheduler_options: dict | None = None,
 ) -> str:
     """Write ``denoiser`` as a class-conditional few-step pipeline folder (atomically).
 
@@ -62,6 +64,9 @@ def export_pipeline(
         card: model card markdown (README.md).
         config: resolved training config, saved as ``training_config.json``.
         scheduler_class: diffusers scheduler to configure (``DDIMScheduler`` or ``LCMScheduler``).
+        times: the student's sampling times (default: the uniform grid ``t = k / num_steps``); the scheduler
+            must reproduce their timesteps, or export fails.
+        scheduler_options: extra scheduler config (e.g. LCM's ``original_inference_steps``).
 
     Returns:
         the folder path.
@@ -71,7 +76,8 @@ def export_pipeline(
     schedule = denoiser.schedule
     if schedule.kind != "discrete":
         raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) students only.")
-    times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    if times is None:
+        times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
     timesteps = student_timesteps(denoiser, times)
     prediction = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[denoiser.prediction]
     source = {k: v for k, v in (schedule.scheduler_config or {}).items() if not k.startswith("_")}
@@ -86,6 +92,7 @@ def export_pipeline(
             "clip_sample": False,
             "set_alpha_to_one": True,
             "steps_offset": 0,
+            **(scheduler_options or {}),
         }
     )
     scheduler.set_timesteps(num_steps)

@@ -3,20 +3,17 @@
     python train/progressive.py --preset fashion --output-dir outputs/pd-fashion
     accelerate launch train/progressive.py --config run.yaml
 
-Each round halves the student's steps (teacher_steps -> ... -> target_steps); the result is exported as a
-diffusers pipeline folder in OUTPUT_DIR/pipeline. Options come from --preset, then --config, then flags.
+Each round halves the student's steps (teacher_steps -> ... -> target_steps); every round whose step count
+lands on the teacher's integer timesteps is exported as a diffusers pipeline folder OUTPUT_DIR/pipeline-<N>steps.
+Options: a --preset, overridden by a --config file, overridden by flags.
 """
 
 import os
 
-import torch
-
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.data import load_training_data
-from stepdistill.denoiser import Condition, Denoiser
-from stepdistill.evaluation import domain_scorers, fd_callback
 from stepdistill.export import export_pipeline, exportable_steps, model_card
+from stepdistill.recipes import eval_callbacks, load_setup
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
@@ -30,7 +27,6 @@ PRESETS = {
         "batch_size": 128,
         "weighting": "truncated_snr",
     },
-    # The bundled Fashion-MNIST teacher on 2 CPU cores: 64 -> 2 steps in five short rounds (exports 8, 4, 2).
     # A quick run for the demo (a few minutes on 2 CPU cores): 64 -> 4 steps, 150 updates per round.
     "demo": {
         "teacher_steps": 64,
@@ -41,6 +37,7 @@ PRESETS = {
         "lr_warmup_steps": 50,
         "log_every": 20,
     },
+    # The bundled Fashion-MNIST teacher on 2 CPU cores: 64 -> 2 steps in five short rounds (exports 8, 4, 2).
     "fashion": {
         "teacher_steps": 64,
         "target_steps": 2,
@@ -59,11 +56,8 @@ def main(argv=None):
         [TrainerConfig, ModelConfig, ProgressiveConfig], argv, PRESETS, __doc__
     )
     trainer_cfg.max_steps = pd_cfg.total_steps
-    teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
-    data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
-    student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
-    strategy = ProgressiveStrategy(pd_cfg, teacher, student)
-    grid = Condition(labels=torch.arange(teacher.null_class).repeat_interleave(8)) if teacher.null_class else None
+    setup = load_setup(model_cfg)
+    strategy = ProgressiveStrategy(pd_cfg, setup.teacher, setup.student)
 
     def export_round(trainer):
         """At the end of each halving round, export that round's student as pipeline-<N>steps."""
@@ -94,20 +88,9 @@ def main(argv=None):
             )
             print(f"exported {folder}")
 
-    callbacks = [export_round]
-    if model_cfg.eval_every:
-        shape = tuple(data["x0"].shape[1:])
-        callbacks.append(
-            fd_callback(
-                domain_scorers(model_cfg.classifier),
-                model_cfg.eval_every,
-                model_cfg.eval_samples,
-                teacher.null_class or 0,
-                shape,
-                trainer_cfg.seed,
-            )
-        )
-    trainer = Trainer(trainer_cfg, strategy, data, to_dict(trainer_cfg, model_cfg, pd_cfg), grid, callbacks)
+    callbacks = [export_round, *eval_callbacks(model_cfg, trainer_cfg, setup)]
+    resolved = to_dict(trainer_cfg, model_cfg, pd_cfg)
+    trainer = Trainer(trainer_cfg, strategy, setup.data, resolved, setup.grid, callbacks)
     trainer.train()
 
 

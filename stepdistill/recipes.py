@@ -1,0 +1,45 @@
+"""What every training script shares: loading the teacher, data and initial student from a ``ModelConfig``,
+the sample-grid condition, and the periodic evaluation callback. Keeps the scripts in train/ thin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+from .data import load_training_data
+from .denoiser import Condition, Denoiser
+from .evaluation import domain_scorers, fd_callback
+from .trainer import TrainerConfig
+
+
+@dataclass
+class Setup:
+    """The pieces a training script builds a strategy and a trainer from."""
+
+    teacher: Denoiser
+    data: dict[str, Tensor]
+    student: Denoiser | None
+    grid: Condition | None
+
+
+def load_setup(model_cfg: ModelConfig) -> Setup:
+    """Teacher (from a folder or Hub id), training data at the teacher's resolution, optional initial student."""
+    teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
+    data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
+    student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
+    classes = teacher.null_class
+    grid = Condition(labels=torch.arange(classes).repeat_interleave(8)) if classes else None
+    return Setup(teacher, data, student, grid)
+
+
+def eval_callbacks(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, setup: Setup) -> list:
+    """The periodic FD/accuracy evaluation with the domain classifier, if ``model_cfg.eval_every`` is set."""
+    if not model_cfg.eval_every:
+        return []
+    shape = tuple(setup.data["x0"].shape[1:])
+    scorers = domain_scorers(model_cfg.classifier)
+    classes = setup.teacher.null_class or 0
+    return [fd_callback(scorers, model_cfg.eval_every, model_cfg.eval_samples, classes, shape, trainer_cfg.seed)]
