@@ -3,7 +3,8 @@
     python eval/evaluate.py --model teacher=assets/fashion-teacher --steps 1 2 4 8 50 --guidance 1 2 \\
         --num-samples 5000 --real assets/fashion-mnist --out outputs/eval/teacher
     python eval/evaluate.py --images mine=path/to/folder --features inception --reference path/to/real/images
-    accelerate launch eval/evaluate.py ...          # samples are split across processes
+    accelerate launch eval/evaluate.py ...          # samples are split across GPU processes
+    torchrun --nproc_per_node 2 eval/evaluate.py ...  # or CPU processes
 
 A --model is a toolkit model folder (unet/ + scheduler/, sampled with the toolkit's DDIM), or a diffusers
 pipeline folder (model_index.json; class-conditional pipelines get balanced class labels, text-to-image
@@ -164,7 +165,7 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
     check_args(parser, args)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True enables multi-process CPU runs
     part = shard(args.num_samples, state.process_index, state.num_processes)
     scorers = build_scorers(args, state.device)
     prompts = read_prompts(args.prompts) if args.prompts else None

@@ -275,7 +275,7 @@ class Denoiser(nn.Module):
             and not torch.allclose(self.schedule.alphas_cumprod, other.schedule.alphas_cumprod, atol=1e-6)
         ):
             problems.append("noise schedule")
-        if self.null_class != other.null_class:
+        if None not in (self.null_class, other.null_class) and self.null_class != other.null_class:
             problems.append(f"null class ({self.null_class} vs {other.null_class})")
         if self.backbone is not None and other.backbone is not None:
             for key in ("sample_size", "in_channels", "out_channels", "num_class_embeds"):

@@ -176,6 +176,7 @@ class Trainer:
         strategy.check_compatible()
         set_seed(config.seed)
         self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),  # lets torchrun start multi-process CPU runs
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=config.report_to,

@@ -183,20 +183,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
     single = run_eval(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = (
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    )
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")  # what accelerate runs
     double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.load(open(tmp_path / "one" / "results.json"))["results"][0]

@@ -110,3 +110,33 @@ def test_evaluate_reports_bad_input(tmp_path, args, message):
         timeout=300,
     )
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_progressive_script_on_two_processes(tmp_path):
+    """DDP on two CPU processes (torchrun, what `accelerate launch` runs): trains, checkpoints and exports."""
+    out = tmp_path / "pd"
+    run(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "train/progressive.py",
+        "--teacher-steps",
+        "8",
+        "--target-steps",
+        "4",
+        "--steps-per-round",
+        "2",
+        "--batch-size",
+        "4",
+        "--data-limit",
+        "64",
+        "--output-dir",
+        str(out),
+        "--log-every",
+        "1",
+    )
+    logs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]  # one writer: the main process
+    den = Denoiser.from_pretrained(out / "pipeline-4steps")
+    assert den.null_class == 10 and (out / "checkpoints" / "step-00000004").is_dir()
