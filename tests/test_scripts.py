@@ -137,6 +137,6 @@ def test_progressive_script_on_two_processes(tmp_path):
         "1",
     )
     logs = [json.loads(line) for line in open(out / "log.jsonl")]
-    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]  # one writer: the main process
+    assert [entry["step"] for entry in logs] == [1, 2]  # one writer: the main process
     den = Denoiser.from_pretrained(out / "pipeline-4steps")
-    assert den.null_class == 10 and (out / "checkpoints" / "step-00000004").is_dir()
+    assert den.null_class == 10 and (out / "checkpoints" / "step-00000002").is_dir()
