@@ -218,6 +218,18 @@ class Denoiser(nn.Module):
         if target_modules is None:
             target_modules = [m for m in DEFAULT_LORA_TARGETS if exists(m)]
         missing = [m for m in target_modules if not exists(m)]
+        widths = {
+            n: _min_width(mod)
+            for n, mod in self.backbone.named_modules()
+            if any(n == m or n.endswith("." + m) for m in target_modules)
+        }
+        too_small = {n: w for n, w in widths.items() if 0 < w < rank}
+        if too_small:
+            name, width = min(too_small.items(), key=lambda item: item[1])
+            raise ValueError(
+                f"LoRA rank {rank} exceeds the width {width} of {name!r} ({len(too_small)} targeted layers "
+                "are narrower than the rank); choose a smaller rank or other target modules."
+            )
         if missing or not target_modules:
             raise ValueError(f"LoRA target modules {missing} do not exist in {type(self.backbone).__name__}.")
         self.backbone.requires_grad_(False)
@@ -383,6 +395,15 @@ class Denoiser(nn.Module):
     def _as_batch_t(t, x_t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
         return t.expand(len(x_t)) if t.ndim == 0 else t
+
+
+def _min_width(module: nn.Module) -> int:
+    """The smaller of a Linear/Conv layer's input and output widths (0 for other modules)."""
+    if isinstance(module, nn.Linear):
+        return min(module.in_features, module.out_features)
+    if isinstance(module, nn.Conv2d):
+        return min(module.in_channels, module.out_channels)
+    return 0
 
 
 def _check_backbone_class(name: str | None, where: str) -> None:

@@ -129,6 +129,46 @@ def export_pipeline(
     return os.fspath(folder)
 
 
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def export_lora(denoiser: Denoiser, folder: str | os.PathLike, card: str = "", adapter_name: str = "default") -> str:
+    """Write a student's LoRA adapter in diffusers' format (atomically), loadable with plain diffusers/peft.
+
+    ``folder/pytorch_lora_weights.safetensors`` holds diffusers' key names under the ``unet.`` prefix, the form
+    ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")`` read.
+
+    Raises:
+        ValueError: if the network has no LoRA adapter of that name.
+    """
+    backbone = denoiser.backbone
+    config = getattr(backbone, "peft_config", {}) if getattr(backbone, "_hf_peft_config_loaded", False) else {}
+    if adapter_name not in config:
+        raise ValueError(
+            f"The network has no LoRA adapter {adapter_name!r} to export (adapters: {sorted(config)}); "
+            "train with a LoRA rank > 0, or export the full pipeline instead."
+        )
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(backbone, adapter_name=adapter_name)
+    state = {f"unet.{k}": v.detach().float().contiguous() for k, v in state.items()}
+    if not state or not all("lora" in k for k in state):
+        raise ValueError("The LoRA state dict is empty or holds non-LoRA weights; nothing sensible to export.")
+    with atomic_dir(folder) as tmp:
+        save_file(state, os.path.join(tmp, LORA_WEIGHTS_NAME), metadata={"format": "pt"})
+        lora = config[adapter_name]
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(
+                {"r": lora.r, "lora_alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules)},
+                f,
+                indent=2,
+            )
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(card)
+    return os.fspath(folder)
+
+
 def model_card(
     method: str, teacher: str, num_steps: int, guidance_scale: float, details: str = "", metrics: str | None = None
 ) -> str:

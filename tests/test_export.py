@@ -72,3 +72,70 @@ def test_export_rejects_steps_off_the_integer_grid(tmp_path):
     with pytest.raises(ValueError, match="divides 1000"):
         export_pipeline(den, tmp_path / "p", 16)
     assert not (tmp_path / "p").exists()
+
+
+LORA_LOAD_SCRIPT = r"""
+import sys, torch
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("stepdistill", "pipelines"):
+            raise ImportError("stepdistill must not be needed to load an export")
+sys.meta_path.insert(0, Block())
+from diffusers import UNet2DConditionModel
+base, lora, out = sys.argv[1], sys.argv[2], sys.argv[3]
+unet = UNet2DConditionModel.from_pretrained(base).eval()
+x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+t, labels = torch.tensor([999, 499]), torch.tensor([0, 2])
+call = lambda: unet(x, t, None, class_labels=labels).sample
+plain = call()
+unet.load_lora_adapter(lora, weight_name="pytorch_lora_weights.safetensors", prefix="unet", adapter_name="student")
+adapted = call()
+unet.fuse_lora()
+fused = call()
+unet.unfuse_lora()
+unfused = call()
+unet.disable_lora()
+disabled = call()
+torch.save({"plain": plain, "adapted": adapted, "fused": fused, "unfused": unfused, "disabled": disabled, "x": x}, out)
+"""
+
+
+def test_lora_export_loads_fuses_and_unfuses_in_fresh_process(tmp_path):
+    from stepdistill.export import export_lora
+
+    teacher = student().frozen()
+    teacher.backbone.save_pretrained(tmp_path / "base")
+    lora_student = teacher.trainable_copy().add_lora(rank=4)
+    with torch.no_grad():
+        for name, p in lora_student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    folder = export_lora(lora_student, tmp_path / "lora", card="# lora\n")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LORA_LOAD_SCRIPT, str(tmp_path / "base"), folder, str(tmp_path / "out.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = torch.load(tmp_path / "out.pt")
+    t, labels = torch.tensor([999, 499]), torch.tensor([0, 2])
+    with torch.no_grad():
+        ours = lora_student.backbone(r["x"], t, None, class_labels=labels).sample
+    assert (r["adapted"] - ours).abs().max() < 1e-4 and (r["adapted"] - r["plain"]).abs().max() > 1e-2
+    assert (r["fused"] - r["adapted"]).abs().max() < 1e-4  # fusing bakes the adapter in
+    assert (r["unfused"] - r["adapted"]).abs().max() < 1e-4  # unfusing restores the base weights, adapter still on
+    assert (r["disabled"] - r["plain"]).abs().max() < 1e-4  # and without the adapter: exactly the base model
+
+
+def test_lora_export_errors(tmp_path):
+    from stepdistill.export import export_lora
+
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        export_lora(student(), tmp_path / "none")
+    with pytest.raises(ValueError, match="exceeds the width"):
+        student().trainable_copy().add_lora(rank=64)
+    with pytest.raises(ValueError, match="do not exist"):
+        student().trainable_copy().add_lora(rank=2, target_modules=["to_q", "no_such_layer"])
+    assert not (tmp_path / "none").exists()

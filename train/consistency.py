@@ -14,7 +14,7 @@ import os
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_pipeline, model_card
+from stepdistill.export import export_lora, export_pipeline, model_card
 from stepdistill.recipes import eval_callbacks, load_setup
 from stepdistill.schedules import lcm_times
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
@@ -90,6 +90,8 @@ def main(argv=None):
         student = trainer.accelerator.unwrap_model(strategy.student)
         steps, w = cd_cfg.sample_steps, cd_cfg.guidance_range[0]
         if cd_cfg.lora_rank:
+            lora_card = f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n"
+            print(f"exported {export_lora(student, os.path.join(trainer_cfg.output_dir, 'lora'), lora_card)}")
             student = student.merged_copy()  # the full-pipeline export holds fused weights
         card = model_card(
             "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)",
