@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from .schedules import Prediction, Schedule, check_prediction, combine, split
+from .schedules import Prediction, Schedule, check_prediction, combine, load_scheduler_config, split
 
 SUPPORTED_BACKBONES = ("UNet2DConditionModel", "UNet2DModel")
 
@@ -161,8 +161,6 @@ class Denoiser(nn.Module):
             model_cls = diffusers.UNet2DConditionModel
         backbone = model_cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, **hub_kwargs)
         _check_backbone_class(type(backbone).__name__, path)
-        from .schedules import load_scheduler_config
-
         if scheduler is None and not local:
             scheduler_config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler", **hub_kwargs)
         else:

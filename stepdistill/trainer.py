@@ -200,7 +200,10 @@ class Trainer:
         self.optimizers = dict(zip(self.names, prepared[k : 2 * k]))
         self.schedulers = dict(zip(self.names, prepared[2 * k :]))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
-        strategy.teacher.to(acc.device, dtype)
+        if any(strategy.teacher is acc.unwrap_model(m) for m in modules.values()):
+            strategy.teacher.to(acc.device)  # LoRA students share the teacher's network: keep its trainable dtype
+        else:
+            strategy.teacher.to(acc.device, dtype)
         self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
         self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
         acc.register_for_checkpointing(self.data)
