@@ -87,7 +87,7 @@ def main(argv=None):
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
-        student = trainer.accelerator.unwrap_model(strategy.student)
+        student = strategy.inference_network()
         steps, w = cd_cfg.sample_steps, cd_cfg.guidance_range[0]
         if cd_cfg.lora_rank:
             lora_card = f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n"

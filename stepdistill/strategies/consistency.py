@@ -159,11 +159,18 @@ class ConsistencyStrategy(Strategy):
             self.target_ema.update(unwrap(self.student))
             self.target_ema.copy_to(self.target_net)
 
+    def inference_network(self) -> Denoiser:
+        """The network to sample and export: the EMA target when there is one (as LCM saves), else the student."""
+        return self.target_net if self.target_net is not None else unwrap(self.student)
+
+    def export_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.inference_network()}
+
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale: float | None = None) -> Tensor:
         w = self.config.guidance_range[0] if guidance_scale is None else guidance_scale
         return consistency_sample(
-            unwrap(self.student),
+            self.inference_network(),
             noise,
             cond,
             self.config.sample_steps,
