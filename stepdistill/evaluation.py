@@ -35,6 +35,12 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
     return torch.arange(num_samples) % num_classes
 
 
+def seeded_noise(num_samples: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    """The initial noise ``[N, *shape]`` of an evaluation: sample ``i`` gets the same noise whatever the batch
+    size or the number of processes (each process slices its own shard)."""
+    return torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))
+
+
 def shard(num_samples: int, rank: int, world: int) -> slice:
     """The contiguous block of sample indices that process ``rank`` of ``world`` handles."""
     per, extra = divmod(num_samples, world)
@@ -179,7 +185,7 @@ def generate(
         config = denoiser.backbone.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
     indices = indices or slice(0, num_samples)
-    noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[indices]
+    noise = seeded_noise(num_samples, shape, seed)[indices]
     labels = None if labels is None else labels[indices]
     device = next(iter(denoiser.parameters()), torch.empty(0)).device
     out = []
@@ -215,7 +221,7 @@ def generate_with_pipeline(
     size = unet.config.sample_size
     shape = (unet.config.in_channels, size, size)
     indices = indices or slice(0, num_samples)
-    noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[indices]
+    noise = seeded_noise(num_samples, shape, seed)[indices]
     if "class_labels" in params:
         if labels is None:
             raise ValueError("This pipeline is class-conditional: give class labels.")
@@ -400,7 +406,7 @@ def fd_callback(
             return
         acc = trainer.accelerator
         part = shard(num_samples, acc.process_index, acc.num_processes)
-        noise = torch.randn(num_samples, *shape, generator=torch.Generator().manual_seed(seed))[part]
+        noise = seeded_noise(num_samples, shape, seed)[part]
         labels = balanced_labels(num_samples, num_classes)[part] if num_classes else None
         scorers.reset()
         for i in range(0, len(noise), batch_size):
