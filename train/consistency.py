@@ -43,7 +43,9 @@ PRESETS = {
         "guidance_embedding_dim": None,
         "max_steps": 4000,
     },
-    # The bundled Fashion-MNIST teacher on 2 CPU cores, guidance baked in at w = 1 (no guidance).
+    # The bundled Fashion-MNIST teacher on 2 CPU cores, guidance baked in at w = 1 (no guidance). Still being tuned:
+    # 4,000 steps reached 5,000-sample FD 14.7 / 13.4 / 12.5 at 1 / 2 / 4 steps (teacher DDIM: 170.8 / 46.7 / 17.0),
+    # and the 4-step FD rose as training went on; PD's 4-step 5.98 is the bar.
     "fashion": {
         "lr": 2e-4,
         "batch_size": 64,
