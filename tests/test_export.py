@@ -13,15 +13,18 @@ from stepdistill.export import export_pipeline, student_timesteps
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
 
-# Runs with `python -I` (isolated: no cwd, no PYTHONPATH, no user site) and with stepdistill imports blocked,
-# so only diffusers and torch are available, as for a user without this toolkit.
-LOAD_SCRIPT = r"""
-import sys, json, torch
+BLOCK_STEPDISTILL = r"""
+import sys, torch
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("stepdistill", "pipelines"):
             raise ImportError("stepdistill must not be needed to load an export")
 sys.meta_path.insert(0, Block())
+"""
+
+# Runs with `python -I` (isolated: no cwd, no PYTHONPATH, no user site) and with stepdistill imports blocked,
+# so only diffusers and torch are available, as for a user without this toolkit.
+LOAD_SCRIPT = BLOCK_STEPDISTILL + r"""
 from diffusers import DiffusionPipeline
 folder, steps, w, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
@@ -74,13 +77,7 @@ def test_export_rejects_steps_off_the_integer_grid(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-LORA_LOAD_SCRIPT = r"""
-import sys, torch
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("stepdistill", "pipelines"):
-            raise ImportError("stepdistill must not be needed to load an export")
-sys.meta_path.insert(0, Block())
+LORA_LOAD_SCRIPT = BLOCK_STEPDISTILL + r"""
 from diffusers import UNet2DConditionModel
 base, lora, out = sys.argv[1], sys.argv[2], sys.argv[3]
 unet = UNet2DConditionModel.from_pretrained(base).eval()
