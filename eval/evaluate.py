@@ -24,7 +24,7 @@ import torch
 
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
-from stepdistill.data import from_uint8, load_fashion_mnist, load_image_folder, save_grid
+from stepdistill.data import from_uint8, load_images, save_grid
 from stepdistill.evaluation import (
     ClipModel,
     DomainFeatures,
@@ -57,16 +57,6 @@ def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int
         return name, path, [int(s) for s in steps.split(",")] if sep else default_steps
     except ValueError:
         raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
-
-
-def load_real_images(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 images (and labels) from an idx folder (Fashion-MNIST layout) or an image folder."""
-    if os.path.isdir(path) and any(n.startswith("train-images-idx3") for n in os.listdir(path)):
-        images, labels = load_fashion_mnist(path, "train")
-        images, labels = torch.from_numpy(images[:limit].copy())[:, None], torch.from_numpy(labels[:limit].copy())
-        return images, labels
-    images, labels = load_image_folder(path, limit)
-    return images, None if labels is None else torch.from_numpy(labels)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +130,7 @@ def build_scorers(args, device) -> Scorers:
             reference = cached_reference(
                 net,
                 feature,
-                lambda: load_real_images(args.reference, args.reference_size)[0],
+                lambda: load_images(args.reference, args.reference_size)[0],
                 source,
                 args.reference_cache,
             )
@@ -180,13 +170,13 @@ def main():
             save_grid(from_uint8(images[:100]), os.path.join(args.out, "grids", f"{tag}.png"), nrow=10, scale=2)
 
     if args.real:
-        images, labels = load_real_images(args.real, args.num_samples)
+        images, labels = load_images(args.real, args.num_samples)
         result["real_floor"] = {
             **score_images(scorers, images[part], None if labels is None else labels[part], None, args.batch_size),
             "source": args.real,
         }
     for name, folder in map(parse_named, args.images):
-        images, labels = load_real_images(folder, None)
+        images, labels = load_images(folder, None)
         own = shard(len(images), state.process_index, state.num_processes)
         if prompts is not None and len(prompts) != len(images):
             raise ValueError(

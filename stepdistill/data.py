@@ -175,16 +175,21 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
     return images.contiguous(), labels
 
 
+def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` (or ``None``) from a folder of Fashion-MNIST idx
+    files (its training split) or a folder of images (see ``load_image_folder``), at most ``limit`` of them."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and any(n.startswith("train-images-idx3-ubyte") for n in os.listdir(path)):
+        images, labels = load_fashion_mnist(path, "train")
+        return torch.from_numpy(images[:limit].copy())[:, None], torch.from_numpy(labels[:limit].copy())
+    images, labels = load_image_folder(path, limit)
+    return images, None if labels is None else torch.from_numpy(labels).long()
+
+
 def load_training_data(path: str | os.PathLike, resolution: int, limit: int | None = None) -> dict[str, Tensor]:
     """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder."""
-    path = os.fspath(path)
-    is_idx = os.path.isdir(path) and any(n.startswith("train-images-idx3-ubyte") for n in os.listdir(path))
-    if is_idx:
-        images, labels = load_fashion_mnist(path, "train")
-    else:
-        images, labels = load_image_folder(path, limit)
-    images = images[:limit] if limit else images
+    images, labels = load_images(path, limit)
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
-        out["labels"] = torch.as_tensor(labels[: len(out["x0"])], dtype=torch.long)
+        out["labels"] = labels
     return out
