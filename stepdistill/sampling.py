@@ -7,7 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoiser import Condition, Denoiser
-from .schedules import Spacing, add_noise, boundary_scalings, ddim_step, lcm_times, timestep_grid
+from .schedules import Spacing, add_noise, boundary_scalings, ddim_step, lcm_times, phase_edges, timestep_grid
 
 
 @torch.no_grad()
@@ -63,6 +63,32 @@ def ddim_sample(
     return x
 
 
+def consistency_function(
+    net: Denoiser,
+    x_t: Tensor,
+    t: Tensor,
+    cond: Condition | None = None,
+    guidance_scale: float | Tensor = 1.0,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+    edge: Tensor | None = None,
+) -> Tensor:
+    """The consistency function of ``net`` at ``(x_t, t)`` ``[B]``: its estimate of the ODE solution at ``edge``.
+
+    ``x0_c = c_skip x_t + c_out x0(x_t, t)`` with LCM's boundary scalings (Eq. 5 of Luo et al. 2023); with an
+    ``edge`` ``[B]`` above 0 (phased models, Wang et al. 2024 PCM, arXiv 2405.18407), ``x0_c`` and the noise it
+    implies are carried to ``edge`` by one DDIM step, which is the identity when ``t = edge``.
+    """
+    schedule = net.schedule
+    c_skip, c_out = boundary_scalings(schedule, t, sigma_data, timestep_scaling)
+    x0 = c_skip.view(-1, 1, 1, 1) * x_t + c_out.view(-1, 1, 1, 1) * net(x_t, t, cond, guidance_scale=guidance_scale)
+    if edge is None:
+        return x0
+    alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
+    eps = (x_t - alpha * x0) / sigma.clamp_min(1e-8)  # multiplied by sigma_edge = 0 when edge = t = 0
+    return ddim_step(x0, eps, *schedule.alpha_sigma(edge.to(x_t.dtype)))
+
+
 @torch.no_grad()
 def consistency_sample(
     student: Denoiser,
@@ -75,27 +101,36 @@ def consistency_sample(
     timestep_scaling: float = 10.0,
     times: Tensor | None = None,
     generator: torch.Generator | None = None,
+    phases: int = 1,
 ) -> Tensor:
     """Multistep consistency sampling (Algorithm 1 of Song et al. 2023; LCM's multistep sampler).
 
     At each time: denoise with the consistency function ``f = c_skip x + c_out x0``, then re-noise the
     result to the next time with fresh Gaussian noise. Times default to ``lcm_times`` (those of diffusers'
-    ``LCMScheduler``).
+    ``LCMScheduler``). A phased student (``phases > 1``) instead jumps deterministically from each segment
+    top to the segment's lower edge, ``phases`` steps in all (diffusers' trailing DDIM with the same times).
 
     Args:
         student: the consistency model (its ``x0`` prediction is wrapped by the boundary scalings).
         noise: ``[B, C, H, W]`` initial noise.
         generator: draws the re-noising noise (on ``noise``'s device).
+        phases: the student's number of segments; ``num_steps`` must equal it when above 1.
     """
     schedule = student.schedule
+    scalings = {"guidance_scale": guidance_scale, "sigma_data": sigma_data, "timestep_scaling": timestep_scaling}
+    if phases > 1:
+        if num_steps != phases:
+            raise ValueError(f"A {phases}-phase consistency model samples in exactly {phases} steps, not {num_steps}.")
+        edges = phase_edges(schedule, phases).flip(0).to(device=noise.device, dtype=noise.dtype)
+        x = noise
+        for top, low in zip(edges[:-1], edges[1:]):
+            x = consistency_function(student, x, top.expand(len(x)), cond, edge=low.expand(len(x)), **scalings)
+        return x
     times = lcm_times(schedule, num_steps, solver_steps) if times is None else times
     times = times.to(device=noise.device, dtype=noise.dtype)
     x = noise
     for i in range(len(times)):
-        t = times[i].expand(len(x))
-        c_skip, c_out = boundary_scalings(schedule, t, sigma_data, timestep_scaling)
-        x0 = student(x, t, cond, guidance_scale=guidance_scale)
-        denoised = c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * x0
+        denoised = consistency_function(student, x, times[i].expand(len(x)), cond, **scalings)
         if i + 1 == len(times):
             return denoised
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

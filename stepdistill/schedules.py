@@ -334,6 +334,35 @@ def lcm_times(schedule: Schedule, num_steps: int, solver_steps: int = 50) -> Ten
     return grid.flip(0)[picks] / big_t
 
 
+def phase_edges(schedule: Schedule, phases: int) -> Tensor:
+    """The ``phases + 1`` increasing segment edges ``[0, e_1, ..., 1]`` of a phased consistency model.
+
+    The edges are the trailing DDIM grid of ``phases`` steps (plus the clean end), so a phased student samples
+    with diffusers' ``DDIMScheduler`` (trailing spacing) at exactly its segment tops.
+    """
+    tops = timestep_grid(schedule, phases, "trailing")
+    return torch.cat([torch.zeros(1, dtype=tops.dtype), tops.flip(0)])
+
+
+def consistency_pairs(schedule: Schedule, solver_steps: int, phases: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """The training points ``(t, s, edge)`` ``[M]`` of (phased) consistency distillation.
+
+    Each segment ``(e_k, e_k+1]`` of ``phase_edges`` is walked down from its top in solver steps of
+    ``T // solver_steps`` timesteps; ``t`` is a point, ``s = max(t - step, e_k)`` the point one teacher step
+    earlier and ``edge = e_k`` the segment's lower edge, where the consistency function is the identity.
+    With ``phases = 1`` these are LCM's skipping-step pairs (``t`` on the grid ``k * skip``, ``s = t - skip``).
+    """
+    big_t = schedule.num_train_timesteps
+    skip = big_t // solver_steps
+    if skip < 1:
+        raise ValueError(f"solver_steps ({solver_steps}) exceeds the schedule's {big_t} training timesteps.")
+    edges = (phase_edges(schedule, phases) * big_t).round().long().tolist()
+    rows = []
+    for low, top in zip(edges[:-1], edges[1:]):
+        rows += [(t, max(t - skip, low), low) for t in range(top, low, -skip)]
+    return tuple(torch.tensor(col, dtype=torch.float64) / big_t for col in zip(*rows))
+
+
 # ------------------------------------------------------------------------------------- timestep grids
 def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "trailing", steps_offset: int = 0) -> Tensor:
     """Decreasing times ``[num_steps]`` in (0, 1] for an N-step sampler; the sampler ends at ``t = 0``.

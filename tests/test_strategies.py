@@ -197,8 +197,10 @@ def ode_map(teacher, noise, steps=200):
     return ddim_sample(teacher, noise, num_steps=steps)
 
 
-def test_consistency_one_step_map_approaches_the_teacher_ode_map(tmp_path):
-    """CD on the exact Gaussian-mixture teacher: the 1-step map f(x_1, 1) converges to the teacher's ODE map."""
+@pytest.mark.parametrize("phases", [1, 4])
+def test_consistency_map_approaches_the_teacher_ode_map(tmp_path, phases):
+    """CD on the exact Gaussian-mixture teacher: the student's deterministic map (1 step; or one jump per segment
+    for a phased student) converges to the teacher's ODE map."""
     from stepdistill.sampling import consistency_sample
     from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 
@@ -214,6 +216,8 @@ def test_consistency_one_step_map_approaches_the_teacher_ode_map(tmp_path):
         target="ema",
         target_decay=0.95,
         loss="l2",
+        phases=phases,
+        sample_steps=phases,
     )
     strategy = ConsistencyStrategy(config, teacher, student=student)
     noise = torch.randn(2000, 1, 1, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -221,7 +225,7 @@ def test_consistency_one_step_map_approaches_the_teacher_ode_map(tmp_path):
 
     def error():
         with torch.no_grad():
-            one = consistency_sample(student, noise.float(), num_steps=1, solver_steps=20).double()
+            one = consistency_sample(student, noise.float(), num_steps=phases, solver_steps=20, phases=phases).double()
         return (one - exact).pow(2).mean().item()
 
     errors = [error()]

@@ -16,7 +16,7 @@ from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.export import export_lora, export_pipeline, model_card
 from stepdistill.recipes import eval_callbacks, load_setup
-from stepdistill.schedules import lcm_times
+from stepdistill.schedules import lcm_times, timestep_grid
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
@@ -102,6 +102,17 @@ def main(argv=None):
             w if strategy.w_conditioned else 1.0,
             f"Trained {trainer_cfg.max_steps} steps on a {cd_cfg.solver_steps}-step teacher DDIM grid.",
         )
+        if cd_cfg.phases > 1:  # deterministic jumps between segment edges: trailing DDIM at the segment tops
+            scheduler = {"scheduler_class": "DDIMScheduler", "times": timestep_grid(student.schedule, steps)}
+        else:  # LCM's multistep sampler at the solver-grid times it was trained on
+            scheduler = {
+                "scheduler_class": "LCMScheduler",
+                "times": lcm_times(student.schedule, steps, cd_cfg.solver_steps),
+                "scheduler_options": {
+                    "original_inference_steps": cd_cfg.solver_steps,
+                    "timestep_scaling": cd_cfg.timestep_scaling,
+                },
+            }
         folder = export_pipeline(
             student,
             os.path.join(trainer_cfg.output_dir, "pipeline"),
@@ -109,12 +120,7 @@ def main(argv=None):
             w if strategy.w_conditioned else 1.0,
             card=card,
             config=resolved,
-            scheduler_class="LCMScheduler",
-            times=lcm_times(student.schedule, steps, cd_cfg.solver_steps),
-            scheduler_options={
-                "original_inference_steps": cd_cfg.solver_steps,
-                "timestep_scaling": cd_cfg.timestep_scaling,
-            },
+            **scheduler,
         )
         print(f"exported {folder}")
 

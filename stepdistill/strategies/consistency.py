@@ -9,6 +9,11 @@ Sec. 4.3). The target side uses a target network: an EMA of the student (CD/LCM)
 without gradient (LCM-LoRA). Guidance ``w ~ U[w_min, w_max]`` (the standard form; LCM's ``w`` is ours
 minus 1) is fed to a guidance-embedding student, or a fixed ``w`` is baked in.
 
+Phased (``phases > 1``; PCM, Wang et al. 2024, arXiv 2405.18407, and multistep CMs, Heek et al. 2024,
+arXiv 2403.06807): the trajectory is cut at the trailing DDIM grid of ``phases`` steps; each segment is
+trained jointly as its own consistency problem whose boundary is its lower edge (the consistency output is
+carried to the edge with one DDIM step), and sampling jumps deterministically from edge to edge.
+
 Deviation: times are this library's continuous ``t`` (``t = (index + 1) / T``); the boundary scalings use
 the backbone's timestep value, as LCM's code does, so ``c_skip = 1`` exactly at the clean end.
 """
@@ -24,8 +29,8 @@ from torch import Tensor, nn
 from ..denoiser import Condition, Denoiser
 from ..ema import EMA
 from ..losses import consistency_distance
-from ..sampling import consistency_sample
-from ..schedules import add_noise, boundary_scalings, ddim_step
+from ..sampling import consistency_function, consistency_sample
+from ..schedules import add_noise, consistency_pairs, ddim_step
 from .base import Strategy, register, unwrap
 
 
@@ -53,10 +58,21 @@ class ConsistencyConfig:
     timestep_scaling: float = field(default=10.0, metadata={"help": "timestep scaling of the boundary scalings"})
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank (LCM-LoRA); 0 trains the full student"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    phases: int = field(
+        default=1,
+        metadata={"help": "segments of the trajectory (PCM / multistep CD); >1 samples in exactly that many steps"},
+    )
 
     def __post_init__(self):
-        if self.solver_steps < 1 or self.sample_steps < 1:
-            raise ValueError("ConsistencyConfig.solver_steps and sample_steps must be >= 1.")
+        if self.solver_steps < 1 or self.sample_steps < 1 or self.phases < 1:
+            raise ValueError("ConsistencyConfig.solver_steps, sample_steps and phases must be >= 1.")
+        if self.phases > 1 and self.sample_steps != self.phases:
+            raise ValueError(
+                f"A {self.phases}-phase student samples in exactly {self.phases} steps: set sample_steps to "
+                f"{self.phases} (got {self.sample_steps})."
+            )
+        if self.phases > self.solver_steps:
+            raise ValueError(f"phases ({self.phases}) cannot exceed solver_steps ({self.solver_steps}).")
         if len(self.guidance_range) != 2 or not 0 < self.guidance_range[0] <= self.guidance_range[1]:
             raise ValueError(
                 f"guidance_range must be 'w_min w_max' with 0 < w_min <= w_max, got {self.guidance_range}."
@@ -123,34 +139,38 @@ class ConsistencyStrategy(Strategy):
                 return unwrap(self.student).split(x_t, t, cond, w)
         return self.teacher.split(x_t, t, cond, w)
 
-    def consistency_fn(self, net, x_t: Tensor, t: Tensor, cond, w: Tensor) -> Tensor:
-        """``f(x_t, t) = c_skip x_t + c_out x0(x_t, t)`` for network ``net``."""
-        c_skip, c_out = boundary_scalings(
-            self.teacher.schedule, t, self.config.sigma_data, self.config.timestep_scaling
+    def consistency_fn(self, net, x_t: Tensor, t: Tensor, cond, w: Tensor, edge: Tensor) -> Tensor:
+        """Network ``net``'s consistency function at ``(x_t, t)``, mapping to the segment edge ``edge``."""
+        return consistency_function(
+            net,
+            x_t,
+            t,
+            cond,
+            w if self.w_conditioned else 1.0,
+            self.config.sigma_data,
+            self.config.timestep_scaling,
+            edge if self.config.phases > 1 else None,
         )
-        x0 = net(x_t, t, cond, guidance_scale=w if self.w_conditioned else 1.0)
-        return c_skip.view(-1, 1, 1, 1) * x_t + c_out.view(-1, 1, 1, 1) * x0
 
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         config, schedule = self.config, self.teacher.schedule
         x0 = batch["x0"]
         cond = Condition(labels=batch["labels"]) if "labels" in batch else None
-        b, big_t = len(x0), schedule.num_train_timesteps
-        skip = big_t // config.solver_steps
-        index = torch.randint(1, config.solver_steps + 1, (b,), device=x0.device)
-        t = (index * skip).to(x0.dtype) / big_t  # grid points skip, 2 skip, ..., T (as t = (i + 1) / T)
-        s = t - skip / big_t  # one solver step earlier; 0 is the clean end
+        b = len(x0)
+        pairs = consistency_pairs(schedule, config.solver_steps, config.phases)
+        pick = torch.randint(0, len(pairs[0]), (b,))
+        t, s, edge = (v[pick].to(device=x0.device, dtype=x0.dtype) for v in pairs)
         lo, hi = config.guidance_range
         w = lo + (hi - lo) * torch.rand(b, device=x0.device, dtype=x0.dtype)
         if not self.w_conditioned:
             w = torch.full_like(w, lo)
         x_t = add_noise(x0, torch.randn_like(x0), *schedule.alpha_sigma(t))
-        f_student = self.consistency_fn(self.student, x_t, t, cond, w)
+        f_student = self.consistency_fn(self.student, x_t, t, cond, w, edge)
         with torch.no_grad():
             x0_w, eps_w = self._teacher_call(x_t, t, cond, w)
             x_s = ddim_step(x0_w, eps_w, *schedule.alpha_sigma(s))
             target_net = self.target_net if self.target_net is not None else unwrap(self.student)
-            f_target = self.consistency_fn(target_net, x_s, s, cond, w)
+            f_target = self.consistency_fn(target_net, x_s, s, cond, w, edge)
         loss = consistency_distance(f_student.float(), f_target.float(), config.loss, config.huber_c)
         return {"student": loss}
 
@@ -178,6 +198,7 @@ class ConsistencyStrategy(Strategy):
             solver_steps=self.config.solver_steps,
             sigma_data=self.config.sigma_data,
             timestep_scaling=self.config.timestep_scaling,
+            phases=self.config.phases,
         )
 
     def extra_state(self) -> dict:
