@@ -19,6 +19,7 @@ import math
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 
@@ -31,8 +32,11 @@ def _guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-class ClassConditionalPipeline(DiffusionPipeline):
+class ClassConditionalPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Class-conditional image generation with a ``UNet2DConditionModel`` (or ``UNet2DModel``) and a scheduler.
+
+    LoRA adapters in diffusers' format (e.g. an LCM-LoRA) load with the usual ``load_lora_weights``,
+    ``set_adapters``, ``fuse_lora`` / ``unfuse_lora`` and ``unload_lora_weights`` calls (UNet only).
 
     Args:
         unet: a class-conditional UNet whose last class embedding is the null (unconditional) class.
@@ -40,10 +44,16 @@ class ClassConditionalPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    text_encoder = None  # no text encoder: LoRA loading touches the UNet only
 
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def load_lora_into_text_encoder(cls, *args, text_encoder=None, **kwargs):
+        if text_encoder is not None:  # there is none: skip diffusers' "no text-encoder keys" warning
+            super().load_lora_into_text_encoder(*args, text_encoder=text_encoder, **kwargs)
 
     @property
     def null_class(self) -> int:

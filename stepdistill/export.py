@@ -42,6 +42,57 @@ def exportable_steps(denoiser: Denoiser, num_steps: int) -> bool:
     return denoiser.schedule.kind == "discrete"
 
 
+def configure_scheduler(
+    denoiser: Denoiser,
+    num_steps: int,
+    scheduler_class: str = "DDIMScheduler",
+    times: torch.Tensor | None = None,
+    scheduler_options: dict | None = None,
+):
+    """A diffusers scheduler for ``denoiser`` whose ``set_timesteps(num_steps)`` gives exactly the student's times.
+
+    Args:
+        denoiser: the student (a discrete, diffusers-style schedule).
+        num_steps: the student's step count.
+        scheduler_class: diffusers scheduler class name (``DDIMScheduler`` or ``LCMScheduler``).
+        times: the student's sampling times (default: the uniform grid ``t = k / num_steps``).
+        scheduler_options: extra scheduler config (e.g. LCM's ``original_inference_steps``).
+
+    Raises:
+        ValueError: for a continuous schedule, times off the integer grid, or a scheduler that gives other timesteps.
+    """
+    import diffusers
+
+    schedule = denoiser.schedule
+    if schedule.kind != "discrete":
+        raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) students only.")
+    if times is None:
+        times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    timesteps = student_timesteps(denoiser, times)
+    prediction = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[denoiser.prediction]
+    source = {k: v for k, v in (schedule.scheduler_config or {}).items() if not k.startswith("_")}
+    if not source:  # no diffusers config to copy: give betas that rebuild alphas_cumprod
+        source = {"num_train_timesteps": schedule.num_train_timesteps, "trained_betas": _betas(schedule).tolist()}
+    scheduler = getattr(diffusers, scheduler_class).from_config(
+        {
+            **source,
+            "prediction_type": prediction,
+            "timestep_spacing": "trailing",
+            "clip_sample": False,
+            "set_alpha_to_one": True,
+            "steps_offset": 0,
+            **(scheduler_options or {}),
+        }
+    )
+    scheduler.set_timesteps(num_steps)
+    if scheduler.timesteps.tolist() != timesteps:
+        raise ValueError(
+            f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
+            f"but the student was trained for {timesteps}."
+        )
+    return scheduler
+
+
 def export_pipeline(
     denoiser: Denoiser,
     folder: str | os.PathLike,
@@ -73,34 +124,8 @@ def export_pipeline(
     """
     import diffusers
 
-    schedule = denoiser.schedule
-    if schedule.kind != "discrete":
-        raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) students only.")
-    if times is None:
-        times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
-    timesteps = student_timesteps(denoiser, times)
-    prediction = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[denoiser.prediction]
-    source = {k: v for k, v in (schedule.scheduler_config or {}).items() if not k.startswith("_")}
-    if not source:  # no diffusers config to copy: give betas that rebuild alphas_cumprod
-        source = {"num_train_timesteps": schedule.num_train_timesteps, "trained_betas": _betas(schedule).tolist()}
-    scheduler_cls = getattr(diffusers, scheduler_class)
-    scheduler = scheduler_cls.from_config(
-        {
-            **source,
-            "prediction_type": prediction,
-            "timestep_spacing": "trailing",
-            "clip_sample": False,
-            "set_alpha_to_one": True,
-            "steps_offset": 0,
-            **(scheduler_options or {}),
-        }
-    )
-    scheduler.set_timesteps(num_steps)
-    if scheduler.timesteps.tolist() != timesteps:
-        raise ValueError(
-            f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
-            f"but the student was trained for {timesteps}."
-        )
+    scheduler = configure_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
+    timesteps = scheduler.timesteps.tolist()
     with atomic_dir(folder) as tmp:
         backbone = denoiser.backbone
         backbone.save_pretrained(os.path.join(tmp, "unet"))
@@ -132,11 +157,15 @@ def export_pipeline(
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
-def export_lora(denoiser: Denoiser, folder: str | os.PathLike, card: str = "", adapter_name: str = "default") -> str:
+def export_lora(
+    denoiser: Denoiser, folder: str | os.PathLike, card: str = "", adapter_name: str = "default", scheduler=None
+) -> str:
     """Write a student's LoRA adapter in diffusers' format (atomically), loadable with plain diffusers/peft.
 
     ``folder/pytorch_lora_weights.safetensors`` holds diffusers' key names under the ``unet.`` prefix, the form
-    ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")`` read.
+    ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")`` read. A ``scheduler`` (from
+    ``configure_scheduler``) is saved in ``folder/scheduler`` for ``LCMScheduler.from_pretrained(folder,
+    subfolder="scheduler")``: the adapter samples as intended only with the scheduler it was trained for.
 
     Raises:
         ValueError: if the network has no LoRA adapter of that name.
@@ -157,6 +186,8 @@ def export_lora(denoiser: Denoiser, folder: str | os.PathLike, card: str = "", a
         raise ValueError("The LoRA state dict is empty or holds non-LoRA weights; nothing sensible to export.")
     with atomic_dir(folder) as tmp:
         save_file(state, os.path.join(tmp, LORA_WEIGHTS_NAME), metadata={"format": "pt"})
+        if scheduler is not None:
+            scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         lora = config[adapter_name]
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
             json.dump(

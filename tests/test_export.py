@@ -78,52 +78,96 @@ def test_export_rejects_steps_off_the_integer_grid(tmp_path):
 
 
 LORA_LOAD_SCRIPT = BLOCK_STEPDISTILL + r"""
-from diffusers import UNet2DConditionModel
-base, lora, out = sys.argv[1], sys.argv[2], sys.argv[3]
-unet = UNet2DConditionModel.from_pretrained(base).eval()
-x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-t, labels = torch.tensor([999, 499]), torch.tensor([0, 2])
-call = lambda: unet(x, t, None, class_labels=labels).sample
-plain = call()
-unet.load_lora_adapter(lora, weight_name="pytorch_lora_weights.safetensors", prefix="unet", adapter_name="student")
-adapted = call()
-unet.fuse_lora()
-fused = call()
-unet.unfuse_lora()
-unfused = call()
-unet.disable_lora()
-disabled = call()
-torch.save({"plain": plain, "adapted": adapted, "fused": fused, "unfused": unfused, "disabled": disabled, "x": x}, out)
+from diffusers import DiffusionPipeline, LCMScheduler
+base, lora, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+pipe = DiffusionPipeline.from_pretrained(base, trust_remote_code=True)  # the teacher's pipeline
+pipe.set_progress_bar_config(disable=True)
+pipe.scheduler = LCMScheduler.from_pretrained(lora, subfolder="scheduler")
+def sample():
+    g = torch.Generator().manual_seed(0)
+    return pipe(class_labels=[0, 1, 2, 0], num_inference_steps=steps, generator=g, output_type="pt").images
+results = {"plain": sample()}
+pipe.load_lora_weights(lora)
+results["adapted"] = sample()
+pipe.fuse_lora()
+results["fused"] = sample()
+pipe.unfuse_lora()
+results["unfused"] = sample()
+pipe.unload_lora_weights()
+results["unloaded"] = sample()
+results["timesteps"] = pipe.scheduler.timesteps.tolist()
+torch.save(results, out)
 """
 
 
-def test_lora_export_loads_fuses_and_unfuses_in_fresh_process(tmp_path):
-    from stepdistill.export import export_lora
+def test_lora_loads_into_teacher_pipeline_fuses_and_unfuses_in_fresh_process(tmp_path):
+    """LCM-LoRA export + plain diffusers: load_lora_weights into the teacher's pipeline, the exported LCM scheduler,
+    fuse/unfuse/unload; images equal the toolkit's multistep consistency sampler with and without the adapter."""
+    from stepdistill.export import configure_scheduler, export_lora
+    from stepdistill.sampling import consistency_sample
+    from stepdistill.schedules import lcm_times
 
+    steps, solver_steps = 2, 10
     teacher = student().frozen()
-    teacher.backbone.save_pretrained(tmp_path / "base")
+    base = export_pipeline(teacher, tmp_path / "teacher", 4)
     lora_student = teacher.trainable_copy().add_lora(rank=4)
     with torch.no_grad():
         for name, p in lora_student.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.2)
-    folder = export_lora(lora_student, tmp_path / "lora", card="# lora\n")
+    times = lcm_times(teacher.schedule, steps, solver_steps)
+    scheduler = configure_scheduler(
+        lora_student, steps, "LCMScheduler", times, {"original_inference_steps": solver_steps}
+    )
+    folder = export_lora(lora_student, tmp_path / "lora", card="# lora\n", scheduler=scheduler)
+    out = tmp_path / "out.pt"
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", LORA_LOAD_SCRIPT, str(tmp_path / "base"), folder, str(tmp_path / "out.pt")],
+        [sys.executable, "-I", "-c", LORA_LOAD_SCRIPT, base, folder, str(steps), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = torch.load(tmp_path / "out.pt")
-    t, labels = torch.tensor([999, 499]), torch.tensor([0, 2])
+    r = torch.load(out)
+    assert r["timesteps"] == [999, 499]
+
+    def ours(net):
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(4, 1, 8, 8, generator=g)
+        cond = Condition(labels=torch.tensor([0, 1, 2, 0]))
+        return consistency_sample(net, noise, cond, steps, solver_steps=solver_steps, generator=g)
+
     with torch.no_grad():
-        ours = lora_student.backbone(r["x"], t, None, class_labels=labels).sample
-    assert (r["adapted"] - ours).abs().max() < 1e-4 and (r["adapted"] - r["plain"]).abs().max() > 1e-2
-    assert (r["fused"] - r["adapted"]).abs().max() < 1e-4  # fusing bakes the adapter in
-    assert (r["unfused"] - r["adapted"]).abs().max() < 1e-4  # unfusing restores the base weights, adapter still on
-    assert (r["disabled"] - r["plain"]).abs().max() < 1e-4  # and without the adapter: exactly the base model
+        adapted, plain = ours(lora_student), ours(teacher)
+    assert (r["adapted"] - adapted).abs().max() < 1e-4 and (adapted - plain).abs().max() > 1e-2
+    assert (r["plain"] - plain).abs().max() < 1e-4
+    assert (r["fused"] - adapted).abs().max() < 1e-4  # fusing bakes the adapter in
+    assert (r["unfused"] - adapted).abs().max() < 1e-4  # unfusing restores the base weights, adapter still on
+    assert (r["unloaded"] - plain).abs().max() < 1e-4  # unloading gives back exactly the teacher
+
+
+def test_phased_consistency_export_matches_toolkit_sampler(tmp_path):
+    """A 4-phase student exports as trailing DDIM at its segment tops; plain diffusers reproduces our sampler."""
+    from stepdistill.sampling import consistency_sample
+    from stepdistill.schedules import timestep_grid
+
+    den = student()
+    folder = export_pipeline(den, tmp_path / "pipe", 4, times=timestep_grid(den.schedule, 4))
+    out = tmp_path / "out.pt"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_SCRIPT, folder, "4", "1.0", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = Condition(labels=torch.tensor([0, 1, 2, 0]))
+    with torch.no_grad():
+        ours = consistency_sample(den, noise, cond, 4, phases=4)
+    assert (torch.load(out)["images"] - ours).abs().max() < 1e-4
 
 
 def test_lora_export_errors(tmp_path):

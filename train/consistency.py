@@ -14,7 +14,7 @@ import os
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_lora, export_pipeline, model_card
+from stepdistill.export import configure_scheduler, export_lora, export_pipeline, model_card
 from stepdistill.recipes import eval_callbacks, load_setup
 from stepdistill.schedules import lcm_times, timestep_grid
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
@@ -89,41 +89,47 @@ def main(argv=None):
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
-        student = strategy.inference_network()
-        steps, w = cd_cfg.sample_steps, cd_cfg.guidance_range[0]
-        if cd_cfg.lora_rank:
-            lora_card = f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n"
-            print(f"exported {export_lora(student, os.path.join(trainer_cfg.output_dir, 'lora'), lora_card)}")
-            student = student.merged_copy()  # the full-pipeline export holds fused weights
-        card = model_card(
-            "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)",
-            model_cfg.teacher,
-            steps,
-            w if strategy.w_conditioned else 1.0,
-            f"Trained {trainer_cfg.max_steps} steps on a {cd_cfg.solver_steps}-step teacher DDIM grid.",
-        )
-        if cd_cfg.phases > 1:  # deterministic jumps between segment edges: trailing DDIM at the segment tops
-            scheduler = {"scheduler_class": "DDIMScheduler", "times": timestep_grid(student.schedule, steps)}
-        else:  # LCM's multistep sampler at the solver-grid times it was trained on
-            scheduler = {
-                "scheduler_class": "LCMScheduler",
-                "times": lcm_times(student.schedule, steps, cd_cfg.solver_steps),
-                "scheduler_options": {
-                    "original_inference_steps": cd_cfg.solver_steps,
-                    "timestep_scaling": cd_cfg.timestep_scaling,
-                },
-            }
-        folder = export_pipeline(
-            student,
-            os.path.join(trainer_cfg.output_dir, "pipeline"),
-            steps,
-            w if strategy.w_conditioned else 1.0,
-            card=card,
-            config=resolved,
-            **scheduler,
-        )
-        print(f"exported {folder}")
+        export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved)
 
+
+def export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
+    """Write OUTPUT_DIR/pipeline (and OUTPUT_DIR/lora for LCM-LoRA) with the scheduler the student samples with."""
+    student = strategy.inference_network()
+    steps, w = cd_cfg.sample_steps, (cd_cfg.guidance_range[0] if strategy.w_conditioned else 1.0)
+    if cd_cfg.phases > 1:  # deterministic jumps between segment edges: trailing DDIM at the segment tops
+        scheduler = {"scheduler_class": "DDIMScheduler", "times": timestep_grid(student.schedule, steps)}
+        method = f"Phased consistency distillation ({cd_cfg.phases} segments; PCM, Wang et al. 2024, arXiv 2405.18407)"
+    else:  # LCM's multistep sampler at the solver-grid times it was trained on
+        scheduler = {
+            "scheduler_class": "LCMScheduler",
+            "times": lcm_times(student.schedule, steps, cd_cfg.solver_steps),
+            "scheduler_options": {
+                "original_inference_steps": cd_cfg.solver_steps,
+                "timestep_scaling": cd_cfg.timestep_scaling,
+            },
+        }
+        method = "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)"
+    if cd_cfg.lora_rank:
+        lora_card = (
+            f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n\n"
+            f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
+            f"`scheduler/` (`{scheduler['scheduler_class']}.from_pretrained(FOLDER, subfolder=\"scheduler\")`), "
+            f"then sample with `num_inference_steps={steps}`, `guidance_scale={w:g}`.\n"
+        )
+        lora = export_lora(
+            student,
+            os.path.join(trainer_cfg.output_dir, "lora"),
+            lora_card,
+            scheduler=configure_scheduler(student, steps, **scheduler),
+        )
+        print(f"exported {lora}")
+        student = student.merged_copy()  # the full-pipeline export holds fused weights
+    details = f"Trained {trainer_cfg.max_steps} steps on a {cd_cfg.solver_steps}-step teacher DDIM grid."
+    card = model_card(method, model_cfg.teacher, steps, w, details)
+    folder = export_pipeline(
+        student, os.path.join(trainer_cfg.output_dir, "pipeline"), steps, w, card=card, config=resolved, **scheduler
+    )
+    print(f"exported {folder}")
 
 if __name__ == "__main__":
     run_cli(main)
