@@ -140,3 +140,24 @@ def test_progressive_script_on_two_processes(tmp_path):
     assert [entry["step"] for entry in logs] == [1, 2]  # one writer: the main process
     den = Denoiser.from_pretrained(out / "pipeline-4steps")
     assert den.null_class == 10 and (out / "checkpoints" / "step-00000002").is_dir()
+
+
+@pytest.mark.parametrize("variant", ["lora", "phased"])
+def test_consistency_script_exports(tmp_path, variant):
+    """train/consistency.py on the bundled teacher: LCM-LoRA exports lora/ with its LCM scheduler; a phased student
+    exports a trailing-DDIM pipeline at its segment tops."""
+    out = tmp_path / "cd"
+    extra = ["--preset", "fashion-lora"] if variant == "lora" else ["--preset", "fashion", "--phases", "2"]
+    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "64", "--sample-steps", "2"]
+    run("train/consistency.py", *extra, *common, "--eval-every", "0", "--output-dir", str(out))
+    scheduler = json.load(open(out / "pipeline" / "scheduler" / "scheduler_config.json"))
+    saved = json.load(open(out / "pipeline" / "stepdistill.json"))
+    if variant == "lora":
+        assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        lora_scheduler = json.load(open(out / "lora" / "scheduler" / "scheduler_config.json"))
+        assert lora_scheduler["_class_name"] == scheduler["_class_name"] == "LCMScheduler"
+        assert lora_scheduler["original_inference_steps"] == 50 and saved["timesteps"] == [999, 499]
+    else:
+        assert not (out / "lora").exists() and scheduler["_class_name"] == "DDIMScheduler"
+        assert saved["timesteps"] == [999, 499]
+    assert Denoiser.from_pretrained(out / "pipeline").null_class == 10
