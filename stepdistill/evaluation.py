@@ -409,10 +409,13 @@ def fd_callback(
         noise = seeded_noise(num_samples, shape, seed)[part]
         labels = balanced_labels(num_samples, num_classes)[part] if num_classes else None
         scorers.reset()
-        for i in range(0, len(noise), batch_size):
-            cond = None if labels is None else Condition(labels=labels[i : i + batch_size].to(acc.device))
-            images = to_uint8(trainer.strategy.sample(noise[i : i + batch_size].to(acc.device), cond)).cpu()
-            scorers.update(images, None if labels is None else labels[i : i + batch_size])
+        # stochastic samplers draw from the global RNG: fork it, so that evaluating never changes training
+        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+            torch.manual_seed(seed + acc.process_index)
+            for i in range(0, len(noise), batch_size):
+                cond = None if labels is None else Condition(labels=labels[i : i + batch_size].to(acc.device))
+                images = to_uint8(trainer.strategy.sample(noise[i : i + batch_size].to(acc.device), cond)).cpu()
+                scorers.update(images, None if labels is None else labels[i : i + batch_size])
         trainer.log({f"eval/{k}": v for k, v in scorers.compute().items() if k != "n"})
 
     return callback

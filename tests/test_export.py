@@ -24,7 +24,9 @@ sys.meta_path.insert(0, Block())
 
 # Runs with `python -I` (isolated: no cwd, no PYTHONPATH, no user site) and with stepdistill imports blocked,
 # so only diffusers and torch are available, as for a user without this toolkit.
-LOAD_SCRIPT = BLOCK_STEPDISTILL + r"""
+LOAD_SCRIPT = (
+    BLOCK_STEPDISTILL
+    + r"""
 from diffusers import DiffusionPipeline
 folder, steps, w, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
@@ -34,6 +36,7 @@ images = pipe(class_labels=[0, 1, 2, 0], num_inference_steps=steps, guidance_sca
               output_type="pt").images
 torch.save({"images": images, "class": type(pipe).__name__, "timesteps": pipe.scheduler.timesteps.tolist()}, out)
 """
+)
 
 
 def student(guidance_dim=None):
@@ -77,7 +80,9 @@ def test_export_rejects_steps_off_the_integer_grid(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-LORA_LOAD_SCRIPT = BLOCK_STEPDISTILL + r"""
+LORA_LOAD_SCRIPT = (
+    BLOCK_STEPDISTILL
+    + r"""
 from diffusers import DiffusionPipeline, LCMScheduler
 base, lora, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 pipe = DiffusionPipeline.from_pretrained(base, trust_remote_code=True)  # the teacher's pipeline
@@ -98,6 +103,7 @@ results["unloaded"] = sample()
 results["timesteps"] = pipe.scheduler.timesteps.tolist()
 torch.save(results, out)
 """
+)
 
 
 def test_lora_loads_into_teacher_pipeline_fuses_and_unfuses_in_fresh_process(tmp_path):

@@ -12,12 +12,16 @@ from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStr
 from stepdistill.trainer import Trainer, TrainerConfig
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
+def reset_accelerate_state():
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset_accelerate_state()
     yield
 
 
@@ -189,6 +193,30 @@ def test_periodic_evaluation_callback_logs_metrics(tmp_path):
     ).train()
     evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if "eval/fd_domain" in line]
     assert [e["step"] for e in evals] == [2, 4] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
+
+
+def test_periodic_evaluation_does_not_change_training(tmp_path):
+    """The evaluation callback samples a stochastic (multistep consistency) sampler, yet the trained weights are
+    bit-identical to a run without evaluation: sampling runs on a forked RNG."""
+    from stepdistill.evaluation import domain_scorers, fd_callback
+    from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
+
+    def train(callbacks):
+        torch.manual_seed(0)
+        config = ConsistencyConfig(solver_steps=10, sample_steps=2, guidance_range=[1.0, 1.0], lr=1e-3)
+        strategy = ConsistencyStrategy(config, tiny_teacher())
+        data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.randint(0, 3, (16,))}
+        out = tmp_path / str(len(callbacks))
+        Trainer(
+            TrainerConfig(output_dir=str(out), max_steps=4, batch_size=4), strategy, data, callbacks=callbacks
+        ).train()
+        return [p.detach().clone() for p in strategy.student.parameters()]
+
+    scorers = domain_scorers("assets/fashion-classifier")
+    evaluated = train([fd_callback(scorers, every=1, num_samples=8, num_classes=3, shape=(1, 8, 8))])
+    reset_accelerate_state()
+    plain = train([])
+    assert all(torch.equal(a, b) for a, b in zip(evaluated, plain))
 
 
 def ode_map(teacher, noise, steps=200):

@@ -113,7 +113,7 @@ def export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
         lora_card = (
             f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n\n"
             f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
-            f"`scheduler/` (`{scheduler['scheduler_class']}.from_pretrained(FOLDER, subfolder=\"scheduler\")`), "
+            f'`scheduler/` (`{scheduler["scheduler_class"]}.from_pretrained(FOLDER, subfolder="scheduler")`), '
             f"then sample with `num_inference_steps={steps}`, `guidance_scale={w:g}`.\n"
         )
         lora = export_lora(
@@ -130,6 +130,7 @@ def export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
         student, os.path.join(trainer_cfg.output_dir, "pipeline"), steps, w, card=card, config=resolved, **scheduler
     )
     print(f"exported {folder}")
+
 
 if __name__ == "__main__":
     run_cli(main)
