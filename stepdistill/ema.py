@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -40,6 +42,23 @@ class EMA:
         for k, p in module.named_parameters():
             if k in self.shadow:
                 p.copy_(self.shadow[k].to(p.dtype))
+
+    @contextmanager
+    def swapped(self, module: nn.Module):
+        """Within the block, ``module`` holds the averaged weights; its own are restored afterwards.
+
+        Only for no-grad use (targets, sampling): the swap writes parameters in place.
+        """
+        with torch.no_grad():
+            backup = {k: p.detach().clone() for k, p in module.named_parameters() if k in self.shadow}
+            self.copy_to(module)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for k, p in module.named_parameters():
+                    if k in backup:
+                        p.copy_(backup[k])
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates, "shadow": self.shadow}

@@ -2,6 +2,7 @@
 
     python train/consistency.py --preset fashion --output-dir outputs/cd-fashion
     python train/consistency.py --preset fashion-lora --output-dir outputs/lcm-lora-fashion
+    python train/consistency.py --preset fashion-phased --output-dir outputs/pcm-fashion
     accelerate launch train/consistency.py --config run.yaml
 
 The student learns the teacher's probability-flow ODE map with one teacher DDIM step (guidance inside the
@@ -43,33 +44,52 @@ PRESETS = {
         "guidance_embedding_dim": None,
         "max_steps": 4000,
     },
-    # The bundled Fashion-MNIST teacher on 2 CPU cores, guidance baked in at w = 1 (no guidance). Still being tuned:
-    # 4,000 steps reached 5,000-sample FD 14.7 / 13.4 / 12.5 at 1 / 2 / 4 steps (teacher DDIM: 170.8 / 46.7 / 17.0),
-    # and the 4-step FD rose as training went on; PD's 4-step 5.98 is the bar.
+    # The bundled Fashion-MNIST teacher on 2 CPU cores, guidance baked in at w = 1 (no guidance). L2 distance and
+    # a short run: on this 0.6M-parameter teacher the 4-step FD is best after ~400 updates and then rises again
+    # while the regression error to the teacher's ODE map keeps falling (measured curve in the README).
     "fashion": {
-        "lr": 2e-4,
+        "lr": 5e-5,
         "batch_size": 64,
         "solver_steps": 50,
         "guidance_range": [1.0, 1.0],
         "guidance_embedding_dim": None,
         "target": "ema",
         "target_decay": 0.95,
-        "loss": "huber",
-        "max_steps": 3000,
+        "loss": "l2",
+        "max_steps": 400,
         "lr_warmup_steps": 100,
         "log_every": 20,
         "sample_steps": 4,
     },
+    # Four segments (PCM): each jumps to its lower edge, sampled deterministically in exactly 4 steps.
+    "fashion-phased": {
+        "lr": 5e-5,
+        "batch_size": 64,
+        "solver_steps": 50,
+        "guidance_range": [1.0, 1.0],
+        "guidance_embedding_dim": None,
+        "target": "ema",
+        "target_decay": 0.95,
+        "loss": "l2",
+        "phases": 4,
+        "max_steps": 500,
+        "lr_warmup_steps": 100,
+        "log_every": 20,
+        "sample_steps": 4,
+    },
+    # LCM-LoRA on the bundled teacher: rank 16 on every conv/attention layer; an EMA of the adapter weights as
+    # the target (with target "none", as in the paper, training diverged here at lr 1e-3 and 1e-4).
     "fashion-lora": {
-        "lr": 1e-3,
+        "lr": 1e-4,
         "batch_size": 64,
         "solver_steps": 50,
         "guidance_range": [1.0, 1.0],
         "guidance_embedding_dim": None,
         "lora_rank": 16,
-        "target": "none",
-        "loss": "huber",
-        "max_steps": 3000,
+        "target": "ema",
+        "target_decay": 0.95,
+        "loss": "l2",
+        "max_steps": 600,
         "lr_warmup_steps": 100,
         "log_every": 20,
         "sample_steps": 4,

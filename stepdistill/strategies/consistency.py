@@ -6,8 +6,9 @@ LCM, boundary scalings with ``sigma_data`` and ``timestep_scaling``), trained so
 adjacent points of one teacher ODE trajectory: ``x_t`` and ``x_s``, one teacher DDIM step (with classifier-
 free guidance inside the step) of ``skip`` training timesteps earlier (the skipping-step solver of LCM,
 Sec. 4.3). The target side uses a target network: an EMA of the student (CD/LCM), or the student itself
-without gradient (LCM-LoRA). Guidance ``w ~ U[w_min, w_max]`` (the standard form; LCM's ``w`` is ours
-minus 1) is fed to a guidance-embedding student, or a fixed ``w`` is baked in.
+without gradient (LCM-LoRA). A LoRA student's EMA target averages the adapter weights only and swaps them in
+for the target pass, so there is still no second copy of the network. Guidance ``w ~ U[w_min, w_max]`` (the
+standard form; LCM's ``w`` is ours minus 1) is fed to a guidance-embedding student, or a fixed ``w`` is baked in.
 
 Phased (``phases > 1``; PCM, Wang et al. 2024, arXiv 2405.18407, and multistep CMs, Heek et al. 2024,
 arXiv 2403.06807): the trajectory is cut at the trailing DDIM grid of ``phases`` steps; each segment is
@@ -20,6 +21,7 @@ the backbone's timestep value, as LCM's code does, so ``c_skip = 1`` exactly at 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +51,10 @@ class ConsistencyConfig:
         default=256, metadata={"help": "w-embedding width of the student; None bakes in guidance_range[0]"}
     )
     target: Literal["ema", "none"] = field(
-        default="ema", metadata={"help": "target network: EMA of the student, or the student"}
+        default="ema",
+        metadata={
+            "help": "target network: EMA of the student (of the adapter weights only with LoRA), or the student"
+        },
     )
     target_decay: float = field(default=0.95, metadata={"help": "EMA decay of the target network (LCM: 0.95)"})
     loss: Literal["l2", "huber"] = field(default="huber", metadata={"help": "distance between f values"})
@@ -79,8 +84,6 @@ class ConsistencyConfig:
             )
         if self.lora_rank < 0:
             raise ValueError(f"ConsistencyConfig.lora_rank must be >= 0, got {self.lora_rank}.")
-        if self.lora_rank and self.target == "ema":
-            raise ValueError("LCM-LoRA uses target='none' (the student itself); an EMA of LoRA weights is not kept.")
         if not 0 < self.target_decay < 1:
             raise ValueError(f"target_decay must be in (0, 1), got {self.target_decay}.")
 
@@ -107,11 +110,12 @@ class ConsistencyStrategy(Strategy):
         if config.guidance_embedding_dim and not config.lora_rank:
             student = student.with_guidance_embedding(config.guidance_embedding_dim)
         self.student = student
-        self.target_net: Denoiser | None = None
+        self.target_net: Denoiser | None = None  # a full copy; LoRA students swap EMA adapter weights in instead
         self.target_ema: EMA | None = None
         if config.target == "ema":
-            self.target_net = student.trainable_copy().frozen()
-            self.target_ema = EMA(student, config.target_decay, warmup=False)
+            self.target_ema = EMA(student, config.target_decay, warmup=False)  # trainable weights only
+            if not config.lora_rank:
+                self.target_net = student.trainable_copy().frozen()
 
     def check_compatible(self) -> None:
         if self.teacher.null_class is None and self.config.guidance_range != [1.0, 1.0]:
@@ -165,22 +169,41 @@ class ConsistencyStrategy(Strategy):
         if not self.w_conditioned:
             w = torch.full_like(w, lo)
         x_t = add_noise(x0, torch.randn_like(x0), *schedule.alpha_sigma(t))
-        f_student = self.consistency_fn(self.student, x_t, t, cond, w, edge)
-        with torch.no_grad():
+        with torch.no_grad():  # before the student's pass: a LoRA EMA target swaps weights in place
             x0_w, eps_w = self._teacher_call(x_t, t, cond, w)
             x_s = ddim_step(x0_w, eps_w, *schedule.alpha_sigma(s))
-            target_net = self.target_net if self.target_net is not None else unwrap(self.student)
-            f_target = self.consistency_fn(target_net, x_s, s, cond, w, edge)
+            with self._target() as target_net:
+                f_target = self.consistency_fn(target_net, x_s, s, cond, w, edge)
+        f_student = self.consistency_fn(self.student, x_t, t, cond, w, edge)
         loss = consistency_distance(f_student.float(), f_target.float(), config.loss, config.huber_c)
         return {"student": loss}
+
+    @contextmanager
+    def _target(self):
+        """The target network: the EMA copy, the LoRA student with its EMA adapter weights swapped in, or the
+        student itself."""
+        student = unwrap(self.student)
+        if self.target_net is not None:
+            yield self.target_net
+        elif self.target_ema is not None:
+            with self.target_ema.swapped(student):
+                yield student
+        else:
+            yield student
 
     def on_step_end(self, step: int) -> None:
         if self.target_ema is not None:
             self.target_ema.update(unwrap(self.student))
-            self.target_ema.copy_to(self.target_net)
+            if self.target_net is not None:
+                self.target_ema.copy_to(self.target_net)
 
     def inference_network(self) -> Denoiser:
-        """The network to sample and export: the EMA target when there is one (as LCM saves), else the student."""
+        """The network to export: the EMA target when there is one (as LCM saves), else the student. A LoRA
+        student with an EMA target is returned as a separate copy holding the EMA adapter weights."""
+        if self.target_ema is not None and self.target_net is None:
+            net = unwrap(self.student).trainable_copy().frozen()
+            self.target_ema.copy_to(net)
+            return net
         return self.target_net if self.target_net is not None else unwrap(self.student)
 
     def export_modules(self) -> dict[str, nn.Module]:
@@ -189,17 +212,18 @@ class ConsistencyStrategy(Strategy):
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale: float | None = None) -> Tensor:
         w = self.config.guidance_range[0] if guidance_scale is None else guidance_scale
-        return consistency_sample(
-            self.inference_network(),
-            noise,
-            cond,
-            self.config.sample_steps,
-            guidance_scale=w if self.w_conditioned else 1.0,
-            solver_steps=self.config.solver_steps,
-            sigma_data=self.config.sigma_data,
-            timestep_scaling=self.config.timestep_scaling,
-            phases=self.config.phases,
-        )
+        with self._target() as net:
+            return consistency_sample(
+                net,
+                noise,
+                cond,
+                self.config.sample_steps,
+                guidance_scale=w if self.w_conditioned else 1.0,
+                solver_steps=self.config.solver_steps,
+                sigma_data=self.config.sigma_data,
+                timestep_scaling=self.config.timestep_scaling,
+                phases=self.config.phases,
+            )
 
     def extra_state(self) -> dict:
         if self.target_ema is None:
@@ -209,4 +233,5 @@ class ConsistencyStrategy(Strategy):
     def load_extra_state(self, state: dict) -> None:
         if "target_ema" in state:
             self.target_ema.load_state_dict(state["target_ema"])
-            self.target_ema.copy_to(self.target_net)
+            if self.target_net is not None:
+                self.target_ema.copy_to(self.target_net)
