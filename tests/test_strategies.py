@@ -113,7 +113,15 @@ def test_pd_smoke_on_tiny_unet(tmp_path, guided):
     assert torch.isfinite(torch.tensor(logs["loss/student"])) and logs["log/student_steps"] == 2
     assert all(p.grad is None for p in teacher.parameters()), "the frozen teacher must get no gradients"
     assert (tmp_path / "grids").is_dir() and (tmp_path / "log.jsonl").is_file()
+    online = {n: p.detach().clone() for n, p in strategy.student.named_parameters()}
     assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)
+    assert all(torch.equal(p, online[n]) for n, p in strategy.student.named_parameters())  # sampling swaps back
+    if variant == "lcm-lora-ema":  # the EMA of the adapter weights is the exported network; no full copy kept
+        assert strategy.target_net is None
+        exported = dict(strategy.inference_network().named_parameters())
+        shadow = strategy.target_ema.shadow
+        assert set(shadow) == set(trained) and all(torch.equal(exported[n], shadow[n]) for n in shadow)
+        assert any(not torch.equal(shadow[n], online[n]) for n in shadow)
 
 
 def test_student_teacher_mismatch_fails_before_training(tmp_path):
@@ -271,12 +279,16 @@ def test_consistency_map_approaches_the_teacher_ode_map(tmp_path, phases):
     assert errors[2] < errors[1] < errors[0] and errors[2] < 0.1 * errors[0], errors
 
 
-@pytest.mark.parametrize("variant", ["lcm", "lcm-lora"])
+@pytest.mark.parametrize("variant", ["lcm", "lcm-lora", "lcm-lora-ema"])
 def test_consistency_smoke_on_tiny_unet(tmp_path, variant):
     from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 
     teacher = tiny_teacher()
-    extra = {"lora_rank": 4, "target": "none", "lr": 1e-3} if variant == "lcm-lora" else {"guidance_embedding_dim": 16}
+    extra = {
+        "lcm": {"guidance_embedding_dim": 16},
+        "lcm-lora": {"lora_rank": 4, "target": "none", "lr": 1e-3},
+        "lcm-lora-ema": {"lora_rank": 4, "target": "ema", "lr": 1e-3},
+    }[variant]
     config = ConsistencyConfig(solver_steps=10, sample_steps=2, guidance_range=[1.0, 3.0], **extra)
     strategy = ConsistencyStrategy(config, teacher)
     frozen = {n: p.detach().clone() for n, p in teacher.named_parameters() if "lora" not in n}
@@ -293,4 +305,12 @@ def test_consistency_smoke_on_tiny_unet(tmp_path, variant):
     assert trained and (variant == "lcm" or all("lora" in n for n in trained))
     # the teacher's weights (for LCM-LoRA: the shared base weights) never change
     assert all(torch.equal(p, frozen[n]) for n, p in teacher.named_parameters() if n in frozen)
+    online = {n: p.detach().clone() for n, p in strategy.student.named_parameters()}
     assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)
+    assert all(torch.equal(p, online[n]) for n, p in strategy.student.named_parameters())  # sampling swaps back
+    if variant == "lcm-lora-ema":  # the EMA of the adapter weights is the exported network; no full copy kept
+        assert strategy.target_net is None
+        exported = dict(strategy.inference_network().named_parameters())
+        shadow = strategy.target_ema.shadow
+        assert set(shadow) == set(trained) and all(torch.equal(exported[n], shadow[n]) for n in shadow)
+        assert any(not torch.equal(shadow[n], online[n]) for n in shadow)
