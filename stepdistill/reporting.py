@@ -63,3 +63,37 @@ def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_training_log(log_path: str, path: str) -> list[str]:
+    """Plot every logged ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl`` against the training step,
+    one panel per series (``eval/*`` panels first). Returns the plotted keys; writes nothing if there are none."""
+    import json
+
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(log_path) as f:
+        for line in f:
+            entry = json.loads(line)
+            for key, value in entry.items():
+                if key.startswith(("eval/", "loss/")) and isinstance(value, (int, float)):
+                    series[key].append((entry["step"], value))
+    keys = sorted(series, key=lambda k: (not k.startswith("eval/"), k))
+    if not keys:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        steps, values = zip(*series[key])
+        ax.plot(steps, values, marker="o" if key.startswith("eval/") else None, markersize=3)
+        name = key.split("/", 1)[1]
+        ax.set_title(METRICS.get(name, key), fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return keys

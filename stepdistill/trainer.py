@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .config import to_dict
 from .data import save_grid
+from .reporting import plot_training_log
 from .denoiser import Condition
 from .ema import EMA
 from .strategies.base import Strategy
@@ -271,6 +272,8 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         self.save_grid()
+        if acc.is_main_process and os.path.isfile(self.log_path):
+            plot_training_log(self.log_path, os.path.join(config.output_dir, "training_curves.png"))
         acc.end_training()
         return logs
 
