@@ -24,6 +24,9 @@ def atomic_dir(path: str | os.PathLike):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
     try:
         yield tmp
+        for root, _, files in os.walk(tmp):  # some writers (safetensors) create owner-only files
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)

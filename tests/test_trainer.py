@@ -121,3 +121,21 @@ def test_data_stream_resumes_and_splits_across_ranks():
     assert len(torch.cat(seen[:6]).unique()) == 15  # no repeats within an epoch
     ranks = [DataStream(data, batch_size=2, seed=1, rank=r, world=2).next()["x0"] for r in range(2)]
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+
+
+def test_atomic_dir_gives_ordinary_permissions(tmp_path):
+    """Files written into an atomic folder (safetensors creates owner-only files) end up readable like any other."""
+    import stat
+
+    from safetensors.torch import save_file
+
+    from stepdistill.io import atomic_dir
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            save_file({"w": torch.zeros(2)}, os.path.join(tmp, "w.safetensors"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "w.safetensors").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o755
