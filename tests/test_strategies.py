@@ -138,13 +138,16 @@ def test_train_script_rejects_bad_configs(tmp_path):
     import sys
 
     (tmp_path / "run.yaml").write_text("teacher_steps: 64\nstep_per_round: 10\n")
-    for args, message in [
-        (["--config", str(tmp_path / "run.yaml")], "Did you mean 'steps_per_round'"),
-        (["--teacher-steps", "48"], "power of two"),
-        (["--teacher", str(tmp_path / "none")], "does not exist"),
+    for script, args, message in [
+        ("progressive", ["--config", str(tmp_path / "run.yaml")], "Did you mean 'steps_per_round'"),
+        ("progressive", ["--teacher-steps", "48"], "power of two"),
+        ("progressive", ["--teacher", str(tmp_path / "none")], "does not exist"),
+        ("consistency", ["--preset", "fashion-lora", "--lora-target-modules", "to_q", "bogus"], "['bogus'] do not"),
+        ("consistency", ["--phases", "4", "--sample-steps", "2"], "exactly 4 steps"),
+        ("consistency", ["--preset", "fashion-lora", "--lora-rank", "64"], "exceeds the width"),
     ]:
         proc = subprocess.run(
-            [sys.executable, "train/progressive.py", "--output-dir", str(tmp_path / "o"), *args],
+            [sys.executable, f"train/{script}.py", "--output-dir", str(tmp_path / "o"), *args],
             capture_output=True,
             text=True,
             timeout=300,

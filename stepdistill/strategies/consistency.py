@@ -63,6 +63,9 @@ class ConsistencyConfig:
     timestep_scaling: float = field(default=10.0, metadata={"help": "timestep scaling of the boundary scalings"})
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank (LCM-LoRA); 0 trains the full student"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
+    )
     phases: int = field(
         default=1,
         metadata={"help": "segments of the trajectory (PCM / multistep CD); >1 samples in exactly that many steps"},
@@ -104,7 +107,9 @@ class ConsistencyStrategy(Strategy):
     def __init__(self, config: ConsistencyConfig, teacher: Denoiser, student: Denoiser | None = None):
         super().__init__(config, teacher)
         if config.lora_rank:
-            student = teacher.add_lora(config.lora_rank, config.lora_alpha)  # shares the frozen base weights
+            student = teacher.add_lora(
+                config.lora_rank, config.lora_alpha, config.lora_target_modules
+            )  # shares the frozen base weights
         elif student is None:
             student = teacher.trainable_copy()
         if config.guidance_embedding_dim and not config.lora_rank:
