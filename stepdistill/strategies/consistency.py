@@ -57,6 +57,9 @@ class ConsistencyConfig:
         },
     )
     target_decay: float = field(default=0.95, metadata={"help": "EMA decay of the target network (LCM: 0.95)"})
+    target_decay_warmup: bool = field(
+        default=False, metadata={"help": "ramp the target's decay as min(decay, (1 + n) / (10 + n)) over updates n"}
+    )
     loss: Literal["l2", "huber"] = field(default="huber", metadata={"help": "distance between f values"})
     huber_c: float = field(default=0.001, metadata={"help": "pseudo-Huber constant c"})
     sigma_data: float = field(default=0.5, metadata={"help": "sigma_data of the boundary scalings"})
@@ -118,7 +121,9 @@ class ConsistencyStrategy(Strategy):
         self.target_net: Denoiser | None = None  # a full copy; LoRA students swap EMA adapter weights in instead
         self.target_ema: EMA | None = None
         if config.target == "ema":
-            self.target_ema = EMA(student, config.target_decay, warmup=False)  # trainable weights only
+            self.target_ema = EMA(
+                student, config.target_decay, warmup=config.target_decay_warmup
+            )  # trainable weights only
             if not config.lora_rank:
                 self.target_net = student.trainable_copy().frozen()
 
