@@ -39,6 +39,14 @@ torch.save({"images": images, "class": type(pipe).__name__, "timesteps": pipe.sc
 )
 
 
+def run_isolated(script: str, *args, cwd) -> None:
+    """Run ``script`` in ``python -I`` (no cwd, PYTHONPATH or user site on the path) and require success."""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def student(guidance_dim=None):
     den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
     if guidance_dim:
@@ -53,14 +61,7 @@ def test_exported_pipeline_matches_toolkit_sampler_in_fresh_process(tmp_path, st
     den = student(guidance_dim)
     folder = export_pipeline(den, tmp_path / "pipe", steps, guidance_scale=w, card="# test\n", config={"a": 1})
     out = tmp_path / "out.pt"
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_SCRIPT, folder, str(steps), str(w), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_isolated(LOAD_SCRIPT, folder, str(steps), str(w), str(out), cwd=tmp_path)
     result = torch.load(out)
     assert result["class"] == "ClassConditionalPipeline"
     assert result["timesteps"] == [int(1000 * k / steps) - 1 for k in range(steps, 0, -1)]
@@ -127,14 +128,7 @@ def test_lora_loads_into_teacher_pipeline_fuses_and_unfuses_in_fresh_process(tmp
     )
     folder = export_lora(lora_student, tmp_path / "lora", card="# lora\n", scheduler=scheduler)
     out = tmp_path / "out.pt"
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", LORA_LOAD_SCRIPT, base, folder, str(steps), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_isolated(LORA_LOAD_SCRIPT, base, folder, str(steps), str(out), cwd=tmp_path)
     r = torch.load(out)
     assert r["timesteps"] == [999, 499]
 
@@ -161,14 +155,7 @@ def test_phased_consistency_export_matches_toolkit_sampler(tmp_path):
     den = student()
     folder = export_pipeline(den, tmp_path / "pipe", 4, times=timestep_grid(den.schedule, 4))
     out = tmp_path / "out.pt"
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_SCRIPT, folder, "4", "1.0", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_isolated(LOAD_SCRIPT, folder, "4", "1.0", str(out), cwd=tmp_path)
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = Condition(labels=torch.tensor([0, 1, 2, 0]))
     with torch.no_grad():

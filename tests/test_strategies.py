@@ -113,15 +113,7 @@ def test_pd_smoke_on_tiny_unet(tmp_path, guided):
     assert torch.isfinite(torch.tensor(logs["loss/student"])) and logs["log/student_steps"] == 2
     assert all(p.grad is None for p in teacher.parameters()), "the frozen teacher must get no gradients"
     assert (tmp_path / "grids").is_dir() and (tmp_path / "log.jsonl").is_file()
-    online = {n: p.detach().clone() for n, p in strategy.student.named_parameters()}
     assert strategy.sample(torch.randn(3, 1, 8, 8), Condition(labels=torch.arange(3))).shape == (3, 1, 8, 8)
-    assert all(torch.equal(p, online[n]) for n, p in strategy.student.named_parameters())  # sampling swaps back
-    if variant == "lcm-lora-ema":  # the EMA of the adapter weights is the exported network; no full copy kept
-        assert strategy.target_net is None
-        exported = dict(strategy.inference_network().named_parameters())
-        shadow = strategy.target_ema.shadow
-        assert set(shadow) == set(trained) and all(torch.equal(exported[n], shadow[n]) for n in shadow)
-        assert any(not torch.equal(shadow[n], online[n]) for n in shadow)
 
 
 def test_student_teacher_mismatch_fails_before_training(tmp_path):

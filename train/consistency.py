@@ -21,6 +21,21 @@ from stepdistill.schedules import lcm_times, timestep_grid
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
+FASHION = {
+    "lr": 5e-5,
+    "batch_size": 64,
+    "solver_steps": 50,
+    "guidance_range": [1.0, 1.0],
+    "guidance_embedding_dim": None,
+    "target": "ema",
+    "target_decay": 0.95,
+    "loss": "l2",
+    "max_steps": 400,
+    "lr_warmup_steps": 100,
+    "log_every": 20,
+    "sample_steps": 4,
+}
+
 PRESETS = {
     # LCM on SD-scale UNets (Luo et al. 2023, Sec. 5): full fine-tuning, w in LCM's [3, 15] (+1 here).
     "paper-lcm": {
@@ -47,53 +62,12 @@ PRESETS = {
     # The bundled Fashion-MNIST teacher on 2 CPU cores, guidance baked in at w = 1 (no guidance). L2 distance and
     # a short run: on this 0.6M-parameter teacher the 4-step FD is best after ~400 updates and then rises again
     # while the regression error to the teacher's ODE map keeps falling (measured curve in the README).
-    "fashion": {
-        "lr": 5e-5,
-        "batch_size": 64,
-        "solver_steps": 50,
-        "guidance_range": [1.0, 1.0],
-        "guidance_embedding_dim": None,
-        "target": "ema",
-        "target_decay": 0.95,
-        "loss": "l2",
-        "max_steps": 400,
-        "lr_warmup_steps": 100,
-        "log_every": 20,
-        "sample_steps": 4,
-    },
+    "fashion": FASHION,
     # Four segments (PCM): each jumps to its lower edge, sampled deterministically in exactly 4 steps.
-    "fashion-phased": {
-        "lr": 5e-5,
-        "batch_size": 64,
-        "solver_steps": 50,
-        "guidance_range": [1.0, 1.0],
-        "guidance_embedding_dim": None,
-        "target": "ema",
-        "target_decay": 0.95,
-        "loss": "l2",
-        "phases": 4,
-        "max_steps": 500,
-        "lr_warmup_steps": 100,
-        "log_every": 20,
-        "sample_steps": 4,
-    },
+    "fashion-phased": {**FASHION, "phases": 4, "max_steps": 500},
     # LCM-LoRA on the bundled teacher: rank 16 on every conv/attention layer; an EMA of the adapter weights as
     # the target (with target "none", as in the paper, training diverged here at lr 1e-3 and 1e-4).
-    "fashion-lora": {
-        "lr": 1e-4,
-        "batch_size": 64,
-        "solver_steps": 50,
-        "guidance_range": [1.0, 1.0],
-        "guidance_embedding_dim": None,
-        "lora_rank": 16,
-        "target": "ema",
-        "target_decay": 0.95,
-        "loss": "l2",
-        "max_steps": 600,
-        "lr_warmup_steps": 100,
-        "log_every": 20,
-        "sample_steps": 4,
-    },
+    "fashion-lora": {**FASHION, "lr": 1e-4, "lora_rank": 16, "max_steps": 600},
 }
 
 
