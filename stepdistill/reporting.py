@@ -65,9 +65,8 @@ def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float 
     plt.close(fig)
 
 
-def plot_training_log(log_path: str, path: str) -> list[str]:
-    """Plot every logged ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl`` against the training step,
-    one panel per series (``eval/*`` panels first). Returns the plotted keys; writes nothing if there are none."""
+def read_training_log(log_path: str) -> dict[str, list[tuple[int, float]]]:
+    """The ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl``: ``{key: [(step, value), ...]}``."""
     import json
 
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -77,6 +76,13 @@ def plot_training_log(log_path: str, path: str) -> list[str]:
             for key, value in entry.items():
                 if key.startswith(("eval/", "loss/")) and isinstance(value, (int, float)):
                     series[key].append((entry["step"], value))
+    return series
+
+
+def plot_training_log(log_path: str, path: str) -> list[str]:
+    """Plot every logged ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl`` against the training step,
+    one panel per series (``eval/*`` panels first). Returns the plotted keys; writes nothing if there are none."""
+    series = read_training_log(log_path)
     keys = sorted(series, key=lambda k: (not k.startswith("eval/"), k))
     if not keys:
         return []
@@ -97,3 +103,27 @@ def plot_training_log(log_path: str, path: str) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return keys
+
+
+def plot_runs(logs: dict[str, str], key: str, path: str, log_y: bool = True) -> None:
+    """One line per run: the logged series ``key`` (e.g. ``eval/fd_domain``) of each ``{label: log.jsonl}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, log_path in logs.items():
+        points = read_training_log(log_path).get(key)
+        if not points:
+            raise ValueError(f"{log_path} has no logged {key!r}; was the run started with --eval-every?")
+        ax.plot(*zip(*points), marker="o", label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(METRICS.get(key.split("/", 1)[-1], key))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

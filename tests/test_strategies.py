@@ -197,6 +197,12 @@ def test_periodic_evaluation_callback_logs_metrics(tmp_path):
     evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if "eval/fd_domain" in line]
     assert [e["step"] for e in evals] == [2, 4] and all(0 <= e["eval/accuracy"] <= 1 for e in evals)
     assert (tmp_path / "training_curves.png").stat().st_size > 1000  # loss and metric curves, plotted at the end
+    from stepdistill.reporting import plot_runs
+
+    plot_runs({"run": str(tmp_path / "log.jsonl")}, "eval/fd_domain", str(tmp_path / "fd.png"))
+    assert (tmp_path / "fd.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="--eval-every"):
+        plot_runs({"run": str(tmp_path / "log.jsonl")}, "eval/fid", str(tmp_path / "fid.png"))
 
 
 def test_periodic_evaluation_does_not_change_training(tmp_path):
