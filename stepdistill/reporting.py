@@ -39,11 +39,7 @@ def results_table(result: dict) -> str:
 
 def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float | None = None) -> None:
     """One line per (model, guidance): ``metric`` against sampling steps on a log axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     lines = defaultdict(list)
     for row in rows:
         lines[f"{row['model']} (w={row['guidance']:g})"].append((row["steps"], row[metric]))
@@ -86,11 +82,7 @@ def plot_training_log(log_path: str, path: str) -> list[str]:
     keys = sorted(series, key=lambda k: (not k.startswith("eval/"), k))
     if not keys:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         steps, values = zip(*series[key])
@@ -107,11 +99,7 @@ def plot_training_log(log_path: str, path: str) -> list[str]:
 
 def plot_runs(logs: dict[str, str], key: str, path: str, log_y: bool = True) -> None:
     """One line per run: the logged series ``key`` (e.g. ``eval/fd_domain``) of each ``{label: log.jsonl}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, log_path in logs.items():
         points = read_training_log(log_path).get(key)
@@ -127,3 +115,13 @@ def plot_runs(logs: dict[str, str], key: str, path: str, log_y: bool = True) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -110,20 +110,20 @@ class ConsistencyStrategy(Strategy):
     def __init__(self, config: ConsistencyConfig, teacher: Denoiser, student: Denoiser | None = None):
         super().__init__(config, teacher)
         if config.lora_rank:
-            student = teacher.add_lora(
-                config.lora_rank, config.lora_alpha, config.lora_target_modules
-            )  # shares the frozen base weights
+            # shares the frozen base weights
+            student = teacher.add_lora(config.lora_rank, config.lora_alpha, config.lora_target_modules)
         elif student is None:
             student = teacher.trainable_copy()
         if config.guidance_embedding_dim and not config.lora_rank:
             student = student.with_guidance_embedding(config.guidance_embedding_dim)
         self.student = student
+        # the (t, s, edge) training points depend on the config and schedule only: built once, not every step
+        self.pairs = consistency_pairs(teacher.schedule, config.solver_steps, config.phases)
         self.target_net: Denoiser | None = None  # a full copy; LoRA students swap EMA adapter weights in instead
         self.target_ema: EMA | None = None
         if config.target == "ema":
-            self.target_ema = EMA(
-                student, config.target_decay, warmup=config.target_decay_warmup
-            )  # trainable weights only
+            # averages the trainable weights only (the adapters of a LoRA student)
+            self.target_ema = EMA(student, config.target_decay, warmup=config.target_decay_warmup)
             if not config.lora_rank:
                 self.target_net = student.trainable_copy().frozen()
 
@@ -171,9 +171,8 @@ class ConsistencyStrategy(Strategy):
         x0 = batch["x0"]
         cond = Condition(labels=batch["labels"]) if "labels" in batch else None
         b = len(x0)
-        pairs = consistency_pairs(schedule, config.solver_steps, config.phases)
-        pick = torch.randint(0, len(pairs[0]), (b,))
-        t, s, edge = (v[pick].to(device=x0.device, dtype=x0.dtype) for v in pairs)
+        pick = torch.randint(0, len(self.pairs[0]), (b,))
+        t, s, edge = (v[pick].to(device=x0.device, dtype=x0.dtype) for v in self.pairs)
         lo, hi = config.guidance_range
         w = lo + (hi - lo) * torch.rand(b, device=x0.device, dtype=x0.dtype)
         if not self.w_conditioned:
