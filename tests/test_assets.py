@@ -57,3 +57,48 @@ def test_classifier_reference_matches_training_record():
     assert record["test_accuracy"] > 0.88
     reference = ReferenceStats.load(f"{CLASSIFIER}/reference-test.npz")
     assert reference.mu.shape == (128,) and reference.sigma.shape == (128, 128) and reference.n == 10000
+
+
+def real_test_images_16px(count=1000):
+    """The shipped real test images at the classifier's 16x16, uint8 ``[N, 1, 16, 16]``, and their labels."""
+    from stepdistill.data import from_uint8, load_fashion_mnist
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "test")
+    return to_uint8(from_uint8(images[:count], 16)), torch.from_numpy(labels[:count])
+
+
+def half_mirrored(images):
+    """Every other image flipped left-right: a generator that draws half its shoes facing the wrong way."""
+    out = images.clone()
+    out[::2] = out[::2].flip(-1)
+    return out
+
+
+def shifted_one_pixel(images):
+    """Every image moved one pixel right and one down, the background (0) filling the gap."""
+    out = torch.zeros_like(images)
+    out[..., 1:, 1:] = images[..., :-1, :-1]
+    return out
+
+
+def binomial_blur(images):
+    """A 3x3 binomial blur ([1, 2, 1] / 4 in each direction, edges replicated)."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
+    x = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="replicate")
+    return torch.nn.functional.conv2d(x, kernel).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_feature_network_sees_mirroring_shifts_and_blur():
+    """The shipped classifier must not be blind to errors a generator can make (it is trained without flips):
+    FD against the real test statistics rises >= 8x when half the images are mirrored or all are shifted by one
+    pixel, >= 3x under a light blur, and class accuracy falls on mirrored shoes."""
+    images, labels = real_test_images_16px()
+    base = score(images, labels)
+    scores = {
+        name: score(fn(images), labels)
+        for name, fn in {"mirrored": half_mirrored, "shifted": shifted_one_pixel, "blurred": binomial_blur}.items()
+    }
+    ratios = {name: s["fd_domain"] / base["fd_domain"] for name, s in scores.items()}
+    assert ratios["mirrored"] >= 8 and ratios["shifted"] >= 8 and ratios["blurred"] >= 3, (base, ratios)
+    assert base["accuracy"] - scores["mirrored"]["accuracy"] >= 0.05, (base, scores["mirrored"])
