@@ -24,7 +24,7 @@ import torch
 
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
-from stepdistill.data import from_uint8, load_images, save_grid
+from stepdistill.data import from_uint8, load_images, save_grid, to_uint8
 from stepdistill.evaluation import (
     ClipModel,
     DomainFeatures,
@@ -91,7 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reference-size", type=int, default=None, help="use at most this many reference images")
     p.add_argument("--reference-cache", default="outputs/reference-cache", help="folder of cached reference stats")
-    p.add_argument("--real", default=None, help="real images scored as a 'real data' row (the real-vs-real floor)")
+    p.add_argument(
+        "--real",
+        default=None,
+        help="real images scored as a 'real data' row (the real-vs-real floor); FOLDER:test for an idx test split",
+    )
+    p.add_argument(
+        "--real-resolution",
+        type=int,
+        default=None,
+        help="resize real images (--reference, --real) to R x R as the models saw them in training (16 for the "
+        "bundled teacher); matters for Inception FID, which upsamples every image to 299 x 299",
+    )
     p.add_argument("--out", default="outputs/eval", help="output folder")
     return p
 
@@ -126,16 +137,24 @@ def build_scorers(args, device) -> Scorers:
         elif args.reference.endswith(".npz"):
             reference = ReferenceStats.load(args.reference)
         else:
-            source = f"{os.path.abspath(args.reference)}|{args.reference_size}"
+            source = f"{os.path.abspath(args.reference)}|{args.reference_size}|{args.real_resolution}"
             reference = cached_reference(
                 net,
                 feature,
-                lambda: load_images(args.reference, args.reference_size)[0],
+                lambda: load_real(args.reference, args.reference_size, args.real_resolution)[0],
                 source,
                 args.reference_cache,
             )
         fds[FD_NAMES[feature]] = FrechetDistance(net, reference)
     return Scorers(fds, classifier, clip)
+
+
+def load_real(path: str, limit: int | None, resolution: int | None):
+    """Real images (see ``load_images``), resized to ``resolution`` with the training data's antialiased resize."""
+    images, labels = load_images(path, limit)
+    if resolution is not None and images.shape[-1] != resolution:
+        images = to_uint8(from_uint8(images, resolution))
+    return images, labels
 
 
 def score_images(scorers, images, labels, prompts, batch_size) -> dict:
@@ -170,7 +189,7 @@ def main():
             save_grid(from_uint8(images[:100]), os.path.join(args.out, "grids", f"{tag}.png"), nrow=10, scale=2)
 
     if args.real:
-        images, labels = load_images(args.real, args.num_samples)
+        images, labels = load_real(args.real, args.num_samples, args.real_resolution)
         result["real_floor"] = {
             **score_images(scorers, images[part], None if labels is None else labels[part], None, args.batch_size),
             "source": args.real,

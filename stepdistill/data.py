@@ -177,10 +177,14 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
 
 def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, Tensor | None]:
     """uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` (or ``None``) from a folder of Fashion-MNIST idx
-    files (its training split) or a folder of images (see ``load_image_folder``), at most ``limit`` of them."""
+    files (its training split, or ``FOLDER:test`` for the test split) or a folder of images (see
+    ``load_image_folder``), at most ``limit`` of them."""
     path = os.fspath(path)
-    if os.path.isdir(path) and any(n.startswith("train-images-idx3-ubyte") for n in os.listdir(path)):
-        images, labels = load_fashion_mnist(path, "train")
+    split = "train"
+    if path.endswith((":train", ":test")) and os.path.isdir(path.rsplit(":", 1)[0]):
+        path, split = path.rsplit(":", 1)
+    if os.path.isdir(path) and any(n.startswith(f"{_SPLITS[split]}-images-idx3-ubyte") for n in os.listdir(path)):
+        images, labels = load_fashion_mnist(path, split)
         return torch.from_numpy(images[:limit].copy())[:, None], torch.from_numpy(labels[:limit].copy())
     images, labels = load_image_folder(path, limit)
     return images, None if labels is None else torch.from_numpy(labels).long()

@@ -10,7 +10,6 @@ in their weights and ``requires_grad`` (see ``frozen``, ``trainable_copy`` and `
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -19,27 +18,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
+from . import lora
+from .backbones import adapter_for, supported_backbones
 from .schedules import Prediction, Schedule, check_prediction, combine, load_scheduler_config, split
 
-SUPPORTED_BACKBONES = ("UNet2DConditionModel", "UNet2DModel")
-
-# LoRA targets of LCM-LoRA (Luo et al. 2023, arXiv 2311.05556): attention, feed-forward and ResNet convs.
-DEFAULT_LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-    "time_emb_proj",
-)
+DEFAULT_LORA_TARGETS = lora.DEFAULT_LORA_TARGETS
 
 
 @dataclass
@@ -57,6 +40,18 @@ class Condition:
     text: Tensor | None = None
     pooled: Tensor | None = None
     time_ids: Tensor | None = None
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, Tensor]) -> Condition | None:
+        """The condition of a training batch: ``labels``, ``text`` (or ``encoder_hidden_states``), ``pooled`` and
+        ``time_ids`` entries; ``None`` for an unconditional batch. The one place strategies get conditions from."""
+        values = {
+            "labels": batch.get("labels"),
+            "text": batch.get("text", batch.get("encoder_hidden_states")),
+            "pooled": batch.get("pooled"),
+            "time_ids": batch.get("time_ids"),
+        }
+        return cls(**values) if any(v is not None for v in values.values()) else None
 
     def _items(self):
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
@@ -101,6 +96,10 @@ class Denoiser(nn.Module):
         null_class: the class id that means "no class" for classifier-free guidance, if class-conditional.
         guidance_embedding_dim: if set, the guidance scale is fed to the backbone as an embedding
             (``timestep_cond``) in one pass instead of combining a conditional and an unconditional pass.
+        null_text: ``[1, L, D]`` text embeddings of the empty prompt, the unconditional branch of text models.
+        null_pooled: ``[1, D]`` pooled embeddings of the empty prompt (SDXL).
+
+    How the backbone is called with a ``Condition`` is its family's adapter (``stepdistill.backbones``).
     """
 
     def __init__(
@@ -110,11 +109,14 @@ class Denoiser(nn.Module):
         prediction: str,
         null_class: int | None = None,
         guidance_embedding_dim: int | None = None,
+        null_text: Tensor | None = None,
+        null_pooled: Tensor | None = None,
     ):
         super().__init__()
-        if backbone is not None and type(backbone).__name__ not in SUPPORTED_BACKBONES:
-            raise TypeError(f"Unsupported backbone {type(backbone).__name__}: expected one of {SUPPORTED_BACKBONES}.")
+        if backbone is not None:
+            adapter_for(backbone)  # raises for an unsupported family
         self.backbone = backbone
+        self.null_text, self.null_pooled = null_text, null_pooled
         self.schedule = schedule
         self.prediction: Prediction = check_prediction(prediction)
         self.null_class = null_class
@@ -193,48 +195,9 @@ class Denoiser(nn.Module):
         target_modules: list[str] | None = None,
         adapter_name: str = "default",
     ) -> Denoiser:
-        """Freeze the base weights and add a trainable peft LoRA adapter (in place). Returns ``self``.
-
-        Args:
-            rank: LoRA rank ``r``.
-            alpha: LoRA ``lora_alpha`` (scale ``alpha / r``); defaults to ``rank``.
-            target_modules: module names to adapt; every name must exist. Default: those of
-                ``DEFAULT_LORA_TARGETS`` that the backbone has.
-        """
-        if not hasattr(self.backbone, "add_adapter"):
-            raise TypeError(
-                f"{type(self.backbone).__name__} has no PEFT adapter support; LoRA needs a "
-                "UNet2DConditionModel backbone."
-            )
-        from peft import LoraConfig
-
-        names = [name for name, _ in self.backbone.named_modules()]
-
-        def exists(target):
-            return any(n == target or n.endswith("." + target) for n in names)
-
-        if target_modules is None:
-            target_modules = [m for m in DEFAULT_LORA_TARGETS if exists(m)]
-        missing = [m for m in target_modules if not exists(m)]
-        widths = {
-            n: _min_width(mod)
-            for n, mod in self.backbone.named_modules()
-            if any(n == m or n.endswith("." + m) for m in target_modules)
-        }
-        too_small = {n: w for n, w in widths.items() if 0 < w < rank}
-        if too_small:
-            name, width = min(too_small.items(), key=lambda item: item[1])
-            raise ValueError(
-                f"LoRA rank {rank} exceeds the width {width} of {name!r} ({len(too_small)} targeted layers "
-                "are narrower than the rank); choose a smaller rank or other target modules."
-            )
-        if missing or not target_modules:
-            raise ValueError(f"LoRA target modules {missing} do not exist in {type(self.backbone).__name__}.")
-        self.backbone.requires_grad_(False)
-        config = LoraConfig(
-            r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights="gaussian"
-        )
-        self.backbone.add_adapter(config, adapter_name=adapter_name)
+        """Freeze the base weights and add a trainable peft LoRA adapter (in place; see ``lora.add_lora``).
+        Returns ``self``."""
+        lora.add_lora(self.backbone, rank, alpha, target_modules, adapter_name)
         self.train()
         return self
 
@@ -260,21 +223,15 @@ class Denoiser(nn.Module):
 
     def merged_copy(self) -> Denoiser:
         """A copy with its LoRA adapters fused into the base weights and removed (a plain full network)."""
-        clone = copy.deepcopy(self)
-        if not hasattr(clone.backbone, "fuse_lora") or not getattr(clone.backbone, "_hf_peft_config_loaded", False):
+        if not lora.has_lora(self.backbone):
             raise ValueError("merged_copy() needs a network with LoRA adapters (see add_lora).")
-        clone.backbone.fuse_lora()
-        clone.backbone.unload_lora()
+        clone = copy.deepcopy(self)
+        lora.merge_lora(clone.backbone)
         return clone.requires_grad_(False)
 
-    @contextlib.contextmanager
     def adapters_disabled(self):
-        """Run the base network without its LoRA adapters (LCM-LoRA's teacher, no second copy in memory)."""
-        self.backbone.disable_adapters()
-        try:
-            yield self
-        finally:
-            self.backbone.enable_adapters()
+        """Context: the base network without its LoRA adapters (LCM-LoRA's teacher, no second copy in memory)."""
+        return lora.adapters_disabled(self.backbone)
 
     def check_matches(self, other: Denoiser, role: str = "student") -> None:
         """Raise ``ValueError`` if ``other`` (e.g. a student loaded from disk) cannot stand in for this network:
@@ -297,38 +254,47 @@ class Denoiser(nn.Module):
 
     # ------------------------------------------------------------------------------------------ calling
     def native(self, x_t: Tensor, t: Tensor, cond: Condition | None, w: Tensor | None = None) -> Tensor:
-        """The backbone's raw output at ``(x_t, t)``.
+        """The backbone's raw output at ``(x_t, t)``, called through its family's adapter.
 
         Args:
             x_t: ``[B, C, H, W]``; t: ``[B]`` in [0, 1]; cond: batched like ``x_t``;
             w: ``[B]`` guidance scales, only for backbones with a guidance embedding.
         """
-        backbone = self.backbone
-        dtype = next(backbone.parameters()).dtype
         timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=torch.float32)
-        cond = cond or Condition()
-        kwargs = {"class_labels": cond.labels}
-        if type(backbone).__name__ == "UNet2DConditionModel":
-            kwargs["encoder_hidden_states"] = None if cond.text is None else cond.text.to(dtype)
-            if cond.pooled is not None:
-                kwargs["added_cond_kwargs"] = {
-                    "text_embeds": cond.pooled.to(dtype),
-                    "time_ids": cond.time_ids.to(dtype),
-                }
-            if self.guidance_embedding_dim:
-                if w is None:
-                    raise ValueError("This denoiser takes a guidance-scale embedding: pass guidance_scale.")
-                kwargs["timestep_cond"] = guidance_embedding(w, self.guidance_embedding_dim).to(dtype)
-        out = backbone(x_t.to(dtype), timestep, return_dict=False, **kwargs)[0]
+        timestep_cond = None
+        if self.guidance_embedding_dim:
+            if w is None:
+                raise ValueError("This denoiser takes a guidance-scale embedding: pass guidance_scale.")
+            timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
+        out = adapter_for(self.backbone)(self.backbone, x_t, timestep, cond or Condition(), timestep_cond)
         return out.to(x_t.dtype)
 
     def null_condition(self, cond: Condition) -> Condition:
-        """The unconditional counterpart of ``cond`` (null class; text models pass ``uncond`` explicitly)."""
-        if cond.labels is None or cond.text is not None:
-            raise ValueError("Classifier-free guidance on a text condition needs `uncond` (negative embeddings).")
+        """The unconditional counterpart of ``cond``: the null class for class labels, the empty prompt's
+        embeddings (``null_text`` / ``null_pooled``) for text; SDXL's ``time_ids`` are kept."""
+        if cond.text is not None:
+            if self.null_text is None:
+                raise ValueError(
+                    "Classifier-free guidance on a text condition needs the empty prompt's embeddings: give the "
+                    "Denoiser null_text (and null_pooled for SDXL), or pass `uncond` (negative embeddings)."
+                )
+            b = len(cond.text)
+            text = self.null_text.to(cond.text.device, cond.text.dtype).expand(b, -1, -1)
+            pooled = cond.pooled
+            if pooled is not None:
+                if self.null_pooled is None:
+                    raise ValueError("SDXL guidance needs null_pooled, the empty prompt's pooled embeddings.")
+                pooled = self.null_pooled.to(pooled.device, pooled.dtype).expand(b, -1)
+            labels = None if cond.labels is None else torch.full_like(cond.labels, self._null_class())
+            return replace(cond, text=text, pooled=pooled, labels=labels)
+        if cond.labels is None:
+            raise ValueError("Classifier-free guidance needs a class or text condition (or an explicit `uncond`).")
+        return replace(cond, labels=torch.full_like(cond.labels, self._null_class()))
+
+    def _null_class(self) -> int:
         if self.null_class is None:
             raise ValueError("This denoiser has no null class, so it cannot do classifier-free guidance.")
-        return replace(cond, labels=torch.full_like(cond.labels, self.null_class))
+        return self.null_class
 
     def guided_native(
         self,
@@ -371,7 +337,8 @@ class Denoiser(nn.Module):
         guidance_scale=1.0,
         uncond: Condition | None = None,
         kind: Prediction = "x0",
-    ) -> Tensor:
+        return_features: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """The prediction of ``kind`` (default the clean sample ``x0``) at ``(x_t, t)``, ``[B, C, H, W]``.
 
         Strategies call trainable denoisers only through this method, so that distributed wrappers
@@ -380,14 +347,21 @@ class Denoiser(nn.Module):
         Args:
             x_t: ``[B, C, H, W]`` noisy input; t: ``[B]`` times in [0, 1] (or a scalar);
             cond: the condition; guidance_scale: ``w`` (float or ``[B]``); uncond: explicit negative
-            condition; kind: ``"x0"``, ``"eps"``, ``"v"`` or ``"flow"``.
+            condition; kind: ``"x0"``, ``"eps"``, ``"v"`` or ``"flow"``;
+            return_features: also return the backbone's bottleneck features ``[B, C', h, w]`` (of the conditional
+                half when guided), e.g. for DMD2's GAN head on the fake score.
         """
         t = self._as_batch_t(t, x_t)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
-        if kind == self.prediction:
-            return out
-        return combine(*split(out, self.prediction, x_t, alpha, sigma), kind, alpha, sigma)
+        if return_features:
+            with adapter_for(self.backbone).capture_features(self.backbone) as store:
+                out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
+            features = store["features"][-len(x_t) :]  # a doubled CFG batch holds [uncond, cond]
+        else:
+            out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
+        if kind != self.prediction:
+            out = combine(*split(out, self.prediction, x_t, alpha, sigma), kind, alpha, sigma)
+        return (out, features) if return_features else out
 
     @staticmethod
     def _as_batch_t(t, x_t: Tensor) -> Tensor:
@@ -395,19 +369,10 @@ class Denoiser(nn.Module):
         return t.expand(len(x_t)) if t.ndim == 0 else t
 
 
-def _min_width(module: nn.Module) -> int:
-    """The smaller of a Linear/Conv layer's input and output widths (0 for other modules)."""
-    if isinstance(module, nn.Linear):
-        return min(module.in_features, module.out_features)
-    if isinstance(module, nn.Conv2d):
-        return min(module.in_channels, module.out_channels)
-    return 0
-
-
 def _check_backbone_class(name: str | None, where: str) -> None:
-    if name not in SUPPORTED_BACKBONES:
+    if name not in supported_backbones():
         raise ValueError(
             f"{where!r} holds a {name or 'model with no _class_name'}, not a denoising UNet "
-            f"({' or '.join(SUPPORTED_BACKBONES)}). Point at a pipeline folder with a 'unet/' subfolder, or at the "
+            f"({' or '.join(supported_backbones())}). Point at a pipeline folder with a 'unet/' subfolder, or at the "
             "UNet's own folder with subfolder=None."
         )

@@ -395,7 +395,7 @@ def fd_callback(
     seed: int = 0,
     batch_size: int = 250,
 ):
-    """A ``Trainer`` callback that scores ``strategy.sample`` every ``every`` steps and logs ``eval/<metric>``.
+    """A ``Trainer`` callback that scores ``trainer.sample`` (the EMA student, if kept) every ``every`` steps and logs ``eval/<metric>``.
 
     Samples are class-balanced when ``num_classes`` > 0; each process scores its own shard and the metrics
     are reduced across processes.
@@ -414,7 +414,7 @@ def fd_callback(
             torch.manual_seed(seed + acc.process_index)
             for i in range(0, len(noise), batch_size):
                 cond = None if labels is None else Condition(labels=labels[i : i + batch_size].to(acc.device))
-                images = to_uint8(trainer.strategy.sample(noise[i : i + batch_size].to(acc.device), cond)).cpu()
+                images = to_uint8(trainer.sample(noise[i : i + batch_size].to(acc.device), cond)).cpu()
                 scorers.update(images, None if labels is None else labels[i : i + batch_size])
         trainer.log({f"eval/{k}": v for k, v in scorers.compute().items() if k != "n"})
 

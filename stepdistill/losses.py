@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Condition, Denoiser
+from .distributed import unwrap
 from .schedules import add_noise, combine
 
 
@@ -24,7 +25,8 @@ def denoising_loss(
     later, fake-score networks on generator samples.
 
     Args:
-        denoiser: the network being trained.
+        denoiser: the network being trained, or its distributed wrapper: it is called through ``forward`` (so
+            DDP sees the call and syncs gradients) and its schedule and prediction type are read via ``unwrap``.
         x0: ``[B, C, H, W]`` clean samples.
         cond: their conditions (already with any label dropout applied).
         t: ``[B]`` times; drawn with ``schedule.sample_t`` when omitted.
@@ -33,14 +35,15 @@ def denoising_loss(
     Returns:
         scalar loss.
     """
+    net = unwrap(denoiser)
     if t is None:
-        t = denoiser.schedule.sample_t(len(x0), device=x0.device, generator=generator)
+        t = net.schedule.sample_t(len(x0), device=x0.device, generator=generator)
     if eps is None:
         eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    alpha, sigma = denoiser.schedule.alpha_sigma(t.to(x0.dtype))
+    alpha, sigma = net.schedule.alpha_sigma(t.to(x0.dtype))
     x_t = add_noise(x0, eps, alpha, sigma)
-    target = combine(x0, eps, denoiser.prediction, alpha, sigma)
-    return (denoiser.native(x_t, t, cond) - target).float().pow(2).mean()
+    target = combine(x0, eps, net.prediction, alpha, sigma)
+    return (denoiser(x_t, t, cond, kind=net.prediction) - target).float().pow(2).mean()
 
 
 def distillation_weight(log_snr: Tensor, kind: str) -> Tensor:

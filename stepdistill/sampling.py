@@ -7,6 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoiser import Condition, Denoiser
+from .distributed import unwrap
 from .schedules import Spacing, add_noise, boundary_scalings, ddim_step, lcm_times, phase_edges, timestep_grid
 
 
@@ -43,6 +44,7 @@ def ddim_sample(
     Returns:
         ``[B, C, H, W]`` samples.
     """
+    denoiser = unwrap(denoiser)  # no gradients here: nothing for a distributed wrapper to synchronise
     schedule = denoiser.schedule
     if times is None:
         times = timestep_grid(schedule, num_steps, spacing)
@@ -77,9 +79,10 @@ def consistency_function(
 
     ``x0_c = c_skip x_t + c_out x0(x_t, t)`` with LCM's boundary scalings (Eq. 5 of Luo et al. 2023); with an
     ``edge`` ``[B]`` above 0 (phased models, Wang et al. 2024 PCM, arXiv 2405.18407), ``x0_c`` and the noise it
-    implies are carried to ``edge`` by one DDIM step, which is the identity when ``t = edge``.
+    implies are carried to ``edge`` by one DDIM step, which is the identity when ``t = edge``. ``net`` may be a
+    distributed wrapper: it is called as given (so the wrapper syncs gradients) and read through ``unwrap``.
     """
-    schedule = net.schedule
+    schedule = unwrap(net).schedule
     c_skip, c_out = boundary_scalings(schedule, t, sigma_data, timestep_scaling)
     x0 = c_skip.view(-1, 1, 1, 1) * x_t + c_out.view(-1, 1, 1, 1) * net(x_t, t, cond, guidance_scale=guidance_scale)
     if edge is None:
@@ -116,7 +119,7 @@ def consistency_sample(
         generator: draws the re-noising noise (on ``noise``'s device).
         phases: the student's number of segments; ``num_steps`` must equal it when above 1.
     """
-    schedule = student.schedule
+    schedule = unwrap(student).schedule
     scalings = {"guidance_scale": guidance_scale, "sigma_data": sigma_data, "timestep_scaling": timestep_scaling}
     if phases > 1:
         if num_steps != phases:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import to_dict
 from .data import save_grid
-from .reporting import plot_training_log
 from .denoiser import Condition
+from .distributed import unwrap
 from .ema import EMA
+from .reporting import plot_training_log
 from .strategies.base import Strategy
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
@@ -61,6 +62,13 @@ class TrainerConfig:
         default="default", metadata={"help": "attention kernel of diffusers UNets (xformers needs CUDA)"}
     )
     num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    max_bad_steps: int = field(
+        default=0,
+        metadata={
+            "help": "consecutive steps with a non-finite loss or gradient to skip (counted, logged, no update) "
+            "before stopping with an error; 0 stops at the first"
+        },
+    )
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
@@ -70,6 +78,8 @@ class TrainerConfig:
             raise ValueError(f"TrainerConfig.ema_decay must be in (0, 1), got {self.ema_decay}.")
         if self.keep_checkpoints < 1:
             raise ValueError("TrainerConfig.keep_checkpoints must be >= 1.")
+        if self.max_bad_steps < 0:
+            raise ValueError(f"TrainerConfig.max_bad_steps must be >= 0, got {self.max_bad_steps}.")
 
 
 class DataStream:
@@ -126,6 +136,12 @@ class _Stateful:
 
 
 def lr_lambda(config: TrainerConfig):
+    """The LR multiplier at trainer step ``step`` (warm-up, then the decay of ``lr_schedule`` to ``max_steps``).
+
+    Every optimizer follows it at the trainer's global step, whatever its own update count: with alternating
+    updates (DMD2's 5 fake-score steps per generator step) all networks end their schedule together.
+    """
+
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0
         progress = min(1.0, max(0, step - config.lr_warmup_steps) / max(1, config.max_steps - config.lr_warmup_steps))
@@ -193,13 +209,18 @@ class Trainer:
                 f"{sorted(optimizers)} must name the same networks."
             )
         self.names = list(modules)
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizers[n], lr_lambda(config)) for n in self.names]
-        prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names], *schedulers)
+        # LRs are set from the global step (see lr_lambda), not by per-optimizer schedulers: those would count
+        # their own optimizer's updates, and accelerate steps them once per process.
+        self.base_lrs = {n: [g["lr"] for g in optimizers[n].param_groups] for n in self.names}
+        self.lr_factor = lr_lambda(config)
+        prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names])
         k = len(self.names)
         for i, n in enumerate(self.names):
             setattr(strategy, n, prepared[i])  # the strategy now calls the wrapped network
-        self.optimizers = dict(zip(self.names, prepared[k : 2 * k]))
-        self.schedulers = dict(zip(self.names, prepared[2 * k :]))
+        self.optimizers = dict(zip(self.names, prepared[k:]))
+        # each loss back-propagates into its own optimizer's parameters only (no gradient leaks between networks)
+        self.params = {n: [p for p in getattr(strategy, n).parameters() if p.requires_grad] for n in self.names}
+        self.bad_steps, self.consecutive_bad_steps = 0, 0
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
         if any(strategy.teacher is acc.unwrap_model(m) for m in modules.values()):
             strategy.teacher.to(acc.device)  # LoRA students share the teacher's network: keep its trainable dtype
@@ -209,7 +230,10 @@ class Trainer:
         self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
         acc.register_for_checkpointing(self.data)
         acc.register_for_checkpointing(
-            _Stateful(lambda: {"step": self.step}, lambda s: setattr(self, "step", s["step"]))
+            _Stateful(
+                lambda: {"step": self.step, "bad_steps": self.bad_steps},
+                lambda s: self.__dict__.update(step=s["step"], bad_steps=s.get("bad_steps", 0)),
+            )
         )
         acc.register_for_checkpointing(_Stateful(strategy.extra_state, strategy.load_extra_state))
         if self.ema is not None:
@@ -252,8 +276,14 @@ class Trainer:
 
         bar = tqdm(total=config.max_steps, initial=self.step, desc=strategy.name, disable=not acc.is_main_process)
         logs, start, start_step = {}, time.time(), self.step
+        window: dict[str, list[float]] = {}  # key -> [sum, count] since the last log line
         while self.step < config.max_steps:
-            logs = self._optimizer_step()
+            values = self._optimizer_step()
+            if values.get("skipped", 0.0):
+                continue  # nothing changed: no step, EMA, callback or checkpoint; counted in skipped_steps
+            for key, value in values.items():
+                total = window.setdefault(key, [0.0, 0])
+                total[0], total[1] = total[0] + value, total[1] + 1
             self.step += 1
             strategy.on_step_end(self.step)
             if self.ema is not None:
@@ -262,7 +292,13 @@ class Trainer:
                 callback(self)
             bar.update()
             if self.step % config.log_every == 0 or self.step == config.max_steps:
+                # the mean of each key over the steps since the last line (a network that only steps every
+                # k-th step still shows up), the latest LR
+                logs = {k: v[0] / v[1] for k, v in window.items() if not k.startswith("lr/")}
+                logs.update({k: values[k] for k in values if k.startswith("lr/")})
+                logs["skipped_steps"] = float(self.bad_steps)
                 logs["it_per_s"] = (self.step - start_step) / max(time.time() - start, 1e-9)
+                window = {}
                 self.log(logs)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")})
             if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
@@ -277,39 +313,116 @@ class Trainer:
         acc.end_training()
         return logs
 
+    def _set_lr(self) -> dict[str, float]:
+        factor = self.lr_factor(self.step)
+        for name in self.names:
+            for group, base in zip(self.optimizers[name].param_groups, self.base_lrs[name]):
+                group["lr"] = base * factor
+        return {f"lr/{name}": self.base_lrs[name][0] * factor for name in self.names}
+
+    def _backward(self, loss: Tensor, name: str) -> None:
+        """Back-propagate ``loss`` into the parameters of optimizer ``name`` only."""
+        if self.accelerator.distributed_type.value == "DEEPSPEED":  # its engine takes no ``inputs``
+            self.accelerator.backward(loss)
+        else:
+            self.accelerator.backward(loss, inputs=self.params[name])
+
+    def _grad_norm(self, name: str) -> Tensor:
+        """Clip (if configured) and return the total gradient norm of optimizer ``name``'s parameters."""
+        if self.config.max_grad_norm is not None:
+            return self.accelerator.clip_grad_norm_(self.params[name], self.config.max_grad_norm)
+        grads = [p.grad.detach().float().norm() for p in self.params[name] if p.grad is not None]
+        return torch.stack(grads).norm() if grads else torch.zeros(())
+
     def _optimizer_step(self) -> dict[str, float]:
-        """One optimizer step: ``gradient_accumulation_steps`` micro-batches, then clip and step."""
+        """One optimizer step: ``gradient_accumulation_steps`` micro-batches, then clip and step.
+
+        Returns the step's values (losses averaged over micro-batches, grad norms, LRs); ``"skipped"`` is 1 when
+        a non-finite loss or gradient (on any process) made it skip the update, leaving parameters, optimizer
+        state and EMA untouched (see ``TrainerConfig.max_bad_steps``).
+        """
         acc, strategy = self.accelerator, self.strategy
         modules = [getattr(strategy, n) for n in self.names]
-        totals: dict[str, float] = {}
+        lrs = self._set_lr()
+        sums: dict[str, list[float]] = {}
+        stepped: list[str] = []
+        bad: list[str] = []
         for _ in range(self.config.gradient_accumulation_steps):
             batch = {k: v.to(acc.device) for k, v in self.data.next().items()}
             with acc.accumulate(*modules), acc.autocast():
                 losses = strategy.losses(batch, self.step)
-                stepped = [k for k in losses if not k.startswith("log/")]
-                unknown = set(stepped) - set(self.names)
+                names = [k for k in losses if not k.startswith("log/")]
+                unknown = set(names) - set(self.names)
                 if unknown:
                     raise ValueError(f"losses() returned {sorted(unknown)}, which name no optimizer {self.names}.")
-                for name in stepped:
-                    if not torch.isfinite(losses[name]):
-                        raise FloatingPointError(
-                            f"Non-finite {name} loss ({losses[name].item()}) at step {self.step}; "
-                            "lower the learning rate or check the data and teacher dtype."
-                        )
-                    acc.backward(losses[name])
-                for name in stepped:
-                    if acc.sync_gradients and self.config.max_grad_norm is not None:
-                        norm = acc.clip_grad_norm_(getattr(strategy, name).parameters(), self.config.max_grad_norm)
-                        totals[f"grad_norm/{name}"] = float(norm)
-                    self.optimizers[name].step()
-                    self.schedulers[name].step()
-                    self.optimizers[name].zero_grad(set_to_none=True)
+                for name in names:
+                    if not torch.isfinite(losses[name]).all():
+                        bad.append(f"loss/{name} = {float(losses[name].detach())}")
+                    self._backward(losses[name], name)
+                    stepped += [name] if name not in stepped else []
             for key, value in losses.items():
-                key = key if key.startswith("log/") else f"loss/{key}"
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.config.gradient_accumulation_steps
+                total = sums.setdefault(key if key.startswith("log/") else f"loss/{key}", [0.0, 0])
+                total[0], total[1] = total[0] + float(value.detach()), total[1] + 1
+        values = {k: v[0] / v[1] for k, v in sums.items()}
+        for name in stepped:
+            norm = self._grad_norm(name)
+            values[f"grad_norm/{name}"] = float(norm)
+            # fp16 overflows are the grad scaler's business (it skips the step and lowers the scale)
+            if not torch.isfinite(norm) and self.config.mixed_precision != "fp16":
+                bad.append(f"grad_norm/{name} = {float(norm)}")
+        if self._any_process(bool(bad)):
+            self._skip(bad)
+            return {**values, **lrs, "skipped": 1.0}
+        self.consecutive_bad_steps = 0
+        for name in stepped:
+            self.optimizers[name].step()
+        for name in self.names:  # every network, stepped or not: nothing carries into the next update
+            self.optimizers[name].zero_grad(set_to_none=True)
+        return {**values, **lrs}
+
+    def _any_process(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device), "sum") > 0)
+
+    def _skip(self, bad: list[str]) -> None:
+        """Drop this step's gradients, count it, and stop once ``max_bad_steps`` consecutive steps went bad."""
         for name in self.names:
-            totals[f"lr/{name}"] = self.schedulers[name].get_last_lr()[0]
-        return totals
+            self.optimizers[name].zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.consecutive_bad_steps += 1
+        what = ", ".join(bad) if bad else "a non-finite value on another process"
+        if self.consecutive_bad_steps > self.config.max_bad_steps:
+            raise FloatingPointError(
+                f"Non-finite values at step {self.step} ({what}); {self.consecutive_bad_steps} consecutive bad "
+                f"step(s), max_bad_steps = {self.config.max_bad_steps}. No update was applied and the last "
+                f"checkpoint in {self.config.output_dir}/checkpoints is intact: lower the learning rate, check the "
+                "data and teacher dtype, or raise --max-bad-steps, then --resume latest."
+            )
+        if self.accelerator.is_main_process:
+            print(f"step {self.step}: skipped ({what}); {self.bad_steps} skipped so far")
+
+    # ------------------------------------------------------------------------------------ artefacts
+    @torch.no_grad()
+    def sample(self, noise: Tensor, cond: Condition | None = None, **kwargs) -> Tensor:
+        """The strategy's samples, from the trainer's EMA weights of the student when it keeps an EMA."""
+        if self.ema is None:
+            return self.strategy.sample(noise, cond, **kwargs)
+        with self.ema.swapped(unwrap(self.strategy.student)):
+            return self.strategy.sample(noise, cond, **kwargs)
+
+    def export_modules(self) -> dict[str, nn.Module]:
+        """The strategy's ``export_modules()``, unwrapped; with an EMA, the live student is replaced by a frozen
+        copy holding the EMA weights (what grids and evaluation sample, and what a user should ship)."""
+        modules = {k: unwrap(m) for k, m in self.strategy.export_modules().items()}
+        if self.ema is not None:
+            student = unwrap(self.strategy.student)
+            for key, module in modules.items():
+                if module is student:
+                    averaged = student.trainable_copy().frozen()
+                    self.ema.copy_to(averaged)
+                    modules[key] = averaged
+        return modules
 
     def log(self, logs: dict[str, float]) -> None:
         """Write ``logs`` at the current step to the JSONL file and the trackers (main process)."""
@@ -321,7 +434,6 @@ class Trainer:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"step": self.step, **logs}) + "\n")
 
-    # ------------------------------------------------------------------------------------ artefacts
     def save_grid(self) -> str | None:
         """Write ``grids/step-N.png`` from the strategy's sampler (main process)."""
         acc = self.accelerator
@@ -337,7 +449,7 @@ class Trainer:
             config.sample_size,
             generator=torch.Generator().manual_seed(self.config.seed),
         ).to(acc.device)
-        images = self.strategy.sample(noise, cond)
+        images = self.sample(noise, cond)
         path = os.path.join(self.config.output_dir, "grids", f"step-{self.step:08d}.png")
         save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
         return path

@@ -21,12 +21,14 @@ def test_idx_round_trip_and_errors(tmp_path):
         read_idx(tmp_path / "missing.gz")
 
 
-def test_bundled_subset_loads_with_labels():
+def test_bundled_subset_loads_with_labels(tmp_path):
     images, labels = load_fashion_mnist(ASSET_DATA, "train")
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert labels.min() == 0 and labels.max() == 9 and len(np.unique(labels)) == 10
+    test_images, test_labels = load_fashion_mnist(ASSET_DATA, "test")  # the first 1,000 of the test split
+    assert test_images.shape == (1000, 28, 28) and len(np.unique(test_labels)) == 10
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
-        load_fashion_mnist(ASSET_DATA, "test")
+        load_fashion_mnist(tmp_path, "test")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         load_fashion_mnist("no/such/folder")
 
@@ -40,3 +42,13 @@ def test_uint8_conversions_and_grid():
     assert small.shape == (1, 1, 8, 8)
     grid = image_grid(torch.zeros(5, 1, 4, 4), nrow=3)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1)
+
+
+def test_load_images_reads_either_split_of_an_idx_folder():
+    from stepdistill.data import load_fashion_mnist, load_images
+
+    train, _ = load_images("assets/fashion-mnist", 3)
+    test, labels = load_images("assets/fashion-mnist:test", 3)
+    expected, expected_labels = load_fashion_mnist("assets/fashion-mnist", "test")
+    assert test.shape == (3, 1, 28, 28) and torch.equal(test[:, 0], torch.from_numpy(expected[:3]))
+    assert torch.equal(labels, torch.from_numpy(expected_labels[:3]).long()) and not torch.equal(train, test)

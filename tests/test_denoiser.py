@@ -141,3 +141,81 @@ def test_with_guidance_embedding_starts_as_the_unguided_network():
     with torch.no_grad():
         student.backbone.time_embedding.cond_proj.weight.normal_()
     assert not torch.allclose(student(x, t, cond, guidance_scale=3.0), student(x, t, cond, guidance_scale=1.0))
+
+
+def test_condition_from_batch():
+    labels, text = torch.arange(3), torch.randn(3, 2, 8)
+    assert torch.equal(Condition.from_batch({"x0": torch.zeros(3), "labels": labels}).labels, labels)
+    assert torch.equal(Condition.from_batch({"encoder_hidden_states": text}).text, text)
+    assert Condition.from_batch({"x0": torch.zeros(3)}) is None
+
+
+def test_features_of_the_bottleneck_come_with_the_prediction():
+    den = make()
+    x, t, cond = inputs()
+    out, features = den(x, t, cond, return_features=True)
+    torch.testing.assert_close(out, den(x, t, cond))
+    mid = den.backbone.config.block_out_channels[-1]
+    assert features.shape == (4, mid, 4, 4)
+    _, guided = den(x, t, cond, guidance_scale=2.0, return_features=True)  # the conditional half of the CFG batch
+    torch.testing.assert_close(guided, features)
+    assert not den.backbone.mid_block._forward_hooks  # the hook is gone afterwards
+
+
+def tiny_text_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=12,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+
+
+def test_text_guidance_uses_the_denoisers_empty_prompt_embeddings():
+    schedule = Schedule.from_scheduler_config(dict(tiny_scheduler().config))
+    null_text = torch.randn(1, 5, 12)
+    den = Denoiser(tiny_text_unet(), schedule, "eps", null_text=null_text).frozen()
+    x, t, _ = inputs()
+    cond = Condition(text=torch.randn(4, 5, 12))
+    c = den(x, t, cond)
+    u = den(x, t, Condition(text=null_text.expand(4, -1, -1)))
+    torch.testing.assert_close(den(x, t, cond, guidance_scale=3.0), u + 3.0 * (c - u), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="empty prompt"):
+        Denoiser(tiny_text_unet(), schedule, "eps").null_condition(cond)
+
+
+def test_unet2dmodel_backbone_through_its_adapter():
+    from diffusers import UNet2DModel
+
+    from stepdistill.backbones import UNet2DAdapter, adapter_for
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=4,
+        num_class_embeds=4,
+    )
+    den = Denoiser(unet, Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3).frozen()
+    assert isinstance(adapter_for(unet), UNet2DAdapter)
+    x, t, cond = inputs()
+    direct = unet(x, den.schedule.model_timestep(t), class_labels=cond.labels).sample
+    torch.testing.assert_close(den.native(x, t, cond), direct)
+    with pytest.raises(ValueError, match="no text condition"):
+        den(x, t, Condition(text=torch.zeros(4, 2, 8)))
+    with pytest.raises(TypeError, match="Unsupported backbone"):
+        Denoiser(torch.nn.Linear(2, 2), den.schedule, "v")

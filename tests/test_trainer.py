@@ -1,6 +1,8 @@
 """Trainer: exact resume, atomic checkpoints, clear failures."""
 
+import math
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from conftest import mlp_student
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.schedules import Schedule
+from stepdistill.strategies.base import Strategy, unwrap
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import DataStream, Trainer, TrainerConfig, list_checkpoints
 
@@ -103,7 +106,7 @@ def test_bad_resume_and_nan_loss_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(
         strategy, "losses", lambda batch, step: {"student": torch.tensor(float("nan"), requires_grad=True)}
     )
-    with pytest.raises(FloatingPointError, match="Non-finite student loss"):
+    with pytest.raises(FloatingPointError, match=r"Non-finite values at step 0 \(loss/student = nan\)"):
         trainer.train()
     with pytest.raises(ValueError, match="max_steps"):
         TrainerConfig(max_steps=0)
@@ -139,3 +142,153 @@ def test_atomic_dir_gives_ordinary_permissions(tmp_path):
         os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "w.safetensors").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o755
+
+
+@dataclass
+class ToyConfig:
+    ratio: int = 4
+
+
+class Toy(Strategy):
+    """Two networks with alternating updates: ``ratio`` fake-score steps, then one student step (DMD2's TTUR
+    shape). With ``leak`` the student loss runs through the fake score directly instead of ``self.frozen``."""
+
+    config_class = ToyConfig
+
+    def __init__(self, ratio=4, leak=False, nan_calls=(), fake_grad=True):
+        schedule = Schedule.cosine()
+        super().__init__(ToyConfig(ratio), GaussianMixtureDenoiser(MIXTURE, schedule))
+        self.ratio, self.leak, self.fake_grad = ratio, leak, fake_grad
+        self.nan_calls, self.calls = set(nan_calls), []  # losses() calls (0, 1, ...) that return NaN
+        self.student, self.fake_score = mlp_student(schedule, 2, seed=0), mlp_student(schedule, 2, seed=1)
+
+    def trainable(self):
+        return {"student": self.student, "fake_score": self.fake_score}
+
+    def optimizers(self):
+        lrs = {"student": 0.1, "fake_score": 0.01}
+        return {n: torch.optim.SGD(m.parameters(), lr=lrs[n]) for n, m in self.trainable().items()}
+
+    def losses(self, batch, step):
+        self.calls.append(step)
+        scale = float("nan") if len(self.calls) - 1 in self.nan_calls else 1.0
+        x0 = batch["x0"]
+        t = torch.full((len(x0),), 0.5)
+        if step % (self.ratio + 1) < self.ratio:
+            fake = self.fake_score(self.student(x0, t).detach(), t)
+            loss = fake.pow(2).mean() if self.fake_grad else 0.0 * sum(p.sum() for p in self.fake_score.parameters())
+            return {"fake_score": loss * scale}
+        generated = self.student(x0, t)
+        if self.leak:
+            loss = self.fake_score(generated, t).pow(2).mean()
+        else:
+            with self.frozen("fake_score") as fake_score:
+                loss = fake_score(generated, t).pow(2).mean()
+        return {"student": loss * scale}
+
+    def sample(self, noise, cond=None):
+        return unwrap(self.student)(noise, 1.0)
+
+
+def flat(module):
+    return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_a_loss_cannot_leak_gradient_into_another_optimizer(tmp_path, leak):
+    """Step 0 trains the student through the fake score; step 1 gives the fake score a zero gradient. Its SGD
+    update must then be exactly zero, even when the strategy forgot ``self.frozen`` (leak=True)."""
+    strategy = Toy(ratio=1, leak=leak, fake_grad=False)
+    strategy.losses = lambda batch, step, orig=strategy.losses: orig(batch, step + 1)  # student step first
+    trainer = Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=1, batch_size=16), strategy, DATA)
+    fake_before, student_before = flat(strategy.fake_score), flat(strategy.student)
+    trainer.train()
+    assert not torch.equal(flat(strategy.student), student_before)
+    assert all(p.grad is None for p in strategy.fake_score.parameters())  # nothing carried to the next step
+    trainer.config.max_steps = 2
+    trainer.train()
+    assert torch.equal(flat(strategy.fake_score), fake_before)
+    assert all(p.requires_grad for p in strategy.fake_score.parameters())  # frozen() restored the flags
+
+
+def test_lr_schedules_follow_the_global_step_and_logs_show_every_loss(tmp_path):
+    """4:1 alternation with a cosine schedule: both networks end their schedule together; with 5:1 alternation
+    and a log line every 10 steps, every line holds the mean of both losses."""
+    import json
+
+    trainer = Trainer(
+        TrainerConfig(output_dir=str(tmp_path / "a"), max_steps=20, batch_size=16, lr_schedule="cosine", log_every=5),
+        Toy(ratio=4),
+        DATA,
+    )
+    trainer.train()
+    last = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")][-1]
+    factor = 0.5 * (1 + math.cos(math.pi * 19 / 20))  # the schedule at the last step, 19 of 20
+    assert last["lr/student"] == pytest.approx(0.1 * factor) and last["lr/fake_score"] == pytest.approx(0.01 * factor)
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    trainer = Trainer(
+        TrainerConfig(output_dir=str(tmp_path / "b"), max_steps=30, batch_size=16, log_every=10), Toy(ratio=5), DATA
+    )
+    trainer.train()
+    lines = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
+    assert [line["step"] for line in lines] == [10, 20, 30]
+    assert all("loss/student" in line and "loss/fake_score" in line for line in lines), lines
+
+
+def test_non_finite_steps_are_skipped_counted_then_stop(tmp_path):
+    """A NaN step changes nothing (parameters, EMA), is counted in the log, and training goes on; more consecutive
+    bad steps than allowed stop with an error, leaving the last checkpoint loadable."""
+    import json
+
+    strategy = Toy(ratio=1, nan_calls={3})
+    config = TrainerConfig(
+        output_dir=str(tmp_path), max_steps=6, batch_size=16, log_every=1, ema_decay=0.5, max_bad_steps=1
+    )
+    trainer = Trainer(config, strategy, DATA)
+    seen = []  # the student's parameters at each losses() call
+    strategy.losses = lambda batch, step, orig=strategy.losses: (
+        seen.append(flat(strategy.student)) or orig(batch, step)
+    )
+    trainer.train()
+    assert strategy.calls == [0, 1, 2, 3, 3, 4, 5]  # step 3 went bad once and was retried with the next batch
+    assert torch.equal(seen[3], seen[4]) and not torch.equal(seen[4], seen[5])  # step 3 trains the student
+    assert trainer.bad_steps == 1 and trainer.ema.num_updates == 6
+    logs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [line["skipped_steps"] for line in logs] == [0, 0, 0, 1, 1, 1]
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    strategy = Toy(ratio=1, nan_calls=range(2, 100))
+    config = TrainerConfig(output_dir=str(tmp_path / "stop"), max_steps=6, batch_size=16, checkpoint_every=1)
+    trainer = Trainer(config, strategy, DATA)
+    before = flat(strategy.student)
+    with pytest.raises(FloatingPointError, match="1 consecutive bad step"):
+        trainer.train()
+    assert trainer.step == 2 and not torch.equal(flat(strategy.student), before)
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "stop"))][-1] == "step-00000002"
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    config.resume = "latest"
+    resumed = Toy(ratio=1)
+    Trainer(config, resumed, DATA).train()  # the last good checkpoint loads and training finishes
+    assert resumed.calls == [2, 3, 4, 5]
+
+
+def test_trainer_ema_is_what_grids_evaluation_and_export_use(tmp_path):
+    strategy = Toy(ratio=1)
+    trainer = Trainer(
+        TrainerConfig(output_dir=str(tmp_path), max_steps=4, batch_size=16, ema_decay=0.5), strategy, DATA
+    )
+    trainer.train()
+    exported = trainer.export_modules()["student"]
+    averaged = torch.cat([trainer.ema.shadow[k].flatten() for k, _ in strategy.student.named_parameters()])
+    assert torch.equal(flat(exported), averaged) and not torch.equal(flat(exported), flat(strategy.student))
+    noise = torch.randn(4, 1, 1, 2)
+    assert torch.allclose(trainer.sample(noise), exported(noise, 1.0))
+    assert not exported.training and not any(p.requires_grad for p in exported.parameters())

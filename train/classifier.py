@@ -71,7 +71,11 @@ def main():
     np.savez(os.path.join(args.out, "reference-test.npz"), mu=mu, sigma=sigma, n=len(test_x), accuracy=accuracy)
     wall = time.time() - start
     with open(os.path.join(args.out, "training.json"), "w") as f:
-        json.dump({**vars(args), "augmentation": "none", "test_accuracy": accuracy, "wall_time_s": round(wall, 1)}, f, indent=2)
+        json.dump(
+            {**vars(args), "augmentation": "none", "test_accuracy": accuracy, "wall_time_s": round(wall, 1)},
+            f,
+            indent=2,
+        )
     print(f"test accuracy {accuracy:.4f} at {args.resolution}px, wall time {wall:.0f} s")
 
 

@@ -83,12 +83,11 @@ def main(argv=None):
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
-        export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved)
+        export(trainer.export_modules()["student"], strategy, trainer_cfg, model_cfg, cd_cfg, resolved)
 
 
-def export(strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
+def export(student, strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
     """Write OUTPUT_DIR/pipeline (and OUTPUT_DIR/lora for LCM-LoRA) with the scheduler the student samples with."""
-    student = strategy.inference_network()
     steps, w = cd_cfg.sample_steps, (cd_cfg.guidance_range[0] if strategy.w_conditioned else 1.0)
     if cd_cfg.phases > 1:  # deterministic jumps between segment edges: trailing DDIM at the segment tops
         scheduler = {"scheduler_class": "DDIMScheduler", "times": timestep_grid(student.schedule, steps)}

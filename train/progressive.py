@@ -65,7 +65,7 @@ def main(argv=None):
         if round_index < 0 or strategy.round_of(trainer.step) == round_index and trainer.step < trainer_cfg.max_steps:
             return
         steps = strategy.student_steps(round_index)
-        student = trainer.accelerator.unwrap_model(strategy.student)
+        student = trainer.export_modules()["student"]  # the EMA weights when the trainer keeps an EMA
         if not exportable_steps(student, steps):
             print(f"round {round_index + 1}: {steps} steps are not on the teacher's integer timesteps; not exported")
         elif trainer.accelerator.is_main_process:

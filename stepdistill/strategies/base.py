@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
+from ..distributed import frozen, unwrap
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -39,11 +40,6 @@ def register(name: str):
         return cls
 
     return wrap
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The network inside a distributed wrapper (DDP/FSDP ``.module``), or the module itself."""
-    return getattr(module, "module", module)
 
 
 def get_strategy(name: str) -> type[Strategy]:
@@ -96,8 +92,18 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
         """Called after every optimizer step (EMA targets, stage switches)."""
 
     def export_modules(self) -> dict[str, nn.Module]:
-        """Networks to export (default: the student)."""
-        return {"student": self.trainable()["student"]}
+        """Networks to export, unwrapped (default: the student). ``Trainer.export_modules`` substitutes the
+        trainer's EMA weights for the live student when an EMA is kept."""
+        return {"student": unwrap(self.trainable()["student"])}
+
+    def frozen(self, name: str):
+        """Context: the network ``name`` with its parameters frozen (see ``stepdistill.distributed.frozen``), for a
+        loss that must pass gradient through another optimizer's network without training it::
+
+            with self.frozen("fake_score") as fake_score:
+                loss = score_identity_loss(fake_score(x_t, t, cond), ...)
+        """
+        return frozen(getattr(self, name))
 
     def extra_state(self) -> dict:
         """State outside the trainable networks and optimizers that resume needs (e.g. the current round)."""

@@ -109,6 +109,11 @@ class ConsistencyStrategy(Strategy):
 
     def __init__(self, config: ConsistencyConfig, teacher: Denoiser, student: Denoiser | None = None):
         super().__init__(config, teacher)
+        if config.lora_rank and student is not None:
+            raise ValueError(
+                "A LoRA consistency student adapts the teacher's own weights, so an initial --student cannot be "
+                "used with --lora-rank: drop one of them (or pass the student as the --teacher)."
+            )
         if config.lora_rank:
             # shares the frozen base weights
             student = teacher.add_lora(config.lora_rank, config.lora_alpha, config.lora_target_modules)
@@ -169,7 +174,7 @@ class ConsistencyStrategy(Strategy):
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         config, schedule = self.config, self.teacher.schedule
         x0 = batch["x0"]
-        cond = Condition(labels=batch["labels"]) if "labels" in batch else None
+        cond = Condition.from_batch(batch)
         b = len(x0)
         pick = torch.randint(0, len(self.pairs[0]), (b,))
         t, s, edge = (v[pick].to(device=x0.device, dtype=x0.dtype) for v in self.pairs)

@@ -148,7 +148,7 @@ class ProgressiveStrategy(Strategy):
         if round_index != self.round:
             self._enter_round(round_index)
         x0 = batch["x0"]
-        cond = Condition(labels=batch["labels"]) if "labels" in batch else None
+        cond = Condition.from_batch(batch)
         n = self.student_steps(round_index)
         k = torch.randint(1, n + 1, (len(x0),), device=x0.device)
         t = k.to(x0.dtype) / n  # [B], the student's uniform grid
