@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bundled teacher); matters for Inception FID, which upsamples every image to 299 x 299",
     )
     p.add_argument("--out", default="outputs/eval", help="output folder")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the pipeline code a pipeline folder carries (stepdistill's exports do); off by default",
+    )
     return p
 
 
@@ -211,7 +216,7 @@ def main():
         )
         add_row({"model": name, "steps": None, "guidance": None, **row}, images)
     for name, path, model_steps in (parse_model(spec, args.steps) for spec in args.model):
-        model = load_model(path, state.device)
+        model = load_model(path, state.device, args.trust_remote_code)
         classes = num_classes(model)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         for w in args.guidance:
@@ -240,12 +245,19 @@ def main():
         write_outputs(result, args.out)
 
 
-def load_model(path, device):
-    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json)."""
+def load_model(path, device, trust_remote_code=False):
+    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json). A pipeline whose
+    folder carries its own code runs it only with ``trust_remote_code`` (``--trust-remote-code``)."""
     if os.path.isfile(os.path.join(path, "model_index.json")):
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True).to(device)
+        code = sorted(n for n in os.listdir(path) if n.endswith(".py"))
+        if code and not trust_remote_code:
+            raise ValueError(
+                f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
+                "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
+            )
+        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
     from stepdistill.denoiser import Denoiser

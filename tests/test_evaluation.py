@@ -206,3 +206,23 @@ def test_model_specs():
     assert parse_model("t=assets/fashion-teacher", [1, 50]) == ("t", "assets/fashion-teacher", [1, 50])
     with pytest.raises(ValueError, match="Bad step list"):
         parse_model("x=p@four", [1])
+
+
+def test_pipeline_code_runs_only_when_trusted(tmp_path):
+    """A pipeline folder's own .py file runs only with --trust-remote-code; without it, one error line."""
+    from conftest import tiny_scheduler, tiny_unet
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.export import export_pipeline
+    from stepdistill.schedules import Schedule
+
+    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+    folder = export_pipeline(den.frozen(), tmp_path / "pipe", 2)
+    marker = tmp_path / "code-ran"
+    with open(os.path.join(folder, "pipeline_class_conditional.py"), "a") as f:
+        f.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    args = ["--model", folder, "--steps", "2", "--num-samples", "6", "--out", str(tmp_path / "eval")]
+    proc = run_eval(*args)
+    assert proc.returncode == 2 and "pass --trust-remote-code" in proc.stderr and not marker.exists(), proc.stderr
+    proc = run_eval(*args, "--trust-remote-code")
+    assert proc.returncode == 0 and marker.exists(), proc.stderr[-2000:]
