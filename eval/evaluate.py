@@ -24,7 +24,7 @@ import torch
 
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
-from stepdistill.data import from_uint8, load_images, save_grid, to_uint8
+from stepdistill.data import check_images, from_uint8, load_images, save_grid, to_uint8
 from stepdistill.evaluation import (
     ClipModel,
     DomainFeatures,
@@ -201,6 +201,8 @@ def main():
         }
     for name, folder in map(parse_named, args.images):
         images, labels = load_images(folder, None)
+        classes = scorers.classifier.classifier.config["num_classes"] if scorers.classifier is not None else None
+        check_images(images, labels, f"--images {folder!r}", num_classes=classes)
         own = shard(len(images), state.process_index, state.num_processes)
         if prompts is not None and len(prompts) != len(images):
             raise ValueError(

@@ -190,9 +190,41 @@ def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tens
     return images, None if labels is None else torch.from_numpy(labels).long()
 
 
-def load_training_data(path: str | os.PathLike, resolution: int, limit: int | None = None) -> dict[str, Tensor]:
-    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder."""
+MIN_IMAGE_SIZE = 8
+
+
+def check_images(
+    images: Tensor, labels: Tensor | None, where: str, channels: int | None = None, num_classes: int | None = None
+) -> None:
+    """Raise ``ValueError`` for images a square-image model cannot use: non-square, smaller than
+    ``MIN_IMAGE_SIZE``, another channel count, or labels outside ``[0, num_classes)``."""
+    _, c, h, w = images.shape
+    if h != w:
+        raise ValueError(
+            f"{where}: images are {h}x{w} (height x width); square images are needed. Crop or resize them."
+        )
+    if h < MIN_IMAGE_SIZE:
+        raise ValueError(f"{where}: images are {h}x{w}, too small to train on or score (at least {MIN_IMAGE_SIZE}px).")
+    if channels is not None and c != channels:
+        raise ValueError(f"{where}: images have {c} channel(s), the model takes {channels}; convert them first.")
+    if labels is not None and num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{where}: class {int(labels.max())} (a class subfolder) is outside the model's {num_classes} classes "
+            f"(0 to {num_classes - 1})."
+        )
+
+
+def load_training_data(
+    path: str | os.PathLike,
+    resolution: int,
+    limit: int | None = None,
+    channels: int | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Tensor]:
+    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder,
+    checked with ``check_images`` against the model's channels and classes."""
     images, labels = load_images(path, limit)
+    check_images(images, labels, f"training data {os.fspath(path)!r}", channels, num_classes)
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
         out["labels"] = labels

@@ -28,7 +28,10 @@ class Setup:
 def load_setup(model_cfg: ModelConfig) -> Setup:
     """Teacher (from a folder or Hub id), training data at the teacher's resolution, optional initial student."""
     teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
-    data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
+    config = teacher.backbone.config
+    data = load_training_data(
+        model_cfg.data, config.sample_size, model_cfg.data_limit, config.in_channels, teacher.null_class
+    )
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
     classes = teacher.null_class
     grid = Condition(labels=torch.arange(classes).repeat_interleave(8)) if classes else None

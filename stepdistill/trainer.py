@@ -36,7 +36,10 @@ class TrainerConfig:
     """Options of the training loop, shared by every method."""
 
     output_dir: str = field(default="outputs/run", metadata={"help": "run folder: checkpoints, logs, grids, export"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimizer steps to train for (progressive distillation: default its whole round schedule)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "per-process micro-batch size"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
@@ -75,7 +78,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"TrainerConfig.ema_decay must be in (0, 1), got {self.ema_decay}.")
@@ -169,6 +172,8 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
+        if config.max_steps is None:
+            raise ValueError("TrainerConfig.max_steps is not set: give --max-steps N (or a --preset that sets it).")
         self.config, self.strategy = config, strategy
         self.resolved_config = resolved_config or to_dict(config, strategy.config)
         strategy.check_compatible()

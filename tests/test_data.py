@@ -52,3 +52,21 @@ def test_load_images_reads_either_split_of_an_idx_folder():
     expected, expected_labels = load_fashion_mnist("assets/fashion-mnist", "test")
     assert test.shape == (3, 1, 28, 28) and torch.equal(test[:, 0], torch.from_numpy(expected[:3]))
     assert torch.equal(labels, torch.from_numpy(expected_labels[:3]).long()) and not torch.equal(train, test)
+
+
+@pytest.mark.parametrize(
+    "shape,labels,message",
+    [
+        ((4, 1, 32, 16), None, "32x16 .*square"),
+        ((4, 1, 1, 1), None, "too small"),
+        ((4, 3, 16, 16), None, "3 channel.*takes 1"),
+        ((4, 1, 16, 16), [0, 1, 15, 2], "class 15 .*10 classes"),
+    ],
+)
+def test_images_a_model_cannot_use_are_refused(shape, labels, message):
+    from stepdistill.data import check_images
+
+    images = torch.zeros(shape, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=message):
+        check_images(images, None if labels is None else torch.tensor(labels), "data", channels=1, num_classes=10)
+    check_images(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.tensor([0, 9, 3, 2]), "data", 1, 10)

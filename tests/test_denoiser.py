@@ -116,6 +116,8 @@ def test_from_pretrained_errors(tiny_model_dir, tmp_path_factory):
         Denoiser.from_pretrained(tiny_model_dir / "nope")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Denoiser.from_pretrained("./missing/model")
+    with pytest.raises(FileNotFoundError, match="did you mean 'assets/fashion-teacher'"):  # not sent to the Hub
+        Denoiser.from_pretrained("asset/fashion-teacher")
     wrong = tmp_path_factory.mktemp("vae")
     (wrong / "unet").mkdir()
     (wrong / "unet" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))

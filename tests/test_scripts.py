@@ -161,3 +161,38 @@ def test_consistency_script_exports(tmp_path, variant):
         assert not (out / "lora").exists() and scheduler["_class_name"] == "DDIMScheduler"
         assert saved["timesteps"] == [999, 499]
     assert Denoiser.from_pretrained(out / "pipeline").null_class == 10
+
+
+def test_training_on_unusable_data_is_one_error_line_and_leaves_no_run(tmp_path):
+    """Non-square images for the square teacher: exit 2, one `error:` line, nothing written to the output folder."""
+    from PIL import Image
+
+    data = tmp_path / "data" / "3"
+    data.mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (16, 32)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train/consistency.py", "--data", str(tmp_path / "data"), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: training data")
+    assert "Traceback" not in proc.stderr and "32x16" in proc.stderr and not out.exists()
+
+
+def test_progressive_max_steps_stops_early_and_too_many_is_refused(tmp_path):
+    common = ["train/progressive.py", "--teacher-steps", "8", "--target-steps", "2", "--steps-per-round", "4"]
+    common += ["--batch-size", "4", "--data-limit", "64", "--log-every", "1"]
+    run(*common, "--max-steps", "6", "--output-dir", str(tmp_path / "pd"))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "pd" / "log.jsonl")][-1] == 6
+    proc = subprocess.run(
+        [sys.executable, *common, "--max-steps", "9", "--output-dir", str(tmp_path / "pd9")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "--max-steps 9 exceeds the progressive schedule (8 steps" in proc.stderr
