@@ -395,3 +395,15 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite weights"):
         trainer.save_checkpoint()
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000002"]
+
+
+@pytest.mark.parametrize("name", ["1gpu", "8gpu-ddp", "8gpu-fsdp", "2node-16gpu"])
+def test_example_accelerate_configs_are_valid(name):
+    """The shipped `accelerate launch --config_file` examples parse with this accelerate (unknown keys are errors)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(f"train/accelerate/{name}.yaml")
+    expected = {"1gpu": (1, 1), "8gpu-ddp": (8, 1), "8gpu-fsdp": (8, 1), "2node-16gpu": (16, 2)}[name]
+    assert (config.num_processes, config.num_machines) == expected and config.mixed_precision == "bf16"
+    if name == "8gpu-fsdp":
+        assert config.fsdp_config["fsdp_use_orig_params"] is True
