@@ -162,18 +162,10 @@ def test_image_folder_errors(tmp_path, make, message):
 
 
 def test_unknown_pipeline_type(tmp_path):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from conftest import tiny_unet2d
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
+    unet = tiny_unet2d()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
     proc = run_eval("--model", str(tmp_path / "pipe"), "--steps", "1", "--num-samples", "4", "--out", str(tmp_path))
     assert proc.returncode == 2 and "Unknown pipeline type DDPMPipeline" in proc.stderr, proc.stderr[-2000:]
