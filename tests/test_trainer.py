@@ -10,10 +10,10 @@ import torch
 from conftest import mlp_student
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
+from stepdistill.checkpoints import verify
 from stepdistill.schedules import Schedule
 from stepdistill.strategies.base import Strategy, unwrap
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
-from stepdistill.checkpoints import verify
 from stepdistill.trainer import DataStream, Trainer, TrainerConfig, list_checkpoints
 
 
