@@ -33,6 +33,13 @@ class ModelConfig:
         default="assets/fashion-mnist", metadata={"help": "training images: a folder of idx files or of images"}
     )
     data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
+    stream_data: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "read an image folder from disk batch by batch (--num-workers loader processes) instead of "
+            "loading it into memory; unreadable files are skipped and counted"
+        },
+    )
     eval_every: int = dataclasses.field(
         default=0,
         metadata={"help": "steps between FD/accuracy evaluations of the student with the domain classifier (0: off)"},

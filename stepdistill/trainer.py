@@ -13,8 +13,8 @@ import json
 import math
 import os
 import shutil
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +29,7 @@ from .distributed import unwrap
 from .ema import EMA
 from .reporting import plot_training_log
 from .strategies.base import Strategy
+from .streams import DataStream, ImageFolderData
 
 
 @dataclass
@@ -88,46 +89,6 @@ class TrainerConfig:
             raise ValueError(f"TrainerConfig.max_bad_steps must be >= 0, got {self.max_bad_steps}.")
 
 
-class DataStream:
-    """An endless, seeded, resumable stream of shuffled mini-batches from in-memory tensors.
-
-    Epoch ``e`` visits the samples in ``randperm(seed + e)`` order; ``state_dict`` stores the epoch and
-    position, so a resumed run sees exactly the batches an uninterrupted one would. Each process reads
-    its own slice of every global batch.
-    """
-
-    def __init__(self, tensors: dict[str, Tensor], batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        lengths = {len(v) for v in tensors.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"All data tensors must have the same length, got {lengths}.")
-        self.tensors, self.batch_size, self.seed, self.rank, self.world = tensors, batch_size, seed, rank, world
-        self.size = lengths.pop()
-        if self.size < batch_size * world:
-            raise ValueError(f"The data has {self.size} samples, fewer than one global batch ({batch_size * world}).")
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> Tensor:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-
-    def next(self) -> dict[str, Tensor]:
-        global_batch = self.batch_size * self.world
-        if self.position + global_batch > self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation()
-        start = self.position + self.rank * self.batch_size
-        idx = self._order[start : start + self.batch_size]
-        self.position += global_batch
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._permutation()
-
-
 def lr_lambda(config: TrainerConfig):
     """The LR multiplier at trainer step ``step`` (warm-up, then the decay of ``lr_schedule`` to ``max_steps``).
 
@@ -148,7 +109,8 @@ def lr_lambda(config: TrainerConfig):
 
 
 class Trainer:
-    """Train ``strategy`` on ``data`` (a dict of equal-length tensors, e.g. ``{"x0": ..., "labels": ...}``).
+    """Train ``strategy`` on ``data``: a dict of equal-length tensors (e.g. ``{"x0": ..., "labels": ...}``) or a
+    ``streams.ImageFolderData`` read from disk by ``num_workers`` loader processes.
 
     Args:
         config: loop options.
@@ -164,7 +126,7 @@ class Trainer:
         self,
         config: TrainerConfig,
         strategy: Strategy,
-        data: dict[str, Tensor],
+        data: dict[str, Tensor] | ImageFolderData,
         resolved_config: dict | None = None,
         grid_condition: Condition | None = None,
         callbacks: list | None = None,
@@ -213,7 +175,11 @@ class Trainer:
         else:
             strategy.teacher.to(acc.device, dtype)
         self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
-        self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
+        rank, world = acc.process_index, acc.num_processes
+        if hasattr(data, "stream"):  # read from disk while training (streams.ImageFolderData)
+            self.data = data.stream(config.batch_size, config.seed, rank, world, config.num_workers)
+        else:
+            self.data = DataStream(data, config.batch_size, config.seed, rank, world)
         self.grid_condition = grid_condition
         self.callbacks = list(callbacks or [])
         self.log_path = os.path.join(config.output_dir, "log.jsonl")

@@ -196,3 +196,21 @@ def test_progressive_max_steps_stops_early_and_too_many_is_refused(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and "--max-steps 9 exceeds the progressive schedule (8 steps" in proc.stderr
+
+
+def test_training_streams_an_image_folder_from_disk(tmp_path):
+    from PIL import Image
+
+    from stepdistill.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    for i in range(32):
+        (tmp_path / "data" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(tmp_path / "data" / str(labels[i]) / f"{i}.png")
+    out = tmp_path / "run"
+    run(
+        "train/consistency.py", "--preset", "fashion", "--data", str(tmp_path / "data"), "--stream-data",
+        "--num-workers", "1", "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out),
+    )  # fmt: skip
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")][-1] == 2
+    assert (out / "pipeline" / "model_index.json").is_file()
