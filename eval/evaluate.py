@@ -54,9 +54,12 @@ def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int
     spec, sep, steps = spec.rpartition("@") if "@" in spec else (spec, "", "")
     name, path = parse_named(spec)
     try:
-        return name, path, [int(s) for s in steps.split(",")] if sep else default_steps
+        counts = [int(s) for s in steps.split(",")] if sep else default_steps
     except ValueError:
         raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
+    if min(counts) < 1:
+        raise ValueError(f"Step counts must be >= 1, got {counts} for --model {spec}.")
+    return name, path, counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +120,10 @@ def check_args(parser, args) -> None:
         parser.error("give at least one --model or --images.")
     if args.num_samples < 2:
         parser.error("--num-samples must be at least 2 (FD needs a covariance).")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1.")
+    if os.path.isfile(args.out):
+        parser.error(f"--out {args.out!r} is a file; give a folder.")
     if ("clip" in args.features or args.clip_score) and not args.clip_checkpoint:
         parser.error("CLIP features and --clip-score need --clip-checkpoint (a local open_clip weights file).")
     if args.clip_score and not args.prompts:
@@ -201,6 +208,8 @@ def main():
         }
     for name, folder in map(parse_named, args.images):
         images, labels = load_images(folder, None)
+        if len(images) < 2:
+            raise ValueError(f"--images {folder!r} holds {len(images)} image; FD needs at least 2.")
         classes = scorers.classifier.classifier.config["num_classes"] if scorers.classifier is not None else None
         check_images(images, labels, f"--images {folder!r}", num_classes=classes)
         own = shard(len(images), state.process_index, state.num_processes)
@@ -259,7 +268,10 @@ def load_model(path, device, trust_remote_code=False):
                 f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
                 "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
             )
-        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
+        except (OSError, ValueError, AttributeError, ImportError) as err:
+            raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
         pipe.set_progress_bar_config(disable=True)
         return pipe
     from stepdistill.denoiser import Denoiser

@@ -105,7 +105,10 @@ def load_config_file(path: str | os.PathLike) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"Config file {path!r} is not valid YAML: {err}".replace("\n", " ")) from None
     else:
         data = json.loads(text)
     if not isinstance(data, dict):

@@ -87,8 +87,13 @@ class ReferenceStats:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Reference statistics {path!r} not found.")
-        data = np.load(path)
-        return cls(data["mu"], data["sigma"], int(data["n"]), str(data["source"]) if "source" in data else path)
+        try:
+            data = np.load(path)
+            return cls(data["mu"], data["sigma"], int(data["n"]), str(data["source"]) if "source" in data else path)
+        except Exception as err:  # a damaged or foreign file: zip, pickle or key errors
+            raise ValueError(
+                f"{path!r} is not a reference-statistics .npz (mu, sigma, n): {type(err).__name__}: {err}"
+            ) from None
 
     def save(self, path: str | os.PathLike) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -76,3 +76,10 @@ def test_yaml_values_are_read_as_their_fields_types(tmp_path):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):
             parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])
+
+
+def test_broken_yaml_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: [1e-4\n")
+    with pytest.raises(ValueError, match="run.yaml' is not valid YAML"):
+        parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])

@@ -99,17 +99,30 @@ def test_evaluate_and_sample_scripts(tmp_path):
         (["--model", "assets/nothing-here"], "does not exist"),
         (["--model", "assets/fashion-classifier", "--num-samples", "4"], "not a denoising UNet"),
         (["--model", "assets/fashion-teacher", "--num-samples", "1"], "at least 2"),
+        (["--model", "assets/fashion-teacher", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--model", "t=assets/fashion-teacher@0"], "Step counts must be >= 1"),
+        (["--model", "assets/fashion-teacher", "--reference", "assets/fashion-mnist/LICENSE.npz"], "not found"),
+        (["--model", "assets/fashion-teacher", "--reference", "CORRUPT_NPZ"], "not a reference-statistics .npz"),
+        (["--images", "ONE_IMAGE"], "at least 2"),
+        (["--model", "assets/fashion-teacher", "--out", "assets/fashion-mnist/LICENSE"], "is a file"),
     ],
 )
 def test_evaluate_reports_bad_input(tmp_path, args, message):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "one" / "0").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (16, 16)).save(tmp_path / "one" / "0" / "a.png")
+    swap = {"CORRUPT_NPZ": str(tmp_path / "bad.npz"), "ONE_IMAGE": f"one={tmp_path / 'one'}"}
+    args = [swap.get(a, a) for a in args]
     proc = subprocess.run(
-        [sys.executable, "eval/evaluate.py", *args, "--out", str(tmp_path)],
+        [sys.executable, "eval/evaluate.py", *args, *([] if "--out" in args else ["--out", str(tmp_path)])],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_progressive_script_on_two_processes(tmp_path):
