@@ -217,7 +217,9 @@ def generate_with_pipeline(
 ) -> Tensor:
     """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image).
 
-    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``.
+    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``; a pipeline that
+    takes a ``generator`` (for a stochastic sampler's fresh noise, e.g. LCM's re-noising) gets one seeded by ``seed``
+    and the batch's first sample index, so a setting scores the same whatever was evaluated before it.
     """
     import inspect
 
@@ -242,6 +244,9 @@ def generate_with_pipeline(
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
         batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+        if "generator" in params:  # stochastic samplers (LCM's re-noising) draw from it, not the global RNG
+            start = (indices.start or 0) + i
+            batch["generator"] = torch.Generator(pipe.device).manual_seed(seed * 1_000_003 + start)
         images = pipe(
             **batch,
             num_inference_steps=num_steps,

@@ -218,3 +218,29 @@ def test_pipeline_code_runs_only_when_trusted(tmp_path):
     assert proc.returncode == 2 and "pass --trust-remote-code" in proc.stderr and not marker.exists(), proc.stderr
     proc = run_eval(*args, "--trust-remote-code")
     assert proc.returncode == 0 and marker.exists(), proc.stderr[-2000:]
+
+
+def test_stochastic_pipeline_scores_do_not_depend_on_the_global_rng(tmp_path):
+    """LCM's multistep sampler re-noises between steps: evaluation seeds that noise, so the same setting gives the
+    same images whatever ran before it."""
+    from conftest import tiny_scheduler, tiny_unet
+    from diffusers import DiffusionPipeline
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.evaluation import generate_with_pipeline
+    from stepdistill.export import export_pipeline
+    from stepdistill.schedules import Schedule, lcm_times
+
+    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+    options = {"original_inference_steps": 50, "timestep_scaling": 10.0}
+    times = lcm_times(den.schedule, 4, 50)
+    folder = export_pipeline(
+        den.frozen(), tmp_path / "lcm", 4, scheduler_class="LCMScheduler", times=times, scheduler_options=options
+    )
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    labels = torch.arange(6) % 3
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(generate_with_pipeline(pipe, 6, 4, labels=labels, batch_size=4, progress=False))
+    assert torch.equal(runs[0], runs[1])
