@@ -21,10 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) eval/sample.py --model assets/fashion-teacher --steps 50 --out outputs/demo/teacher-50-steps.png
 	$(PY) eval/sample.py --model assets/fashion-teacher --steps 4 --out outputs/demo/teacher-4-steps.png
-	$(PY) train/progressive.py --preset demo --output-dir outputs/demo/pd
+	$(PY) train/progressive.py --preset demo --output-dir outputs/demo/pd --overwrite
 	$(PY) eval/sample.py --model outputs/demo/pd/pipeline-4steps --steps 4 --out outputs/demo/student-4-steps.png
 	$(PY) eval/evaluate.py --model teacher=assets/fashion-teacher --model pd-student=outputs/demo/pd/pipeline-4steps \
-		--steps 4 --num-samples 1000 --out outputs/demo/eval
+		--steps 4 --num-samples 1000 --trust-remote-code --out outputs/demo/eval
 	@echo "grids: outputs/demo/*.png   table: outputs/demo/eval/table.md"
 
 test: $(STAMP)

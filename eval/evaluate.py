@@ -24,7 +24,7 @@ import torch
 
 from stepdistill import ASSETS
 from stepdistill.cli import run_cli
-from stepdistill.data import from_uint8, load_images, save_grid, to_uint8
+from stepdistill.data import check_images, from_uint8, load_images, save_grid, to_uint8
 from stepdistill.evaluation import (
     ClipModel,
     DomainFeatures,
@@ -54,9 +54,12 @@ def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int
     spec, sep, steps = spec.rpartition("@") if "@" in spec else (spec, "", "")
     name, path = parse_named(spec)
     try:
-        return name, path, [int(s) for s in steps.split(",")] if sep else default_steps
+        counts = [int(s) for s in steps.split(",")] if sep else default_steps
     except ValueError:
         raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
+    if min(counts) < 1:
+        raise ValueError(f"Step counts must be >= 1, got {counts} for --model {spec}.")
+    return name, path, counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bundled teacher); matters for Inception FID, which upsamples every image to 299 x 299",
     )
     p.add_argument("--out", default="outputs/eval", help="output folder")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the pipeline code a pipeline folder carries (stepdistill's exports do); off by default",
+    )
     return p
 
 
@@ -112,6 +120,10 @@ def check_args(parser, args) -> None:
         parser.error("give at least one --model or --images.")
     if args.num_samples < 2:
         parser.error("--num-samples must be at least 2 (FD needs a covariance).")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1.")
+    if os.path.isfile(args.out):
+        parser.error(f"--out {args.out!r} is a file; give a folder.")
     if ("clip" in args.features or args.clip_score) and not args.clip_checkpoint:
         parser.error("CLIP features and --clip-score need --clip-checkpoint (a local open_clip weights file).")
     if args.clip_score and not args.prompts:
@@ -196,6 +208,10 @@ def main():
         }
     for name, folder in map(parse_named, args.images):
         images, labels = load_images(folder, None)
+        if len(images) < 2:
+            raise ValueError(f"--images {folder!r} holds {len(images)} image; FD needs at least 2.")
+        classes = scorers.classifier.classifier.config["num_classes"] if scorers.classifier is not None else None
+        check_images(images, labels, f"--images {folder!r}", num_classes=classes)
         own = shard(len(images), state.process_index, state.num_processes)
         if prompts is not None and len(prompts) != len(images):
             raise ValueError(
@@ -211,7 +227,7 @@ def main():
         )
         add_row({"model": name, "steps": None, "guidance": None, **row}, images)
     for name, path, model_steps in (parse_model(spec, args.steps) for spec in args.model):
-        model = load_model(path, state.device)
+        model = load_model(path, state.device, args.trust_remote_code)
         classes = num_classes(model)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         for w in args.guidance:
@@ -240,12 +256,22 @@ def main():
         write_outputs(result, args.out)
 
 
-def load_model(path, device):
-    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json)."""
+def load_model(path, device, trust_remote_code=False):
+    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json). A pipeline whose
+    folder carries its own code runs it only with ``trust_remote_code`` (``--trust-remote-code``)."""
     if os.path.isfile(os.path.join(path, "model_index.json")):
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True).to(device)
+        code = sorted(n for n in os.listdir(path) if n.endswith(".py"))
+        if code and not trust_remote_code:
+            raise ValueError(
+                f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
+                "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
+            )
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
+        except (OSError, ValueError, AttributeError, ImportError) as err:
+            raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
         pipe.set_progress_bar_config(disable=True)
         return pipe
     from stepdistill.denoiser import Denoiser

@@ -33,6 +33,13 @@ class ModelConfig:
         default="assets/fashion-mnist", metadata={"help": "training images: a folder of idx files or of images"}
     )
     data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
+    stream_data: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "read an image folder from disk batch by batch (--num-workers loader processes) instead of "
+            "loading it into memory; unreadable files are skipped and counted"
+        },
+    )
     eval_every: int = dataclasses.field(
         default=0,
         metadata={"help": "steps between FD/accuracy evaluations of the student with the domain classifier (0: off)"},
@@ -98,12 +105,60 @@ def load_config_file(path: str | os.PathLike) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"Config file {path!r} is not valid YAML: {err}".replace("\n", " ")) from None
     else:
         data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of option names to values.")
     return data
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _coerce(name: str, value: Any, hint, where: str) -> Any:
+    """A config-file value as its field's type: YAML reads ``1e-4`` as a string and ``no`` as ``False``; a value
+    that cannot be read as the field's type is a ``ValueError`` naming the field."""
+    tp, optional = _base_type(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"Option {name!r} in {where} cannot be empty.")
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.lower()]
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if get_origin(tp) is Literal:
+            choices = get_args(tp)
+            if isinstance(value, bool):  # YAML 1.1: `no` -> False
+                value = next((c for c in choices if _BOOL_WORDS.get(str(c).lower()) is value), value)
+            if value not in choices:
+                raise ValueError
+            return value
+        if get_origin(tp) in (list, tuple):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            inner = get_args(tp)[0]
+            return [_coerce(name, v, inner, where) for v in items]
+        if tp is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        expected = f"one of {list(get_args(tp))}" if get_origin(tp) is Literal else getattr(tp, "__name__", str(tp))
+        raise ValueError(f"Option {name!r} in {where} must be {expected}, got {value!r}.") from None
+    return value
 
 
 def _check_keys(values: dict, known: set[str], where: str) -> None:
@@ -152,7 +207,7 @@ def parse_configs(
     if config_path:
         file_values = load_config_file(config_path)
         _check_keys(file_values, set(owner), config_path)
-        values.update(file_values)
+        values.update({k: _coerce(k, v, hints[owner[k]][k], config_path) for k, v in file_values.items()})
     values.update(args)
     return tuple(cls(**{k: v for k, v in values.items() if owner[k] is cls}) for cls in classes)
 

@@ -132,14 +132,9 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int, scale: int = 1) -> 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, np.ndarray | None]:
-    """Load every image under ``folder`` as uint8 ``[N, C, H, W]``, with labels if it has class subfolders.
-
-    Class subfolders named by integers (``0/``, ``1/``, ...) give labels; otherwise labels are ``None``.
-    Files are read in sorted order; all images must share one size and mode.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+def list_images(folder: str | os.PathLike) -> tuple[list[str], np.ndarray | None]:
+    """Sorted image paths under ``folder``, and labels from integer-named class subfolders (``0/``, ``1/``, ...;
+    ``None`` when the subfolders are not all integers)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
@@ -151,15 +146,35 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
     )
     if not paths:
         raise ValueError(f"Image folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    parents = [os.path.basename(os.path.dirname(p)) for p in paths]
+    labels = np.array([int(p) for p in parents]) if all(p.isdigit() for p in parents) else None
+    return paths, labels
+
+
+def read_image(path: str) -> np.ndarray:
+    """One image as uint8 ``[H, W]`` (greyscale) or ``[H, W, 3]``; ``ValueError`` naming the file if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"Cannot read image {path!r}: {err}") from err
+
+
+def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, np.ndarray | None]:
+    """Load every image under ``folder`` as uint8 ``[N, C, H, W]``, with labels if it has class subfolders.
+
+    Class subfolders named by integers (``0/``, ``1/``, ...) give labels; otherwise labels are ``None``.
+    Files are read in sorted order; all images must share one size and mode.
+    """
+    paths, labels = list_images(folder)
     paths = paths[:limit] if limit else paths
+    labels = labels[: len(paths)] if labels is not None else None
     arrays, first = [], None
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                array = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"Cannot read image {path!r}: {err}") from err
+        array = read_image(path)
         if first is None:
             first = (path, array.shape)
         elif array.shape != first[1]:
@@ -170,8 +185,6 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
         arrays.append(array)
     images = torch.from_numpy(np.stack(arrays))
     images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    parents = [os.path.basename(os.path.dirname(p)) for p in paths]
-    labels = np.array([int(p) for p in parents]) if all(p.isdigit() for p in parents) else None
     return images.contiguous(), labels
 
 
@@ -190,9 +203,41 @@ def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tens
     return images, None if labels is None else torch.from_numpy(labels).long()
 
 
-def load_training_data(path: str | os.PathLike, resolution: int, limit: int | None = None) -> dict[str, Tensor]:
-    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder."""
+MIN_IMAGE_SIZE = 8
+
+
+def check_images(
+    images: Tensor, labels: Tensor | None, where: str, channels: int | None = None, num_classes: int | None = None
+) -> None:
+    """Raise ``ValueError`` for images a square-image model cannot use: non-square, smaller than
+    ``MIN_IMAGE_SIZE``, another channel count, or labels outside ``[0, num_classes)``."""
+    _, c, h, w = images.shape
+    if h != w:
+        raise ValueError(
+            f"{where}: images are {h}x{w} (height x width); square images are needed. Crop or resize them."
+        )
+    if h < MIN_IMAGE_SIZE:
+        raise ValueError(f"{where}: images are {h}x{w}, too small to train on or score (at least {MIN_IMAGE_SIZE}px).")
+    if channels is not None and c != channels:
+        raise ValueError(f"{where}: images have {c} channel(s), the model takes {channels}; convert them first.")
+    if labels is not None and num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{where}: class {int(labels.max())} (a class subfolder) is outside the model's {num_classes} classes "
+            f"(0 to {num_classes - 1})."
+        )
+
+
+def load_training_data(
+    path: str | os.PathLike,
+    resolution: int,
+    limit: int | None = None,
+    channels: int | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Tensor]:
+    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder,
+    checked with ``check_images`` against the model's channels and classes."""
     images, labels = load_images(path, limit)
+    check_images(images, labels, f"training data {os.fspath(path)!r}", channels, num_classes)
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
         out["labels"] = labels

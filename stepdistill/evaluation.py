@@ -87,8 +87,13 @@ class ReferenceStats:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Reference statistics {path!r} not found.")
-        data = np.load(path)
-        return cls(data["mu"], data["sigma"], int(data["n"]), str(data["source"]) if "source" in data else path)
+        try:
+            data = np.load(path)
+            return cls(data["mu"], data["sigma"], int(data["n"]), str(data["source"]) if "source" in data else path)
+        except Exception as err:  # a damaged or foreign file: zip, pickle or key errors
+            raise ValueError(
+                f"{path!r} is not a reference-statistics .npz (mu, sigma, n): {type(err).__name__}: {err}"
+            ) from None
 
     def save(self, path: str | os.PathLike) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -212,7 +217,9 @@ def generate_with_pipeline(
 ) -> Tensor:
     """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image).
 
-    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``.
+    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``; a pipeline that
+    takes a ``generator`` (for a stochastic sampler's fresh noise, e.g. LCM's re-noising) gets one seeded by ``seed``
+    and the batch's first sample index, so a setting scores the same whatever was evaluated before it.
     """
     import inspect
 
@@ -237,6 +244,9 @@ def generate_with_pipeline(
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
         batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+        if "generator" in params:  # stochastic samplers (LCM's re-noising) draw from it, not the global RNG
+            start = (indices.start or 0) + i
+            batch["generator"] = torch.Generator(pipe.device).manual_seed(seed * 1_000_003 + start)
         images = pipe(
             **batch,
             num_inference_steps=num_steps,

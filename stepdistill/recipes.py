@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .data import load_training_data
 from .denoiser import Condition, Denoiser
 from .evaluation import domain_scorers, fd_callback
+from .streams import ImageFolderData
 from .trainer import TrainerConfig
 
 
@@ -20,7 +21,7 @@ class Setup:
     """The pieces a training script builds a strategy and a trainer from."""
 
     teacher: Denoiser
-    data: dict[str, Tensor]
+    data: dict[str, Tensor] | ImageFolderData
     student: Denoiser | None
     grid: Condition | None
 
@@ -28,7 +29,14 @@ class Setup:
 def load_setup(model_cfg: ModelConfig) -> Setup:
     """Teacher (from a folder or Hub id), training data at the teacher's resolution, optional initial student."""
     teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
-    data = load_training_data(model_cfg.data, teacher.backbone.config.sample_size, model_cfg.data_limit)
+    config = teacher.backbone.config
+    args = (config.sample_size, model_cfg.data_limit, config.in_channels, teacher.null_class)
+    if model_cfg.stream_data:
+        if model_cfg.data_limit is not None:
+            raise ValueError("--data-limit works on data held in memory; it cannot be combined with --stream-data.")
+        data = ImageFolderData(model_cfg.data, config.sample_size, config.in_channels, teacher.null_class)
+    else:
+        data = load_training_data(model_cfg.data, *args)
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
     classes = teacher.null_class
     grid = Condition(labels=torch.arange(classes).repeat_interleave(8)) if classes else None
@@ -39,7 +47,8 @@ def eval_callbacks(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, setup: Se
     """The periodic FD/accuracy evaluation with the domain classifier, if ``model_cfg.eval_every`` is set."""
     if not model_cfg.eval_every:
         return []
-    shape = tuple(setup.data["x0"].shape[1:])
+    config = setup.teacher.backbone.config
+    shape = (config.in_channels, config.sample_size, config.sample_size)
     scorers = domain_scorers(model_cfg.classifier)
     classes = setup.teacher.null_class or 0
     return [fd_callback(scorers, model_cfg.eval_every, model_cfg.eval_samples, classes, shape, trainer_cfg.seed)]

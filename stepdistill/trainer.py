@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import check_belongs, checkpoint_step, list_checkpoints, verify, write_manifest
 from .config import to_dict
 from .data import save_grid
 from .denoiser import Condition
@@ -28,8 +29,7 @@ from .distributed import unwrap
 from .ema import EMA
 from .reporting import plot_training_log
 from .strategies.base import Strategy
-
-CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+from .streams import DataStream, ImageFolderData
 
 
 @dataclass
@@ -37,7 +37,10 @@ class TrainerConfig:
     """Options of the training loop, shared by every method."""
 
     output_dir: str = field(default="outputs/run", metadata={"help": "run folder: checkpoints, logs, grids, export"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimizer steps to train for (progressive distillation: default its whole round schedule)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "per-process micro-batch size"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
@@ -56,6 +59,10 @@ class TrainerConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "start afresh in an output folder that holds another run (deletes its checkpoints)"},
+    )
     report_to: str | None = field(default=None, metadata={"help": "accelerate tracker: tensorboard, wandb, all"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (large UNets)"})
     attention: Literal["default", "sdpa", "xformers"] = field(
@@ -72,7 +79,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"TrainerConfig.ema_decay must be in (0, 1), got {self.ema_decay}.")
@@ -80,59 +87,6 @@ class TrainerConfig:
             raise ValueError("TrainerConfig.keep_checkpoints must be >= 1.")
         if self.max_bad_steps < 0:
             raise ValueError(f"TrainerConfig.max_bad_steps must be >= 0, got {self.max_bad_steps}.")
-
-
-class DataStream:
-    """An endless, seeded, resumable stream of shuffled mini-batches from in-memory tensors.
-
-    Epoch ``e`` visits the samples in ``randperm(seed + e)`` order; ``state_dict`` stores the epoch and
-    position, so a resumed run sees exactly the batches an uninterrupted one would. Each process reads
-    its own slice of every global batch.
-    """
-
-    def __init__(self, tensors: dict[str, Tensor], batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        lengths = {len(v) for v in tensors.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"All data tensors must have the same length, got {lengths}.")
-        self.tensors, self.batch_size, self.seed, self.rank, self.world = tensors, batch_size, seed, rank, world
-        self.size = lengths.pop()
-        if self.size < batch_size * world:
-            raise ValueError(f"The data has {self.size} samples, fewer than one global batch ({batch_size * world}).")
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> Tensor:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-
-    def next(self) -> dict[str, Tensor]:
-        global_batch = self.batch_size * self.world
-        if self.position + global_batch > self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation()
-        start = self.position + self.rank * self.batch_size
-        idx = self._order[start : start + self.batch_size]
-        self.position += global_batch
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._permutation()
-
-
-class _Stateful:
-    """Adapts get/set callables to the state_dict protocol of ``accelerator.register_for_checkpointing``."""
-
-    def __init__(self, get, set_):
-        self.get, self.set = get, set_
-
-    def state_dict(self):
-        return self.get()
-
-    def load_state_dict(self, state):
-        self.set(state)
 
 
 def lr_lambda(config: TrainerConfig):
@@ -154,17 +108,9 @@ def lr_lambda(config: TrainerConfig):
     return factor
 
 
-def list_checkpoints(output_dir: str) -> list[str]:
-    """Completed checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
-    folder = os.path.join(output_dir, "checkpoints")
-    if not os.path.isdir(folder):
-        return []
-    names = sorted(n for n in os.listdir(folder) if CHECKPOINT_RE.match(n))
-    return [os.path.join(folder, n) for n in names]
-
-
 class Trainer:
-    """Train ``strategy`` on ``data`` (a dict of equal-length tensors, e.g. ``{"x0": ..., "labels": ...}``).
+    """Train ``strategy`` on ``data``: a dict of equal-length tensors (e.g. ``{"x0": ..., "labels": ...}``) or a
+    ``streams.ImageFolderData`` read from disk by ``num_workers`` loader processes.
 
     Args:
         config: loop options.
@@ -180,7 +126,7 @@ class Trainer:
         self,
         config: TrainerConfig,
         strategy: Strategy,
-        data: dict[str, Tensor],
+        data: dict[str, Tensor] | ImageFolderData,
         resolved_config: dict | None = None,
         grid_condition: Condition | None = None,
         callbacks: list | None = None,
@@ -188,6 +134,8 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
+        if config.max_steps is None:
+            raise ValueError("TrainerConfig.max_steps is not set: give --max-steps N (or a --preset that sets it).")
         self.config, self.strategy = config, strategy
         self.resolved_config = resolved_config or to_dict(config, strategy.config)
         strategy.check_compatible()
@@ -220,24 +168,18 @@ class Trainer:
         self.optimizers = dict(zip(self.names, prepared[k:]))
         # each loss back-propagates into its own optimizer's parameters only (no gradient leaks between networks)
         self.params = {n: [p for p in getattr(strategy, n).parameters() if p.requires_grad] for n in self.names}
-        self.bad_steps, self.consecutive_bad_steps = 0, 0
+        self.bad_steps, self.consecutive_bad_steps, self._started = 0, 0, False
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
         if any(strategy.teacher is acc.unwrap_model(m) for m in modules.values()):
             strategy.teacher.to(acc.device)  # LoRA students share the teacher's network: keep its trainable dtype
         else:
             strategy.teacher.to(acc.device, dtype)
         self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
-        self.data = DataStream(data, config.batch_size, config.seed, acc.process_index, acc.num_processes)
-        acc.register_for_checkpointing(self.data)
-        acc.register_for_checkpointing(
-            _Stateful(
-                lambda: {"step": self.step, "bad_steps": self.bad_steps},
-                lambda s: self.__dict__.update(step=s["step"], bad_steps=s.get("bad_steps", 0)),
-            )
-        )
-        acc.register_for_checkpointing(_Stateful(strategy.extra_state, strategy.load_extra_state))
-        if self.ema is not None:
-            acc.register_for_checkpointing(self.ema)
+        rank, world = acc.process_index, acc.num_processes
+        if hasattr(data, "stream"):  # read from disk while training (streams.ImageFolderData)
+            self.data = data.stream(config.batch_size, config.seed, rank, world, config.num_workers)
+        else:
+            self.data = DataStream(data, config.batch_size, config.seed, rank, world)
         self.grid_condition = grid_condition
         self.callbacks = list(callbacks or [])
         self.log_path = os.path.join(config.output_dir, "log.jsonl")
@@ -266,6 +208,9 @@ class Trainer:
         config, acc, strategy = self.config, self.accelerator, self.strategy
         if config.resume:
             self.load_checkpoint(config.resume)
+        elif not self._started:  # a second train() call on this trainer continues its own run
+            self._claim_output_dir()
+        self._started = True
         if acc.is_main_process:
             os.makedirs(config.output_dir, exist_ok=True)
             with open(os.path.join(config.output_dir, "config.json"), "w") as f:
@@ -454,9 +399,57 @@ class Trainer:
         save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
         return path
 
+    def _claim_output_dir(self) -> None:
+        """Refuse to start in a folder that holds another run, unless ``overwrite`` (then clear it)."""
+        out, acc = self.config.output_dir, self.accelerator
+        previous = [p for p in (os.path.join(out, "checkpoints"), self.log_path) if os.path.exists(p)]
+        if not previous:
+            return
+        if not self.config.overwrite:
+            raise ValueError(
+                f"{out!r} already holds a run ({', '.join(os.path.basename(p) for p in previous)}): pass --resume latest "
+                "to continue it, --overwrite to delete it and start over, or choose another --output-dir."
+            )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for name in ("checkpoints", "grids", "log.jsonl", "training_curves.png", "config.json"):
+                path = os.path.join(out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        acc.wait_for_everyone()
+
+    def _trainer_state(self) -> dict:
+        state = {"step": self.step, "bad_steps": self.bad_steps, "data": self.data.state_dict()}
+        state["strategy"] = self.strategy.extra_state()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def _load_trainer_state(self, state: dict) -> None:
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.data.load_state_dict(state["data"])
+        self.strategy.load_extra_state(state["strategy"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError(
+                    "The checkpoint holds no EMA, but this run keeps one (--ema-decay): resume without it."
+                )
+            self.ema.load_state_dict(state["ema"])
+
     def save_checkpoint(self) -> str:
-        """Save the full training state to ``checkpoints/step-N``, atomically (all processes must call)."""
+        """Save the full training state to ``checkpoints/step-N``, atomically (all processes must call).
+
+        Raises ``FloatingPointError`` rather than save non-finite weights, so "latest" is always a good state.
+        """
         acc = self.accelerator
+        for name in self.names:
+            if not all(torch.isfinite(p).all() for p in getattr(self.strategy, name).parameters()):
+                raise FloatingPointError(
+                    f"The {name} network has non-finite weights at step {self.step}; not saving a checkpoint (the "
+                    "previous one stays the latest). Lower the learning rate, then --resume latest."
+                )
         folder = os.path.join(self.config.output_dir, "checkpoints")
         final = os.path.join(folder, f"step-{self.step:08d}")
         tmp = os.path.join(folder, f".tmp-step-{self.step:08d}")
@@ -466,8 +459,10 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(tmp)
         if acc.is_main_process:
+            torch.save(self._trainer_state(), os.path.join(tmp, "trainer_state.pt"))
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump(self.resolved_config, f, indent=2)
+            write_manifest(tmp, self.strategy.name)
         acc.wait_for_everyone()
         if acc.is_main_process:
             if os.path.exists(final):
@@ -479,12 +474,44 @@ class Trainer:
         return final
 
     def load_checkpoint(self, which: str) -> None:
-        """Restore everything from ``which`` (a checkpoint folder, or ``"latest"``)."""
+        """Restore everything from ``which`` (a checkpoint folder, or ``"latest"``: the newest complete one, falling
+        back with a warning past any that are damaged). Refuses a checkpoint of another strategy or config."""
         if which == "latest":
-            found = list_checkpoints(self.config.output_dir)
-            if not found:
+            candidates = list_checkpoints(self.config.output_dir)[::-1]
+            if not candidates:
                 raise FileNotFoundError(f"--resume latest: no checkpoint in {self.config.output_dir}/checkpoints.")
-            which = found[-1]
-        if not os.path.isdir(which):
-            raise FileNotFoundError(f"Checkpoint {which!r} does not exist.")
-        self.accelerator.load_state(which)
+        else:
+            if not os.path.isdir(which):
+                raise FileNotFoundError(f"Checkpoint {which!r} does not exist.")
+            checkpoint_step(which)
+            candidates = [which]
+        config = json.loads(json.dumps(self.resolved_config))  # as it was saved
+        for i, folder in enumerate(candidates):
+            problem = verify(folder)
+            if problem is None:
+                check_belongs(folder, self.strategy.name, config)
+                try:
+                    self._load(folder)
+                    break
+                except Exception as err:  # a damaged file of the right size: try the previous checkpoint
+                    problem = f"{type(err).__name__}: {err}"
+            if i + 1 == len(candidates):
+                raise ValueError(f"Cannot resume: checkpoint {folder!r} is damaged ({problem}) and none is older.")
+            warnings.warn(
+                f"Checkpoint {folder!r} is damaged ({problem}); resuming from {candidates[i + 1]!r} instead.",
+                stacklevel=2,
+            )
+        self._truncate_log(self.step)
+
+    def _load(self, folder: str) -> None:
+        self.accelerator.load_state(folder)
+        self._load_trainer_state(torch.load(os.path.join(folder, "trainer_state.pt"), weights_only=True))
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past ``step`` (written after the checkpoint by the run that crashed), so steps never repeat."""
+        if not self.accelerator.is_main_process or not os.path.isfile(self.log_path):
+            return
+        with open(self.log_path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.log_path, "w") as f:
+            f.writelines(lines)

@@ -27,6 +27,43 @@ def tiny_unet(num_classes: int = 3, time_cond_proj_dim: int | None = None, sampl
     )
 
 
+def tiny_unet2d(num_class_embeds: int | None = None, seed: int = 0):
+    """A tiny diffusers UNet2DModel (no cross-attention), optionally class-conditional."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def tiny_text_unet(cross_attention_dim: int = 12, seed: int = 0):
+    """A tiny text-conditioned UNet2DConditionModel (cross-attention at the lower resolution)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+
+
 def tiny_scheduler(prediction_type: str = "v_prediction"):
     from diffusers import DDIMScheduler
 

@@ -59,3 +59,27 @@ def test_validation_and_bad_flags(capsys):
         parse_configs([ToyTrainer], ["--mixed-precision", "fp8"])
     with pytest.raises(FileNotFoundError):
         parse_configs([ToyTrainer], ["--config", "missing.yaml"])
+
+
+def test_yaml_values_are_read_as_their_fields_types(tmp_path):
+    """PyYAML reads `1e-4` as a string and `no` as False: both become what the field means."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-4\nmax_steps: 2e1\nmixed_precision: no\nema: 'off'\nresume: null\nsteps: [8, '4']\n")
+    trainer, method = parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])
+    assert (trainer.lr, trainer.max_steps, trainer.mixed_precision, trainer.ema) == (1e-4, 20, "no", False)
+    assert trainer.resume is None and method.steps == [8, 4]
+    for text, message in [
+        ("lr: fast\n", "Option 'lr' in .* must be float, got 'fast'"),
+        ("max_steps: 2.5\n", "Option 'max_steps' .* must be int"),
+        ("mixed_precision: fp8\n", r"must be one of \['no', 'fp16', 'bf16'\]"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])
+
+
+def test_broken_yaml_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: [1e-4\n")
+    with pytest.raises(ValueError, match="run.yaml' is not valid YAML"):
+        parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from stepdistill.data import from_uint8, image_grid, load_fashion_mnist, read_idx, to_uint8, write_idx
+from stepdistill.data import (
+    from_uint8,
+    image_grid,
+    load_fashion_mnist,
+    load_training_data,
+    read_idx,
+    to_uint8,
+    write_idx,
+)
 
 ASSET_DATA = "assets/fashion-mnist"
 
@@ -52,3 +60,54 @@ def test_load_images_reads_either_split_of_an_idx_folder():
     expected, expected_labels = load_fashion_mnist("assets/fashion-mnist", "test")
     assert test.shape == (3, 1, 28, 28) and torch.equal(test[:, 0], torch.from_numpy(expected[:3]))
     assert torch.equal(labels, torch.from_numpy(expected_labels[:3]).long()) and not torch.equal(train, test)
+
+
+@pytest.mark.parametrize(
+    "shape,labels,message",
+    [
+        ((4, 1, 32, 16), None, "32x16 .*square"),
+        ((4, 1, 1, 1), None, "too small"),
+        ((4, 3, 16, 16), None, "3 channel.*takes 1"),
+        ((4, 1, 16, 16), [0, 1, 15, 2], "class 15 .*10 classes"),
+    ],
+)
+def test_images_a_model_cannot_use_are_refused(shape, labels, message):
+    from stepdistill.data import check_images
+
+    images = torch.zeros(shape, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=message):
+        check_images(images, None if labels is None else torch.tensor(labels), "data", channels=1, num_classes=10)
+    check_images(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.tensor([0, 9, 3, 2]), "data", 1, 10)
+
+
+def write_image_folder(folder, images, labels):
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (folder / str(int(label))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / str(int(label)) / f"{i:04d}.png")
+
+
+def test_folder_stream_gives_the_in_memory_batches_resumes_and_skips_bad_files(tmp_path):
+    """Streaming from disk (2 loader workers) yields exactly the in-memory stream's batches, resumes mid-epoch, and
+    skips an unreadable file with a counted warning."""
+    from stepdistill.streams import DataStream, ImageFolderData
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    write_image_folder(tmp_path / "data", images[:40], labels[:40])
+    data = ImageFolderData(str(tmp_path / "data"), 16, 1, num_classes=10)
+    memory = load_training_data(tmp_path / "data", 16)
+    disk, ram = data.stream(6, seed=3, num_workers=2), DataStream(memory, 6, seed=3)
+    for _ in range(8):  # crosses an epoch boundary (6 batches of 6 per 40 images)
+        a, b = disk.next(), ram.next()
+        assert torch.equal(a["labels"], b["labels"]) and torch.allclose(a["x0"], b["x0"])
+    state = disk.state_dict()
+    after = [disk.next()["labels"] for _ in range(3)]
+    again = data.stream(6, seed=3)
+    again.load_state_dict(state)
+    assert all(torch.equal(x, again.next()["labels"]) for x in after)
+    bad = sorted((tmp_path / "data").rglob("*.png"))[5]
+    bad.write_bytes(b"not an image")
+    broken = ImageFolderData(str(tmp_path / "data"), 16, 1, num_classes=10).stream(40, seed=0)
+    with pytest.warns(UserWarning, match=r"Skipped 1 .*1 skipped so far"):
+        assert len(broken.next()["x0"]) == 39

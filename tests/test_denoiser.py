@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_scheduler, tiny_unet
+from conftest import tiny_scheduler, tiny_text_unet, tiny_unet, tiny_unet2d
 
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.schedules import Schedule
@@ -116,6 +116,8 @@ def test_from_pretrained_errors(tiny_model_dir, tmp_path_factory):
         Denoiser.from_pretrained(tiny_model_dir / "nope")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Denoiser.from_pretrained("./missing/model")
+    with pytest.raises(FileNotFoundError, match="did you mean 'assets/fashion-teacher'"):  # not sent to the Hub
+        Denoiser.from_pretrained("asset/fashion-teacher")
     wrong = tmp_path_factory.mktemp("vae")
     (wrong / "unet").mkdir()
     (wrong / "unet" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
@@ -162,24 +164,6 @@ def test_features_of_the_bottleneck_come_with_the_prediction():
     assert not den.backbone.mid_block._forward_hooks  # the hook is gone afterwards
 
 
-def tiny_text_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=12,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    )
-
-
 def test_text_guidance_uses_the_denoisers_empty_prompt_embeddings():
     schedule = Schedule.from_scheduler_config(dict(tiny_scheduler().config))
     null_text = torch.randn(1, 5, 12)
@@ -194,22 +178,9 @@ def test_text_guidance_uses_the_denoisers_empty_prompt_embeddings():
 
 
 def test_unet2dmodel_backbone_through_its_adapter():
-    from diffusers import UNet2DModel
-
     from stepdistill.backbones import UNet2DAdapter, adapter_for
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-        num_class_embeds=4,
-    )
+    unet = tiny_unet2d(num_class_embeds=4)
     den = Denoiser(unet, Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3).frozen()
     assert isinstance(adapter_for(unet), UNet2DAdapter)
     x, t, cond = inputs()

@@ -162,18 +162,10 @@ def test_image_folder_errors(tmp_path, make, message):
 
 
 def test_unknown_pipeline_type(tmp_path):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from conftest import tiny_unet2d
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
+    unet = tiny_unet2d()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
     proc = run_eval("--model", str(tmp_path / "pipe"), "--steps", "1", "--num-samples", "4", "--out", str(tmp_path))
     assert proc.returncode == 2 and "Unknown pipeline type DDPMPipeline" in proc.stderr, proc.stderr[-2000:]
@@ -206,3 +198,49 @@ def test_model_specs():
     assert parse_model("t=assets/fashion-teacher", [1, 50]) == ("t", "assets/fashion-teacher", [1, 50])
     with pytest.raises(ValueError, match="Bad step list"):
         parse_model("x=p@four", [1])
+
+
+def test_pipeline_code_runs_only_when_trusted(tmp_path):
+    """A pipeline folder's own .py file runs only with --trust-remote-code; without it, one error line."""
+    from conftest import tiny_scheduler, tiny_unet
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.export import export_pipeline
+    from stepdistill.schedules import Schedule
+
+    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+    folder = export_pipeline(den.frozen(), tmp_path / "pipe", 2)
+    marker = tmp_path / "code-ran"
+    with open(os.path.join(folder, "pipeline_class_conditional.py"), "a") as f:
+        f.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    args = ["--model", folder, "--steps", "2", "--num-samples", "6", "--out", str(tmp_path / "eval")]
+    proc = run_eval(*args)
+    assert proc.returncode == 2 and "pass --trust-remote-code" in proc.stderr and not marker.exists(), proc.stderr
+    proc = run_eval(*args, "--trust-remote-code")
+    assert proc.returncode == 0 and marker.exists(), proc.stderr[-2000:]
+
+
+def test_stochastic_pipeline_scores_do_not_depend_on_the_global_rng(tmp_path):
+    """LCM's multistep sampler re-noises between steps: evaluation seeds that noise, so the same setting gives the
+    same images whatever ran before it."""
+    from conftest import tiny_scheduler, tiny_unet
+    from diffusers import DiffusionPipeline
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.evaluation import generate_with_pipeline
+    from stepdistill.export import export_pipeline
+    from stepdistill.schedules import Schedule, lcm_times
+
+    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+    options = {"original_inference_steps": 50, "timestep_scaling": 10.0}
+    times = lcm_times(den.schedule, 4, 50)
+    folder = export_pipeline(
+        den.frozen(), tmp_path / "lcm", 4, scheduler_class="LCMScheduler", times=times, scheduler_options=options
+    )
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    labels = torch.arange(6) % 3
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(generate_with_pipeline(pipe, 6, 4, labels=labels, batch_size=4, progress=False))
+    assert torch.equal(runs[0], runs[1])

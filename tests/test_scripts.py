@@ -99,17 +99,30 @@ def test_evaluate_and_sample_scripts(tmp_path):
         (["--model", "assets/nothing-here"], "does not exist"),
         (["--model", "assets/fashion-classifier", "--num-samples", "4"], "not a denoising UNet"),
         (["--model", "assets/fashion-teacher", "--num-samples", "1"], "at least 2"),
+        (["--model", "assets/fashion-teacher", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--model", "t=assets/fashion-teacher@0"], "Step counts must be >= 1"),
+        (["--model", "assets/fashion-teacher", "--reference", "assets/fashion-mnist/LICENSE.npz"], "not found"),
+        (["--model", "assets/fashion-teacher", "--reference", "CORRUPT_NPZ"], "not a reference-statistics .npz"),
+        (["--images", "ONE_IMAGE"], "at least 2"),
+        (["--model", "assets/fashion-teacher", "--out", "assets/fashion-mnist/LICENSE"], "is a file"),
     ],
 )
 def test_evaluate_reports_bad_input(tmp_path, args, message):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "one" / "0").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (16, 16)).save(tmp_path / "one" / "0" / "a.png")
+    swap = {"CORRUPT_NPZ": str(tmp_path / "bad.npz"), "ONE_IMAGE": f"one={tmp_path / 'one'}"}
+    args = [swap.get(a, a) for a in args]
     proc = subprocess.run(
-        [sys.executable, "eval/evaluate.py", *args, "--out", str(tmp_path)],
+        [sys.executable, "eval/evaluate.py", *args, *([] if "--out" in args else ["--out", str(tmp_path)])],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_progressive_script_on_two_processes(tmp_path):
@@ -161,3 +174,56 @@ def test_consistency_script_exports(tmp_path, variant):
         assert not (out / "lora").exists() and scheduler["_class_name"] == "DDIMScheduler"
         assert saved["timesteps"] == [999, 499]
     assert Denoiser.from_pretrained(out / "pipeline").null_class == 10
+
+
+def test_training_on_unusable_data_is_one_error_line_and_leaves_no_run(tmp_path):
+    """Non-square images for the square teacher: exit 2, one `error:` line, nothing written to the output folder."""
+    from PIL import Image
+
+    data = tmp_path / "data" / "3"
+    data.mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (16, 32)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train/consistency.py", "--data", str(tmp_path / "data"), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: training data")
+    assert "Traceback" not in proc.stderr and "32x16" in proc.stderr and not out.exists()
+
+
+def test_progressive_max_steps_stops_early_and_too_many_is_refused(tmp_path):
+    common = ["train/progressive.py", "--teacher-steps", "8", "--target-steps", "2", "--steps-per-round", "4"]
+    common += ["--batch-size", "4", "--data-limit", "64", "--log-every", "1"]
+    run(*common, "--max-steps", "6", "--output-dir", str(tmp_path / "pd"))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "pd" / "log.jsonl")][-1] == 6
+    proc = subprocess.run(
+        [sys.executable, *common, "--max-steps", "9", "--output-dir", str(tmp_path / "pd9")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "--max-steps 9 exceeds the progressive schedule (8 steps" in proc.stderr
+
+
+def test_training_streams_an_image_folder_from_disk(tmp_path):
+    from PIL import Image
+
+    from stepdistill.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    for i in range(32):
+        (tmp_path / "data" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(tmp_path / "data" / str(labels[i]) / f"{i}.png")
+    out = tmp_path / "run"
+    run(
+        "train/consistency.py", "--preset", "fashion", "--data", str(tmp_path / "data"), "--stream-data",
+        "--num-workers", "1", "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out),
+    )  # fmt: skip
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")][-1] == 2
+    assert (out / "pipeline" / "model_index.json").is_file()

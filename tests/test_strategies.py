@@ -121,7 +121,7 @@ def test_student_teacher_mismatch_fails_before_training(tmp_path):
     other = Denoiser(tiny_unet(num_classes=5), teacher.schedule, "v", null_class=5)
     strategy = ProgressiveStrategy(ProgressiveConfig(teacher_steps=4, target_steps=2), teacher, student=other)
     with pytest.raises(ValueError, match="does not match the teacher.*null class.*num_class_embeds"):
-        Trainer(TrainerConfig(output_dir=str(tmp_path)), strategy, {"x0": torch.zeros(4, 1, 8, 8)})
+        Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=1), strategy, {"x0": torch.zeros(4, 1, 8, 8)})
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -175,7 +175,9 @@ def test_xformers_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="xformers.*CUDA"):
         Trainer(
-            TrainerConfig(output_dir=str(tmp_path), attention="xformers"), strategy, {"x0": torch.zeros(4, 1, 8, 8)}
+            TrainerConfig(output_dir=str(tmp_path), max_steps=1, attention="xformers"),
+            strategy,
+            {"x0": torch.zeros(4, 1, 8, 8)},
         )
 
 

@@ -1,5 +1,6 @@
 """Trainer: exact resume, atomic checkpoints, clear failures."""
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -9,18 +10,23 @@ import torch
 from conftest import mlp_student
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
+from stepdistill.checkpoints import verify
 from stepdistill.schedules import Schedule
 from stepdistill.strategies.base import Strategy, unwrap
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import DataStream, Trainer, TrainerConfig, list_checkpoints
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
+def reset():
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset()
     yield
 
 
@@ -292,3 +298,119 @@ def test_trainer_ema_is_what_grids_evaluation_and_export_use(tmp_path):
     noise = torch.randn(4, 1, 1, 2)
     assert torch.allclose(trainer.sample(noise), exported(noise, 1.0))
     assert not exported.training and not any(p.requires_grad for p in exported.parameters())
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """SIGKILL a training process at random moments (a checkpoint every step, so some kills land inside a save),
+    resume each time, and reach exactly the parameters of an uninterrupted run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    command = [sys.executable, "tests/kill_worker.py"]
+    steps = 500
+    subprocess.run([*command, str(tmp_path / "whole"), str(steps)], check=True, env=env, capture_output=True)
+    rng, kills, inside_save = random.Random(0), 0, 0
+    out = tmp_path / "killed"
+
+    def logged_steps():
+        return sum(1 for _ in open(out / "log.jsonl")) if (out / "log.jsonl").exists() else 0
+
+    while not (out / "final.pt").exists():
+        proc = subprocess.Popen([*command, str(out), str(steps), "--resume"], env=env, stderr=subprocess.PIPE)
+        if kills < 5:  # kill 10-80 steps into this attempt (by progress, not time, so a busy machine is no matter)
+            target = logged_steps() + rng.randint(10, 80)
+            while proc.poll() is None and logged_steps() < target:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.01))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                proc.wait()
+                inside_save += any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob("*"))
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+    whole, resumed = torch.load(tmp_path / "whole" / "final.pt"), torch.load(out / "final.pt")
+    assert kills == 5 and inside_save >= 1, (kills, inside_save)  # most of a step's time is its checkpoint save
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    steps_logged = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
+    assert steps_logged == list(range(1, steps + 1))  # resumed runs never repeat a logged step
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_never_unpickles(tmp_path):
+    trainer, _ = make_trainer(tmp_path, 4, checkpoint_every=1, keep_checkpoints=3)
+    trainer.train()
+    newest = list_checkpoints(str(tmp_path))[-1]
+    weights = os.path.join(newest, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    reset()
+    trainer, _ = make_trainer(tmp_path, 5, resume="latest")
+    with pytest.warns(
+        UserWarning, match=r"step-00000004.*model.safetensors has .* bytes.*resuming from .*step-00000003"
+    ):
+        trainer.load_checkpoint("latest")
+    assert trainer.step == 3
+    # a deleted RNG file is caught too, and a pickle payload in the trainer state never runs
+    os.remove(os.path.join(list_checkpoints(str(tmp_path))[-2], "random_states_0.pkl"))
+    assert "random_states_0.pkl is missing" in verify(list_checkpoints(str(tmp_path))[-2])
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    oldest = list_checkpoints(str(tmp_path))[0]
+    state = os.path.join(oldest, "trainer_state.pt")
+    torch.save({"step": Payload()}, state)
+    with pytest.raises(ValueError, match="damaged"):
+        make_trainer(tmp_path, 5)[0].load_checkpoint(oldest)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_output_folder_of_another_run_is_never_silently_reused(tmp_path):
+    trainer, _ = make_trainer(tmp_path, 2)
+    trainer.train()
+    reset()
+    with pytest.raises(ValueError, match="already holds a run.*--resume latest.*--overwrite"):
+        make_trainer(tmp_path, 2)[0].train()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000002"]
+    reset()
+    trainer, _ = make_trainer(tmp_path, 1, overwrite=True)
+    trainer.train()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000001"]
+    # a checkpoint of other settings or another strategy is refused, naming both
+    reset()
+    trainer, strategy = make_trainer(tmp_path, 3, resume="latest", seed=1)
+    with pytest.raises(ValueError, match="seed: 0 in the checkpoint, 1 now"):
+        trainer.train()
+    reset()
+    trainer, strategy = make_trainer(tmp_path, 3, resume="latest")
+    strategy.name = "consistency"
+    with pytest.raises(ValueError, match="written by strategy 'progressive', but this run is 'consistency'"):
+        trainer.train()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    trainer, strategy = make_trainer(tmp_path, 2)
+    trainer.train()
+    with torch.no_grad():
+        next(strategy.student.parameters()).fill_(float("inf"))
+    trainer.step = 3
+    with pytest.raises(FloatingPointError, match="non-finite weights"):
+        trainer.save_checkpoint()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000002"]
+
+
+@pytest.mark.parametrize("name", ["1gpu", "8gpu-ddp", "8gpu-fsdp", "2node-16gpu"])
+def test_example_accelerate_configs_are_valid(name):
+    """The shipped `accelerate launch --config_file` examples parse with this accelerate (unknown keys are errors)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(f"train/accelerate/{name}.yaml")
+    expected = {"1gpu": (1, 1), "8gpu-ddp": (8, 1), "8gpu-fsdp": (8, 1), "2node-16gpu": (16, 2)}[name]
+    assert (config.num_processes, config.num_machines) == expected and config.mixed_precision == "bf16"
+    if name == "8gpu-fsdp":
+        assert config.fsdp_config["fsdp_use_orig_params"] is True

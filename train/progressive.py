@@ -55,7 +55,16 @@ def main(argv=None):
     trainer_cfg, model_cfg, pd_cfg = parse_configs(
         [TrainerConfig, ModelConfig, ProgressiveConfig], argv, PRESETS, __doc__
     )
-    trainer_cfg.max_steps = pd_cfg.total_steps
+    if trainer_cfg.max_steps is None:
+        trainer_cfg.max_steps = pd_cfg.total_steps
+    elif trainer_cfg.max_steps > pd_cfg.total_steps:
+        raise ValueError(
+            f"--max-steps {trainer_cfg.max_steps} exceeds the progressive schedule ({pd_cfg.total_steps} steps: "
+            f"{pd_cfg.num_rounds} rounds of --steps-per-round {pd_cfg.steps_per_round}"
+            f"{f' after {pd_cfg.guided_steps} guided steps' if pd_cfg.guided_steps else ''}); raise --steps-per-round."
+        )
+    elif trainer_cfg.max_steps < pd_cfg.total_steps:
+        print(f"stopping after --max-steps {trainer_cfg.max_steps} of the schedule's {pd_cfg.total_steps} steps")
     setup = load_setup(model_cfg)
     strategy = ProgressiveStrategy(pd_cfg, setup.teacher, setup.student)
 

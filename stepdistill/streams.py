@@ -1,0 +1,159 @@
+"""Training batches: seeded, resumable, split across processes; from tensors in memory or from image files on disk.
+
+Both streams visit epoch ``e`` in ``randperm(seed + e)`` order and give process ``rank`` its own slice of every global
+batch, so they yield exactly the same batches for the same data, and ``state_dict`` (epoch, position of the last
+batch *consumed*) resumes either exactly. ``ImageFolderData`` reads images lazily in ``num_workers`` loader
+processes, for data that does not fit in memory; an unreadable or odd-shaped file is skipped and counted, with a
+warning, never silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data import check_images, from_uint8, list_images, read_image
+
+
+class BatchOrder:
+    """The index order shared by the streams: ``next_indices()`` -> this rank's indices of the next global batch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if size < batch_size * world:
+            raise ValueError(f"The data has {size} samples, fewer than one global batch ({batch_size * world}).")
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def _step(self, epoch: int, position: int, order: Tensor) -> tuple[int, int, Tensor, Tensor]:
+        """The batch after state ``(epoch, position)``: its indices, and the state and order after it."""
+        global_batch = self.batch_size * self.world
+        if position + global_batch > self.size:
+            epoch, position = epoch + 1, 0
+            order = self._permutation(epoch)
+        start = position + self.rank * self.batch_size
+        return epoch, position + global_batch, order, order[start : start + self.batch_size]
+
+    def next_indices(self) -> Tensor:
+        self.epoch, self.position, self._order, idx = self._step(self.epoch, self.position, self._order)
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)
+
+
+class DataStream(BatchOrder):
+    """Batches of in-memory tensors (e.g. ``{"x0": [N, C, H, W], "labels": [N]}``)."""
+
+    def __init__(self, tensors: dict[str, Tensor], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"All data tensors must have the same length, got {lengths}.")
+        super().__init__(lengths.pop(), batch_size, seed, rank, world)
+        self.tensors = tensors
+
+    def next(self) -> dict[str, Tensor]:
+        idx = self.next_indices()
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+class ImageFolderData:
+    """A folder of images read from disk while training (``Trainer`` calls ``stream``).
+
+    Args:
+        folder: images, with integer-named class subfolders for labels.
+        resolution: the square size the model trains at (images are resized as ``data.from_uint8`` does).
+        channels: the model's input channels (1: greyscale, 3: RGB).
+        num_classes: the model's classes (labels must lie below it), if class-conditional.
+    """
+
+    def __init__(self, folder: str, resolution: int, channels: int, num_classes: int | None = None):
+        self.paths, labels = list_images(folder)
+        self.labels = None if labels is None else torch.from_numpy(labels).long()
+        self.resolution, self.channels = resolution, channels
+        first = torch.from_numpy(read_image(self.paths[0]))
+        first = first[None, None] if first.ndim == 2 else first.permute(2, 0, 1)[None]
+        check_images(first, self.labels, f"training data {folder!r}", channels, num_classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor | None, int]:
+        """``(x0 [C, R, R] in [-1, 1], label)``, or ``(None, i)`` for a file that cannot be used."""
+        try:
+            array = read_image(self.paths[i])
+        except ValueError:
+            return None, i
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        if array.shape[0] != array.shape[1] or channels != self.channels:
+            return None, i
+        image = torch.from_numpy(np.ascontiguousarray(array))
+        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
+        return from_uint8(image[None], self.resolution)[0], -1 if self.labels is None else int(self.labels[i])
+
+    def stream(self, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> FolderStream:
+        return FolderStream(self, batch_size, seed, rank, world, num_workers)
+
+
+def _collate(items):
+    kept = [(x, y) for x, y in items if x is not None]
+    skipped = [y for x, y in items if x is None]  # their indices
+    batch = {"skipped": torch.tensor(skipped, dtype=torch.long)}
+    if kept:
+        batch["x0"] = torch.stack([x for x, _ in kept])
+        if kept[0][1] >= 0:
+            batch["labels"] = torch.tensor([y for _, y in kept], dtype=torch.long)
+    return batch
+
+
+class FolderStream(BatchOrder):
+    """``ImageFolderData`` batches through a ``DataLoader`` with ``num_workers`` processes, in ``BatchOrder``."""
+
+    def __init__(self, data: ImageFolderData, batch_size: int, seed: int, rank=0, world=1, num_workers: int = 0):
+        super().__init__(len(data), batch_size, seed, rank, world)
+        self.data, self.num_workers, self._batches, self.skipped = data, num_workers, None, set()
+
+    def _index_batches(self):
+        """Index lists from the consumed state on (the loader may prefetch ahead of what ``next`` has returned)."""
+        epoch, position, order = self.epoch, self.position, self._order
+        while True:
+            epoch, position, order, idx = self._step(epoch, position, order)
+            yield idx.tolist()
+
+    def next(self) -> dict[str, Tensor]:
+        if self._batches is None:
+            loader = torch.utils.data.DataLoader(
+                self.data,
+                batch_sampler=self._index_batches(),
+                num_workers=self.num_workers,
+                collate_fn=_collate,
+                persistent_workers=False,
+            )
+            self._batches = iter(loader)
+        while True:
+            batch = next(self._batches)
+            self.next_indices()  # advance the consumed state exactly as the loader did
+            bad = set(batch.pop("skipped").tolist()) - self.skipped
+            if bad:
+                self.skipped |= bad
+                warnings.warn(
+                    f"Skipped {len(bad)} unreadable, non-square or {self.data.channels}-channel-mismatched image(s) "
+                    f"(e.g. {self.data.paths[min(bad)]!r}); {len(self.skipped)} skipped so far.",
+                    stacklevel=2,
+                )
+            if "x0" in batch:
+                return batch
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._batches = None  # restart the loader from the restored state
