@@ -161,6 +161,13 @@ def build_scorers(args, device) -> Scorers:
     return Scorers(fds, classifier, clip)
 
 
+def _portable(value):
+    """A path inside the working directory as a relative one (the default classifier is absolute)."""
+    if isinstance(value, str) and os.path.isabs(value) and value.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(value)
+    return value
+
+
 def load_real(path: str, limit: int | None, resolution: int | None):
     """Real images (see ``load_images``), resized to ``resolution`` with the training data's antialiased resize."""
     images, labels = load_images(path, limit)
@@ -191,7 +198,8 @@ def main():
     scorers = build_scorers(args, state.device)
     prompts = read_prompts(args.prompts) if args.prompts else None
     os.makedirs(os.path.join(args.out, "grids"), exist_ok=True)
-    result = {"settings": {**vars(args), "processes": state.num_processes, "torch": torch.__version__}, "results": []}
+    settings = {k: _portable(v) for k, v in vars(args).items()}  # no machine-specific absolute paths in results
+    result = {"settings": {**settings, "processes": state.num_processes, "torch": torch.__version__}, "results": []}
     start = time.time()
 
     def add_row(row, images):
