@@ -259,7 +259,7 @@ class Trainer:
         return logs
 
     def _set_lr(self) -> dict[str, float]:
-        factor = self.lr_factor(self.step)
+        factor = self.lr_factor(self.step) * self.strategy.lr_factor(self.step)
         for name in self.names:
             for group, base in zip(self.optimizers[name].param_groups, self.base_lrs[name]):
                 group["lr"] = base * factor

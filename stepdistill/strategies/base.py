@@ -91,6 +91,11 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
     def on_step_end(self, step: int) -> None:
         """Called after every optimizer step (EMA targets, stage switches)."""
 
+    def lr_factor(self, step: int) -> float:
+        """A multiplier on every optimizer's LR at ``step``, on top of the trainer's schedule (default 1). Methods
+        with stages restart their own schedule per stage (progressive distillation anneals within each round)."""
+        return 1.0
+
     def export_modules(self) -> dict[str, nn.Module]:
         """Networks to export, unwrapped (default: the student). ``Trainer.export_modules`` substitutes the
         trainer's EMA weights for the live student when an EMA is kept."""

@@ -40,6 +40,11 @@ class ProgressiveConfig:
     target_steps: int = field(default=4, metadata={"help": "student steps after the last round"})
     steps_per_round: int = field(default=50000, metadata={"help": "optimizer steps per halving round"})
     lr: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5 on CIFAR-10)"})
+    round_lr_schedule: Literal["linear", "constant"] = field(
+        default="linear",
+        metadata={"help": "LR within each halving round: annealed linearly to 0 by its end (as the official "
+                  "configs do), or constant"},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(
         default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"}
@@ -125,6 +130,14 @@ class ProgressiveStrategy(Strategy):
         if step < self.config.guided_steps:
             return -1
         return min((step - self.config.guided_steps) // self.config.steps_per_round, self.config.num_rounds - 1)
+
+    def lr_factor(self, step: int) -> float:
+        """Linear annealing to zero within each halving round (``round_lr_schedule``); guided stage 1 is constant."""
+        cfg = self.config
+        if cfg.round_lr_schedule == "constant" or step < cfg.guided_steps:
+            return 1.0
+        into_round = step - cfg.guided_steps - self.round_of(step) * cfg.steps_per_round
+        return 1.0 - into_round / cfg.steps_per_round
 
     def student_steps(self, round_index: int) -> int:
         """Sampling steps the student learns in ``round_index`` (stage 1 keeps the teacher's count)."""
