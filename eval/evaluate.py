@@ -6,7 +6,8 @@
     accelerate launch eval/evaluate.py ...          # samples are split across GPU processes
     torchrun --nproc_per_node 2 eval/evaluate.py ...  # or CPU processes
 
-A --model is a toolkit model folder (unet/ + scheduler/, sampled with the toolkit's DDIM), or a diffusers
+A --model is a toolkit model folder (unet/ + scheduler/, sampled with the toolkit's DDIM; an exported student
+that lost its model_index.json is refused rather than sampled with the wrong sampler), or a diffusers
 pipeline folder (model_index.json; class-conditional pipelines get balanced class labels, text-to-image
 ones the prompts of --prompts). For each (model, steps, guidance) it draws N samples from a fixed seed,
 quantises them to uint8, and scores them. --images scores a folder as it is. Feature spaces: 'domain' (the
@@ -282,9 +283,34 @@ def load_model(path, device, trust_remote_code=False):
             raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
         pipe.set_progress_bar_config(disable=True)
         return pipe
+    refuse_headless_pipeline(path)
     from stepdistill.denoiser import Denoiser
 
     return Denoiser.from_pretrained(path).frozen().to(device)
+
+
+# Schedulers whose sampler is not a DDIM update: a folder that carries one is a distilled student, not a teacher.
+OWN_SAMPLER_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+
+
+def refuse_headless_pipeline(path):
+    """A folder without model_index.json is sampled with the toolkit's DDIM. That misreports an exported student
+    whose model_index.json was lost (an LCM student scored 26.3 instead of 29.1): refuse it instead."""
+    config = os.path.join(path, "scheduler", "scheduler_config.json")
+    name = None
+    if os.path.isfile(config):
+        try:
+            with open(config) as f:
+                name = json.load(f).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            name = None  # Denoiser.from_pretrained reports an unreadable scheduler
+    if name in OWN_SAMPLER_SCHEDULERS or os.path.isfile(os.path.join(path, "stepdistill.json")):
+        what = f"its scheduler is an {name}" if name in OWN_SAMPLER_SCHEDULERS else "it holds stepdistill.json"
+        raise ValueError(
+            f"{path!r} looks like an exported pipeline ({what}) but has no model_index.json, so it would be "
+            "sampled with the toolkit's DDIM instead of its own scheduler; restore model_index.json (export it "
+            "again) and pass the folder with --trust-remote-code."
+        )
 
 
 def num_classes(model) -> int:

@@ -36,8 +36,9 @@ class ModelConfig:
     stream_data: bool = dataclasses.field(
         default=False,
         metadata={
-            "help": "read an image folder from disk batch by batch (--num-workers loader processes) instead of "
-            "loading it into memory; unreadable files are skipped and counted"
+            "help": "read an image folder, or a folder of webdataset-style .tar shards (key.png + key.cls), from "
+            "disk batch by batch (--num-workers loader processes) instead of loading it into memory; unreadable "
+            "files are skipped and counted"
         },
     )
     eval_every: int = dataclasses.field(

@@ -151,8 +151,9 @@ def list_images(folder: str | os.PathLike) -> tuple[list[str], np.ndarray | None
     return paths, labels
 
 
-def read_image(path: str) -> np.ndarray:
-    """One image as uint8 ``[H, W]`` (greyscale) or ``[H, W, 3]``; ``ValueError`` naming the file if unreadable."""
+def read_image(path, name: str | None = None) -> np.ndarray:
+    """One image (a path, or a binary file object called ``name``) as uint8 ``[H, W]`` (greyscale) or
+    ``[H, W, 3]``; ``ValueError`` naming the file if unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -160,7 +161,7 @@ def read_image(path: str) -> np.ndarray:
             img.load()
             return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"Cannot read image {path!r}: {err}") from err
+        raise ValueError(f"Cannot read image {name or path!r}: {err}") from err
 
 
 def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, np.ndarray | None]:

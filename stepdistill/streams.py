@@ -3,19 +3,69 @@
 Both streams visit epoch ``e`` in ``randperm(seed + e)`` order and give process ``rank`` its own slice of every global
 batch, so they yield exactly the same batches for the same data, and ``state_dict`` (epoch, position of the last
 batch *consumed*) resumes either exactly. ``ImageFolderData`` reads images lazily in ``num_workers`` loader
-processes, for data that does not fit in memory; an unreadable or odd-shaped file is skipped and counted, with a
-warning, never silently.
+processes, for data that does not fit in memory, from an image folder or from webdataset-style ``.tar`` shards; an
+unreadable or odd-shaped file is skipped and counted, with a warning, never silently.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import tarfile
 import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .data import check_images, from_uint8, list_images, read_image
+from .data import IMAGE_EXTENSIONS, check_images, from_uint8, list_images, read_image
+
+
+def list_shard_images(folder: str) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
+    """The samples of the webdataset-style shards (``*.tar``) under ``folder``, in sorted shard and member order.
+
+    A sample is the members that share a key (the member name up to the first dot of its base name): one image
+    (``.png``, ``.jpg``, ...) and, for labels, a ``.cls`` member holding an integer. Returns one
+    ``(shard, offset, size, name)`` per image, so a sample is read with one seek, and the labels (``None`` unless
+    every sample has one). Shards are indexed once, up front; images are read when a batch needs them.
+    """
+    shards = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.endswith(".tar")
+    )
+    items, labels = [], []
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                images, classes = {}, {}
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    head, base = os.path.split(member.name)
+                    stem, _, ext = base.partition(".")
+                    key = os.path.join(head, stem)
+                    if ("." + ext.lower()) in IMAGE_EXTENSIONS:
+                        images[key] = (shard, member.offset_data, member.size, member.name)
+                    elif ext == "cls":
+                        text = tar.extractfile(member).read().decode().strip()
+                        if not text.lstrip("-").isdigit():
+                            raise ValueError(f"Label {member.name!r} in shard {shard!r} is {text[:20]!r}, not an integer.")
+                        classes[key] = int(text)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"Cannot read the shard {shard!r} ({err}); re-write or remove it.") from err
+        items += [images[k] for k in images]
+        labels += [classes.get(k) for k in images]
+    if not items:
+        raise ValueError(f"The shards under {folder!r} hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    return items, None if None in labels else np.array(labels)
+
+
+def read_shard_image(item: tuple[str, int, int, str]) -> np.ndarray:
+    """One image of ``list_shard_images`` as ``read_image`` returns it."""
+    shard, offset, size, name = item
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    return read_image(io.BytesIO(data), f"{shard}:{name}")
 
 
 class BatchOrder:
@@ -68,20 +118,29 @@ class DataStream(BatchOrder):
 
 
 class ImageFolderData:
-    """A folder of images read from disk while training (``Trainer`` calls ``stream``).
+    """Images read from disk while training (``Trainer`` calls ``stream``).
 
     Args:
-        folder: images, with integer-named class subfolders for labels.
+        folder: images, with integer-named class subfolders for labels; or webdataset-style ``.tar`` shards
+            (``key.png`` + ``key.cls`` members, see ``list_shard_images``) when it holds any.
         resolution: the square size the model trains at (images are resized as ``data.from_uint8`` does).
         channels: the model's input channels (1: greyscale, 3: RGB).
         num_classes: the model's classes (labels must lie below it), if class-conditional.
     """
 
     def __init__(self, folder: str, resolution: int, channels: int, num_classes: int | None = None):
-        self.paths, labels = list_images(folder)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
+        sharded = any(name.endswith(".tar") for _, _, names in os.walk(folder) for name in names)
+        if sharded:
+            self.items, labels = list_shard_images(folder)
+            self.paths = [f"{shard}:{name}" for shard, _, _, name in self.items]  # for messages
+        else:
+            self.paths, labels = list_images(folder)
+            self.items = self.paths
         self.labels = None if labels is None else torch.from_numpy(labels).long()
         self.resolution, self.channels = resolution, channels
-        first = torch.from_numpy(read_image(self.paths[0]))
+        first = torch.from_numpy(np.array(self._read(0)))
         first = first[None, None] if first.ndim == 2 else first.permute(2, 0, 1)[None]
         check_images(first, self.labels, f"training data {folder!r}", channels, num_classes)
 
@@ -91,7 +150,7 @@ class ImageFolderData:
     def __getitem__(self, i: int) -> tuple[Tensor | None, int]:
         """``(x0 [C, R, R] in [-1, 1], label)``, or ``(None, i)`` for a file that cannot be used."""
         try:
-            array = read_image(self.paths[i])
+            array = self._read(i)
         except ValueError:
             return None, i
         channels = 1 if array.ndim == 2 else array.shape[2]
@@ -100,6 +159,10 @@ class ImageFolderData:
         image = torch.from_numpy(np.ascontiguousarray(array))
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
         return from_uint8(image[None], self.resolution)[0], -1 if self.labels is None else int(self.labels[i])
+
+    def _read(self, i: int) -> np.ndarray:
+        item = self.items[i]
+        return read_image(item) if isinstance(item, str) else read_shard_image(item)
 
     def stream(self, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> FolderStream:
         return FolderStream(self, batch_size, seed, rank, world, num_workers)

@@ -111,3 +111,49 @@ def test_folder_stream_gives_the_in_memory_batches_resumes_and_skips_bad_files(t
     broken = ImageFolderData(str(tmp_path / "data"), 16, 1, num_classes=10).stream(40, seed=0)
     with pytest.warns(UserWarning, match=r"Skipped 1 .*1 skipped so far"):
         assert len(broken.next()["x0"]) == 39
+
+
+def write_shards(folder, images, labels, per_shard):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(images), per_shard):
+        with tarfile.open(folder / f"shard-{start // per_shard:05d}.tar", "w") as tar:
+            for i in range(start, min(start + per_shard, len(images))):
+                png = io.BytesIO()
+                Image.fromarray(images[i]).save(png, format="PNG")
+                for name, payload in ((f"{i:06d}.png", png.getvalue()), (f"{i:06d}.cls", str(int(labels[i])).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+
+
+def test_webdataset_shards_stream_like_the_folder_and_bad_shards_are_named(tmp_path):
+    """Samples in .tar shards (key.png + key.cls) stream exactly as the same images in class folders, across
+    processes (rank-aware slices) and loader workers; a truncated shard is refused with its name."""
+    from stepdistill.streams import ImageFolderData
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    write_image_folder(tmp_path / "folder", images[:40], labels[:40])
+    write_shards(tmp_path / "shards", images[:40], labels[:40], per_shard=15)
+    folder = ImageFolderData(str(tmp_path / "folder"), 16, 1, num_classes=10)
+    shards = ImageFolderData(str(tmp_path / "shards"), 16, 1, num_classes=10)
+    assert len(shards) == 40 and torch.equal(shards.labels, torch.from_numpy(labels[:40]).long())
+    # the folder sorts by class subfolder, the shards by key: compare the same images through their labels' order
+    order = np.argsort(labels[:40], kind="stable")
+    assert torch.equal(folder.labels, shards.labels[order])
+    for rank in (0, 1):
+        a = shards.stream(4, seed=1, rank=rank, world=2, num_workers=2)
+        for _ in range(6):
+            batch = a.next()
+            assert batch["x0"].shape == (4, 1, 16, 16) and batch["labels"].shape == (4,)
+    x, y = shards[7]
+    assert y == int(labels[7]) and torch.allclose(x, load_training_data(tmp_path / "folder", 16)["x0"][
+        int(np.nonzero(order == 7)[0][0])])
+    blob = (tmp_path / "shards" / "shard-00001.tar").read_bytes()
+    (tmp_path / "shards" / "shard-00001.tar").write_bytes(blob[:700])
+    with pytest.raises(ValueError, match="shard-00001.tar"):
+        ImageFolderData(str(tmp_path / "shards"), 16, 1, num_classes=10)

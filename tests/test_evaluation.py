@@ -244,3 +244,25 @@ def test_stochastic_pipeline_scores_do_not_depend_on_the_global_rng(tmp_path):
         torch.manual_seed(global_seed)
         runs.append(generate_with_pipeline(pipe, 6, 4, labels=labels, batch_size=4, progress=False))
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("scheduler_class", ["LCMScheduler", "DDIMScheduler"])
+def test_exported_pipeline_without_model_index_is_refused(tmp_path, scheduler_class):
+    """An exported student whose model_index.json was lost is refused with one error line, not scored with the
+    toolkit's DDIM instead of its own sampler (an LCM student read 26.3 instead of 29.1)."""
+    from conftest import tiny_scheduler, tiny_unet
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.export import export_pipeline
+    from stepdistill.schedules import Schedule, lcm_times
+
+    den = Denoiser(tiny_unet(), Schedule.from_scheduler_config(dict(tiny_scheduler().config)), "v", null_class=3)
+    options = {"original_inference_steps": 50, "timestep_scaling": 10.0} if scheduler_class == "LCMScheduler" else {}
+    times = lcm_times(den.schedule, 2, 50) if options else None
+    folder = export_pipeline(
+        den.frozen(), tmp_path / "pipe", 2, scheduler_class=scheduler_class, times=times, scheduler_options=options
+    )
+    os.remove(os.path.join(folder, "model_index.json"))
+    proc = run_eval("--model", folder, "--steps", "2", "--num-samples", "4", "--out", str(tmp_path / "eval"))
+    assert proc.returncode == 2 and "has no model_index.json" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "eval" / "results.json").exists()
