@@ -200,6 +200,55 @@ def export_lora(
     return os.fspath(folder)
 
 
+def lora_card(
+    method: str, teacher: str, rank: int, num_steps: int, guidance_scale: float, scheduler_class: str
+) -> str:
+    """Markdown card of an exported LoRA: how to load it into the teacher's pipeline with its scheduler."""
+    return (
+        f"# {method} LoRA of `{teacher}` (rank {rank}), diffusers format\n\n"
+        f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
+        f'`scheduler/` (`{scheduler_class}.from_pretrained(FOLDER, subfolder="scheduler")`), '
+        f"then sample with `num_inference_steps={num_steps}`, `guidance_scale={guidance_scale:g}`.\n"
+    )
+
+
+def export_student(
+    student: Denoiser,
+    output_dir: str | os.PathLike,
+    num_steps: int,
+    guidance_scale: float,
+    card: str,
+    config: dict | None,
+    scheduler: dict,
+    lora_method: str = "",
+    teacher: str = "",
+) -> list[str]:
+    """Write ``output_dir/pipeline``, and for a LoRA student first ``output_dir/lora`` (the adapter with its
+    scheduler); the pipeline then holds the fused weights. ``scheduler`` holds ``configure_scheduler``'s keyword
+    arguments (``scheduler_class``, ``times``, ``scheduler_options``). Returns the folders written."""
+    from .lora import has_lora, lora_rank
+
+    written = []
+    if student.backbone is not None and has_lora(student.backbone):
+        card_text = lora_card(
+            lora_method, teacher, lora_rank(student.backbone), num_steps, guidance_scale, scheduler["scheduler_class"]
+        )
+        written.append(
+            export_lora(
+                student,
+                os.path.join(output_dir, "lora"),
+                card_text,
+                scheduler=configure_scheduler(student, num_steps, **scheduler),
+            )
+        )
+        student = student.merged_copy()
+    pipeline = os.path.join(output_dir, "pipeline")
+    written.append(
+        export_pipeline(student, pipeline, num_steps, guidance_scale, card=card, config=config, **scheduler)
+    )
+    return written
+
+
 def model_card(
     method: str, teacher: str, num_steps: int, guidance_scale: float, details: str = "", metrics: str | None = None
 ) -> str:

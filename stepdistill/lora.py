@@ -93,6 +93,11 @@ def has_lora(backbone: nn.Module) -> bool:
     return bool(getattr(backbone, "_hf_peft_config_loaded", False))
 
 
+def lora_rank(backbone: nn.Module, adapter_name: str = "default") -> int:
+    """The rank of adapter ``adapter_name``."""
+    return int(backbone.peft_config[adapter_name].r)
+
+
 def merge_lora(backbone: nn.Module) -> None:
     """Fuse the adapters into the base weights and remove them, in place (a plain full network remains)."""
     if not hasattr(backbone, "fuse_lora") or not has_lora(backbone):

@@ -83,3 +83,37 @@ def drop_labels(cond: Condition, p: float, null_class: int, generator: torch.Gen
     return Condition(
         **{**cond.__dict__, "labels": torch.where(drop, torch.full_like(cond.labels, null_class), cond.labels)}
     )
+
+
+def distribution_matching_loss(x_gen: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
+    """DMD's generator loss, whose gradient with respect to ``x_gen`` is the distribution-matching gradient.
+
+    Eq. 7-8 of Yin et al. 2023 (DMD, arXiv 2311.18828), as DMD2 (arXiv 2405.14867) computes it: with
+    ``p_real = x_gen - x0_real`` and ``p_fake = x_gen - x0_fake`` (the real and fake scores written through their
+    x0 predictions at the same noisy ``x_t``), ``grad = (p_real - p_fake) / mean|p_real|`` per sample, and the loss
+    ``0.5 * mean((x_gen - stopgrad(x_gen - grad))^2)``, so a gradient step moves ``x_gen`` along ``-grad``.
+
+    Args:
+        x_gen: ``[B, C, H, W]`` generator samples (with gradient).
+        x0_real, x0_fake: ``[B, C, H, W]`` the teacher's (guided) and the fake score's x0 at ``x_t`` (no gradient).
+
+    Returns:
+        scalar loss (``0.5 * mean(grad^2)`` in value).
+    """
+    x = x_gen.float()
+    with torch.no_grad():
+        dims = tuple(range(1, x.ndim))
+        norm = (x - x0_real.float()).abs().mean(dim=dims, keepdim=True)
+        grad = (x0_fake.float() - x0_real.float()) / norm.clamp_min(torch.finfo(torch.float32).tiny)
+    return 0.5 * (x - (x - grad).detach()).pow(2).mean()
+
+
+def gan_generator_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating GAN loss of the generator, ``softplus(-D(fake))`` (DMD2 Sec. 4.2)."""
+    return torch.nn.functional.softplus(-fake_logits.float()).mean()
+
+
+def gan_critic_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The critic's loss, ``softplus(-D(real)) + softplus(D(fake))`` (DMD2 Sec. 4.2)."""
+    softplus = torch.nn.functional.softplus
+    return softplus(-real_logits.float()).mean() + softplus(fake_logits.float()).mean()

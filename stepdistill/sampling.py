@@ -139,3 +139,36 @@ def consistency_sample(
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = add_noise(denoised, z, *schedule.alpha_sigma(times[i + 1]))
     return x
+
+
+@torch.no_grad()
+def multistep_sample(
+    generator_net: Denoiser,
+    noise: Tensor,
+    cond: Condition | None,
+    times: Tensor,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    until: int | None = None,
+) -> Tensor:
+    """A few-step generator's sampler: predict ``x0`` at each of ``times``, re-noise it to the next time with fresh
+    noise (DMD2's multistep sampler, Sec. 4.4 of Yin et al. 2024; LCM's sampler without boundary scalings).
+
+    Args:
+        generator_net: the generator (its x0 prediction is used as it is).
+        noise: ``[B, C, H, W]`` initial noise, the input at ``times[0]``.
+        times: decreasing ``[K]`` student times; the last prediction is returned.
+        generator: draws the re-noising noise (on ``noise``'s device).
+        until: stop before step ``until`` and return its noisy input ``x_{t_until}``: DMD2's backward simulation,
+            which trains step ``until`` on inputs made by the generator's own earlier steps.
+    """
+    net = unwrap(generator_net)
+    times = times.to(device=noise.device, dtype=noise.dtype)
+    x = noise
+    for i in range(len(times) if until is None else until):
+        x0 = net(x, times[i].expand(len(x)), cond, guidance_scale=guidance_scale)
+        if i + 1 == len(times):
+            return x0
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = add_noise(x0, z, *net.schedule.alpha_sigma(times[i + 1]))
+    return x

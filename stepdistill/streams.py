@@ -48,7 +48,9 @@ def list_shard_images(folder: str) -> tuple[list[tuple[str, int, int, str]], np.
                     elif ext == "cls":
                         text = tar.extractfile(member).read().decode().strip()
                         if not text.lstrip("-").isdigit():
-                            raise ValueError(f"Label {member.name!r} in shard {shard!r} is {text[:20]!r}, not an integer.")
+                            raise ValueError(
+                                f"Label {member.name!r} in shard {shard!r} is {text[:20]!r}, not an integer."
+                            )
                         classes[key] = int(text)
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ValueError(f"Cannot read the shard {shard!r} ({err}); re-write or remove it.") from err

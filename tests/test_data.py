@@ -125,7 +125,10 @@ def write_shards(folder, images, labels, per_shard):
             for i in range(start, min(start + per_shard, len(images))):
                 png = io.BytesIO()
                 Image.fromarray(images[i]).save(png, format="PNG")
-                for name, payload in ((f"{i:06d}.png", png.getvalue()), (f"{i:06d}.cls", str(int(labels[i])).encode())):
+                for name, payload in (
+                    (f"{i:06d}.png", png.getvalue()),
+                    (f"{i:06d}.cls", str(int(labels[i])).encode()),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -151,8 +154,9 @@ def test_webdataset_shards_stream_like_the_folder_and_bad_shards_are_named(tmp_p
             batch = a.next()
             assert batch["x0"].shape == (4, 1, 16, 16) and batch["labels"].shape == (4,)
     x, y = shards[7]
-    assert y == int(labels[7]) and torch.allclose(x, load_training_data(tmp_path / "folder", 16)["x0"][
-        int(np.nonzero(order == 7)[0][0])])
+    assert y == int(labels[7]) and torch.allclose(
+        x, load_training_data(tmp_path / "folder", 16)["x0"][int(np.nonzero(order == 7)[0][0])]
+    )
     blob = (tmp_path / "shards" / "shard-00001.tar").read_bytes()
     (tmp_path / "shards" / "shard-00001.tar").write_bytes(blob[:700])
     with pytest.raises(ValueError, match="shard-00001.tar"):

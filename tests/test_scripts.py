@@ -176,6 +176,20 @@ def test_consistency_script_exports(tmp_path, variant):
     assert Denoiser.from_pretrained(out / "pipeline").null_class == 10
 
 
+def test_dmd_script_exports_a_few_step_generator(tmp_path):
+    """train/dmd.py on the bundled teacher: a 2-step DMD2 generator (GAN term on) exports a pipeline whose LCM
+    scheduler steps at 999 and 499 with identity boundary scalings."""
+    out = tmp_path / "dmd"
+    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "64", "--generator-steps", "2"]
+    run("train/dmd.py", "--preset", "fashion", *common, "--output-dir", str(out))
+    scheduler = json.load(open(out / "pipeline" / "scheduler" / "scheduler_config.json"))
+    saved = json.load(open(out / "pipeline" / "stepdistill.json"))
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["timestep_scaling"] >= 1e6
+    assert saved["timesteps"] == [999, 499] and Denoiser.from_pretrained(out / "pipeline").null_class == 10
+    logs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert "log/gan_critic" in logs[-1] and "loss/student" in logs[0]
+
+
 def test_training_on_unusable_data_is_one_error_line_and_leaves_no_run(tmp_path):
     """Non-square images for the square teacher: exit 2, one `error:` line, nothing written to the output folder."""
     from PIL import Image

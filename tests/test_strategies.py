@@ -330,6 +330,10 @@ TWO_PROCESS_VARIANTS = {
         "lora": {**_CD, "guidance_embedding_dim": None, "lora_rank": 4},
         "phased": {**_CD, "guidance_embedding_dim": None, "phases": 2},
     },
+    "dmd": {
+        "gan": {"fake_updates_per_generator": 2, "gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2, "lr": 1e-3},
+        "lora-4step": {"generator_steps": 4, "lora_rank": 4, "fake_lora_rank": 4, "fake_updates_per_generator": 2},
+    },
 }
 TWO_PROCESS_CASES = [
     (name, variant, options)

@@ -250,15 +250,20 @@ def test_progressive_lr_anneals_within_each_round(tmp_path):
     by the round's end, on top of the trainer's own schedule (constant here)."""
     schedule = Schedule.cosine()
     config = ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=4, lr=1e-2)
-    strategy = ProgressiveStrategy(config, GaussianMixtureDenoiser(MIXTURE, schedule), student=mlp_student(schedule, 2))
+    strategy = ProgressiveStrategy(
+        config, GaussianMixtureDenoiser(MIXTURE, schedule), student=mlp_student(schedule, 2)
+    )
     Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=8, batch_size=16, log_every=1), strategy, DATA).train()
     lrs = [json.loads(line)["lr/student"] for line in open(tmp_path / "log.jsonl")]
     assert lrs == pytest.approx([1e-2 * f for f in (1, 0.75, 0.5, 0.25)] * 2)
-    assert ProgressiveStrategy(
-        ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=4, round_lr_schedule="constant"),
-        GaussianMixtureDenoiser(MIXTURE, schedule),
-        student=mlp_student(schedule, 2),
-    ).lr_factor(3) == 1.0
+    assert (
+        ProgressiveStrategy(
+            ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=4, round_lr_schedule="constant"),
+            GaussianMixtureDenoiser(MIXTURE, schedule),
+            student=mlp_student(schedule, 2),
+        ).lr_factor(3)
+        == 1.0
+    )
 
 
 def test_non_finite_steps_are_skipped_counted_then_stop(tmp_path):

@@ -15,7 +15,7 @@ import os
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import configure_scheduler, export_lora, export_pipeline, model_card
+from stepdistill.export import export_student, model_card
 from stepdistill.recipes import eval_callbacks, load_setup
 from stepdistill.schedules import lcm_times, timestep_grid
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
@@ -102,27 +102,11 @@ def export(student, strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
             },
         }
         method = "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)"
-    if cd_cfg.lora_rank:
-        lora_card = (
-            f"# LCM-LoRA of `{model_cfg.teacher}` (rank {cd_cfg.lora_rank}), diffusers format\n\n"
-            f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
-            f'`scheduler/` (`{scheduler["scheduler_class"]}.from_pretrained(FOLDER, subfolder="scheduler")`), '
-            f"then sample with `num_inference_steps={steps}`, `guidance_scale={w:g}`.\n"
-        )
-        lora = export_lora(
-            student,
-            os.path.join(trainer_cfg.output_dir, "lora"),
-            lora_card,
-            scheduler=configure_scheduler(student, steps, **scheduler),
-        )
-        print(f"exported {lora}")
-        student = student.merged_copy()  # the full-pipeline export holds fused weights
     details = f"Trained {trainer_cfg.max_steps} steps on a {cd_cfg.solver_steps}-step teacher DDIM grid."
     card = model_card(method, model_cfg.teacher, steps, w, details)
-    folder = export_pipeline(
-        student, os.path.join(trainer_cfg.output_dir, "pipeline"), steps, w, card=card, config=resolved, **scheduler
-    )
-    print(f"exported {folder}")
+    output_dir, teacher = trainer_cfg.output_dir, model_cfg.teacher
+    for folder in export_student(student, output_dir, steps, w, card, resolved, scheduler, "LCM", teacher):
+        print(f"exported {folder}")
 
 
 if __name__ == "__main__":

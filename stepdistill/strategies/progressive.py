@@ -42,8 +42,10 @@ class ProgressiveConfig:
     lr: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5 on CIFAR-10)"})
     round_lr_schedule: Literal["linear", "constant"] = field(
         default="linear",
-        metadata={"help": "LR within each halving round: annealed linearly to 0 by its end (as the official "
-                  "configs do), or constant"},
+        metadata={
+            "help": "LR within each halving round: annealed linearly to 0 by its end (as the official "
+            "configs do), or constant"
+        },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(

@@ -1,0 +1,335 @@
+"""Distribution matching distillation: DMD (Yin et al. 2023, arXiv 2311.18828) and DMD2 (Yin et al. 2024,
+arXiv 2405.14867).
+
+Three networks: the frozen teacher is the *real* score (classifier-free guided at ``real_guidance_scale``), a
+*fake* score starts as a copy of the teacher and keeps learning the denoising loss on the generator's samples,
+and the generator (``student``, also a copy of the teacher) maps noise to images in ``generator_steps`` steps.
+The generator follows the distribution-matching gradient ``(p_real - p_fake) / mean|p_real|`` at a random noise
+level (``losses.distribution_matching_loss``). DMD2's additions, all options:
+
+* two time-scale updates: the fake score steps every iteration, the generator every
+  ``fake_updates_per_generator``-th, expressed only by which loss keys ``losses`` returns;
+* a GAN term: a small classifier head on the fake score's bottleneck features (a forward hook on the UNet's
+  mid block, ``Denoiser.forward(return_features=True)``) learns real vs generated noisy images, and the generator
+  gets the non-saturating loss through the frozen fake score;
+* multi-step generators at the trailing grid of ``generator_steps`` times (999/749/499/249 for 4), trained with
+  backward simulation: step ``k``'s input comes from running the generator's own first ``k`` steps.
+
+DMD's regression loss on teacher noise-image pairs (generated once with the teacher's DDIM and kept) is an
+option for one-step generators. Deviations: the regression distance is MSE (the paper's LPIPS needs VGG
+weights); the GAN head pools globally instead of a second strided convolution, so that any bottleneck size
+works; the critic's generated half reuses the fake score's denoising batch (one forward of 2B, not 3B).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Condition, Denoiser
+from ..losses import distribution_matching_loss, gan_critic_loss, gan_generator_loss
+from ..sampling import ddim_sample, multistep_sample
+from ..schedules import add_noise, combine, timestep_grid
+from .base import Strategy, register, unwrap
+
+
+# LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
+IDENTITY_TIMESTEP_SCALING = 1e7
+
+
+@dataclass
+class DMDConfig:
+    """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py)."""
+
+    generator_steps: int = field(
+        default=1, metadata={"help": "generator sampling steps (trailing grid: 4 -> 999/749/499/249)"}
+    )
+    backward_simulation: bool = field(
+        default=True,
+        metadata={"help": "multi-step: step k's input from the generator's own first k steps (else noised data)"},
+    )
+    real_guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of the real score (SD1.5: 1.75)"})
+    lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate of the generator (DMD2: 2e-6)"})
+    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of both networks"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
+    fake_updates_per_generator: int = field(
+        default=5, metadata={"help": "two time-scale update rule: fake-score steps per generator step (DMD: 1)"}
+    )
+    dm_t_range: list[float] = field(
+        default_factory=lambda: [0.02, 0.98], metadata={"help": "times of the distribution-matching loss, of [0, 1]"}
+    )
+    gan_generator_weight: float = field(
+        default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
+    )
+    gan_critic_weight: float = field(default=0.0, metadata={"help": "GAN weight in the fake-score loss (DMD2: 1e-2)"})
+    regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
+    regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
+    regression_teacher_steps: int = field(default=50, metadata={"help": "teacher DDIM steps making those pairs"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
+    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
+    )
+
+    def __post_init__(self):
+        if self.generator_steps < 1 or self.fake_updates_per_generator < 1:
+            raise ValueError("DMDConfig.generator_steps and fake_updates_per_generator must be >= 1.")
+        if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
+            raise ValueError(f"DMDConfig learning rates must be positive, got lr={self.lr}, fake_lr={self.fake_lr}.")
+        lo, hi = self.dm_t_range if len(self.dm_t_range) == 2 else (-1, -1)
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"dm_t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.dm_t_range}.")
+        if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
+            raise ValueError("DMDConfig loss weights must be >= 0.")
+        if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
+            raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
+        if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
+            raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
+        if self.lora_rank < 0 or self.fake_lora_rank < 0:
+            raise ValueError("DMDConfig LoRA ranks must be >= 0.")
+
+    @property
+    def gan(self) -> bool:
+        return self.gan_critic_weight > 0
+
+
+class GANHead(nn.Module):
+    """DMD2's real/fake classifier on the fake score's bottleneck features ``[B, C, h, w]`` -> logits ``[B]``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        groups = math.gcd(32, channels)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, 1, 1),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.float()).flatten()
+
+
+@register("dmd")
+class DMDStrategy(Strategy):
+    """DMD / DMD2 (see the module docstring).
+
+    Args:
+        config: the method's options.
+        teacher: the frozen teacher (the real score).
+        student: the initial generator (default: a copy of the teacher, or the teacher + LoRA).
+        fake_score: the initial fake score (default: a copy of the teacher, + LoRA with ``fake_lora_rank``).
+    """
+
+    config_class = DMDConfig
+
+    def __init__(
+        self, config: DMDConfig, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None
+    ):
+        super().__init__(config, teacher)
+        if config.lora_rank and student is not None:
+            raise ValueError("A LoRA generator adapts the teacher's own weights: drop --student or --lora-rank.")
+        lora = (config.lora_alpha, config.lora_target_modules)
+        if fake_score is None:  # copied before the teacher gets any adapter
+            fake_score = teacher.trainable_copy()
+            if config.fake_lora_rank:
+                fake_score.add_lora(config.fake_lora_rank, *lora)
+        if config.lora_rank:
+            student = teacher.add_lora(config.lora_rank, *lora)  # shares the frozen base weights
+        elif student is None:
+            student = teacher.trainable_copy()
+        if config.gan:
+            if fake_score.backbone is None:
+                raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
+            fake_score.gan_head = GANHead(fake_score.backbone.config.block_out_channels[-1])
+        self.student, self.fake_score = student, fake_score
+        self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")  # [K], times[0] = 1
+        self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
+
+    def check_compatible(self) -> None:
+        if self.config.real_guidance_scale != 1 and self.teacher.null_class is None and self.teacher.null_text is None:
+            raise ValueError("real_guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "fake_score": self.fake_score}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+
+        def adamw(net, lr):
+            params = [p for p in net.parameters() if p.requires_grad]
+            return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+        return {"student": adamw(self.student, cfg.lr), "fake_score": adamw(self.fake_score, cfg.fake_lr or cfg.lr)}
+
+    # ------------------------------------------------------------------------------------------ losses
+    def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x0 = batch["x0"]
+        cond = Condition.from_batch(batch)
+        k = int(
+            torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step))
+        )  # same on all ranks
+        x_in = self._generator_input(x0, cond, k)
+        t_in = self.times[k].to(x0).expand(len(x0))
+        out: dict[str, Tensor] = {}
+        if step % self.config.fake_updates_per_generator == 0:
+            generator_losses, x_gen = self._generator_losses(x_in, t_in, cond)
+            out.update(generator_losses)
+        else:
+            with torch.no_grad():
+                x_gen = unwrap(self.student)(x_in, t_in, cond)
+        out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
+        return out
+
+    def _generator_input(self, x0: Tensor, cond: Condition | None, k: int) -> Tensor:
+        """Step ``k``'s input: noise (k = 0), the generator's own first k steps (backward simulation), or data
+        noised to ``times[k]``."""
+        noise = torch.randn_like(x0)
+        if k == 0:
+            return noise
+        if self.config.backward_simulation:
+            return multistep_sample(self.student, noise, cond, self.times, until=k)
+        return add_noise(x0, noise, *self.teacher.schedule.alpha_sigma(self.times[k].to(x0).expand(len(x0))))
+
+    def _generator_losses(
+        self, x_in: Tensor, t_in: Tensor, cond: Condition | None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """The generator's distribution-matching loss (+ GAN and regression terms) from one forward of the
+        generator, and its samples ``x_gen`` (with gradient)."""
+        cfg, b = self.config, len(x_in)
+        if cfg.regression_weight:  # DMD: the pairs ride in the same forward (one forward per backward under DDP)
+            pairs = self._regression_pairs(x_in)
+            pick = torch.randint(len(pairs["noise"]), (b,), device=x_in.device)
+            x_in, t_in = torch.cat([x_in, pairs["noise"][pick]]), torch.cat([t_in, t_in])
+            cond = _cat(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
+        out_all = self.student(x_in, t_in, cond)
+        x_gen, cond = out_all[:b], None if cond is None else cond.map(lambda v: v[:b])
+        t = self._dm_times(b, x_gen)
+        x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
+        with torch.no_grad():
+            x0_real = self._teacher(x_t, t, cond)
+            x0_fake = unwrap(self.fake_score)(x_t, t, cond)
+        dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
+        loss, logs = dm, {"log/dm": dm.detach()}
+        if cfg.regression_weight:
+            regression = (out_all[b:].float() - pairs["images"][pick].float()).pow(2).mean()
+            loss = loss + cfg.regression_weight * regression
+            logs["log/regression"] = regression.detach()
+        if cfg.gan:
+            t_gan = self.teacher.schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+            x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t_gan))
+            with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
+                _, features = fake(x_t_gan, t_gan, cond, return_features=True)
+                gan = gan_generator_loss(fake.gan_head(features))
+            loss = loss + cfg.gan_generator_weight * gan
+            logs["log/gan_generator"] = gan.detach()
+        return {"student": loss, **logs}, x_gen
+
+    def _fake_score_losses(self, x_gen: Tensor, x0_real: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+        """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""
+        cfg, b = self.config, len(x_gen)
+        net = unwrap(self.fake_score)
+        schedule, kind = net.schedule, net.prediction
+        t = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+        eps = torch.randn_like(x_gen)
+        alpha, sigma = schedule.alpha_sigma(t)
+        x_t = add_noise(x_gen, eps, alpha, sigma)
+        target = combine(x_gen, eps, kind, alpha, sigma)
+        if not cfg.gan:
+            denoising = (self.fake_score(x_t, t, cond, kind=kind) - target).float().pow(2).mean()
+            return {"fake_score": denoising}
+        t_real = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+        x_t_real = add_noise(x0_real, torch.randn_like(x0_real), *schedule.alpha_sigma(t_real))
+        pred, features = self.fake_score(
+            torch.cat([x_t, x_t_real]), torch.cat([t, t_real]), _cat(cond, cond), kind=kind, return_features=True
+        )
+        denoising = (pred[:b] - target).float().pow(2).mean()
+        logits = net.gan_head(features)  # [2B]: generated, then real
+        critic = gan_critic_loss(logits[b:], logits[:b])
+        return {
+            "fake_score": denoising + cfg.gan_critic_weight * critic,
+            "log/denoising": denoising.detach(),
+            "log/gan_critic": critic.detach(),
+        }
+
+    def _dm_times(self, b: int, like: Tensor) -> Tensor:
+        """``[B]`` times of the DM loss: uniform over the training indices in ``dm_t_range`` (DMD2: [20, 980])."""
+        big_t = self.teacher.schedule.num_train_timesteps
+        lo, hi = self.config.dm_t_range
+        index = torch.randint(int(lo * big_t), max(int(hi * big_t), int(lo * big_t) + 1), (b,), device=like.device)
+        return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
+
+    def _teacher(self, x_t: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
+        """The real score's x0 (with guidance); a LoRA generator's base network with its adapters off."""
+        w = self.config.real_guidance_scale if cond is not None else 1.0
+        if self.config.lora_rank:
+            with unwrap(self.student).adapters_disabled():
+                return unwrap(self.student)(x_t, t, cond, guidance_scale=w)
+        return self.teacher(x_t, t, cond, guidance_scale=w)
+
+    @torch.no_grad()
+    def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:
+        """DMD's teacher pairs: noise and the teacher's DDIM image from it, made once from a fixed seed (so a
+        resumed run rebuilds the same pairs), class-balanced for a class-conditional teacher."""
+        if self.pairs is None:
+            cfg, n = self.config, self.config.regression_pairs
+            g = torch.Generator().manual_seed(20231129)
+            noise = torch.randn((n, *like.shape[1:]), generator=g).to(like)
+            classes = self.teacher.null_class
+            cond = Condition(labels=torch.arange(n, device=like.device) % classes) if classes else None
+            w = cfg.real_guidance_scale if cond else 1.0
+            chunks = []
+            for i in range(0, n, 256):  # the teacher's sampler in chunks, to bound memory
+                part = None if cond is None else Condition(labels=cond.labels[i : i + 256])
+                chunks.append(ddim_sample(self.teacher, noise[i : i + 256], part, cfg.regression_teacher_steps, w))
+            images = torch.cat(chunks)
+            self.pairs = {"noise": noise, "images": images, **({"labels": cond.labels} if cond else {})}
+        return self.pairs
+
+    # --------------------------------------------------------------------------------------- sampling
+    def scheduler_spec(self) -> dict:
+        """``export.configure_scheduler`` arguments reproducing ``sample``: diffusers' LCMScheduler at the
+        generator's times (its ``original_inference_steps`` grid is exactly them), with the boundary scalings
+        made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step takes the
+        generator's x0 and re-noises it with fresh noise."""
+        return {
+            "scheduler_class": "LCMScheduler",
+            "times": self.times,
+            "scheduler_options": {
+                "original_inference_steps": self.config.generator_steps,
+                "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
+            },
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: Tensor,
+        cond: Condition | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Samples of the generator's ``generator_steps``-step sampler; the teacher's guidance is baked in, so a
+        ``guidance_scale`` other than 1 is refused."""
+        if guidance_scale not in (None, 1, 1.0):
+            raise ValueError(
+                f"A DMD generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
+            )
+        return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+def _cat(a: Condition | None, b: Condition | None) -> Condition | None:
+    if a is None or b is None:
+        if (a is None) != (b is None):
+            raise ValueError("Cannot mix conditional and unconditional samples in one batch.")
+        return None
+    return a.cat(b)
