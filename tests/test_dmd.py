@@ -247,7 +247,7 @@ def test_lora_generator_exports_an_adapter_for_the_teachers_pipeline(tmp_path):
 def test_forced_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path, monkeypatch):
     """A NaN distribution-matching loss (forced) skips the step without touching any network; consecutive ones past
     --max-bad-steps stop the run with a message naming the step and the loss; the last checkpoint resumes."""
-    import stepdistill.strategies.dmd as dmd
+    from stepdistill.strategies import dmd
 
     real_loss = dmd.distribution_matching_loss
     bad_calls = {"n": 0, "from": 1}

@@ -35,7 +35,6 @@ from ..sampling import ddim_sample, multistep_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import Strategy, register, unwrap
 
-
 # LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
 IDENTITY_TIMESTEP_SCALING = 1e7
 
