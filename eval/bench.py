@@ -5,7 +5,9 @@
 
 Training: for each configuration, the median wall time of one optimizer step through the ``Trainer`` (accelerate,
 EMA, logging, gradient hygiene, non-finite checks) is divided by the median time of the same strategy's losses,
-backward and optimizer step in a bare loop: the trainer's overhead (target <= 1.10x). Each configuration runs in
+backward and optimizer step in a bare loop: the trainer's overhead (target <= 1.10x). For DMD2 it is also divided
+by the sum of its network passes (generator, teacher, fake score and GAN head forward/backward) each timed alone
+and counted as one two-time-scale cycle uses them: all the strategy's and the trainer's own cost (target <= 1.15x). Each configuration runs in
 a fresh process, whose peak resident memory is reported. Inference: median time of a batch through the exported
 pipeline at 1 and 4 steps, against the teacher's own 50-step pipeline (the same pipeline class, 50 trailing DDIM
 steps). Writes results.json and table.md in --out and prints the table. Timings are only meaningful on an
@@ -34,6 +36,10 @@ CONFIGS = {
         "consistency",
         {"guidance_range": [1.0, 1.0], "guidance_embedding_dim": None, "lr": 1e-4, "lora_rank": 16},
     ),
+    "dmd2": ("dmd", {"lr": 1e-4, "gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2}),
+    "dmd2-nogan": ("dmd", {"lr": 1e-4}),
+    "dmd2-4step": ("dmd", {"lr": 1e-4, "generator_steps": 4, "gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2}),
+    "dmd2-lora": ("dmd", {"lr": 1e-4, "lora_rank": 16, "fake_lora_rank": 16}),
 }
 
 
@@ -71,6 +77,69 @@ def _bare_step_times(name, teacher_path, data_path, batch_size, steps) -> list[f
     return times
 
 
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _dmd_pass_budget(name, teacher_path, data_path, batch_size, steps) -> float:
+    """Seconds per DMD2 step if its network passes ran back to back with nothing else: each kind of pass is timed
+    alone on the strategy's own networks, then counted as one TTUR cycle uses them, divided by the cycle length."""
+    strategy, data = _build(name, teacher_path, data_path, batch_size)
+    cfg, optimizers = strategy.config, strategy.optimizers()
+    x = data["x0"][:batch_size]
+    labels = {"labels": data["labels"][:batch_size]} if "labels" in data else {}
+    from stepdistill.denoiser import Condition
+
+    cond, cond2 = (
+        Condition(**labels) if labels else None,
+        Condition(**labels).cat(Condition(**labels)) if labels else None,
+    )
+    t, t2 = torch.full((batch_size,), 0.5), torch.full((2 * batch_size,), 0.5)
+    gen, fake, teacher = strategy.student, strategy.fake_score, strategy.teacher
+
+    def no_grad(net):
+        with torch.no_grad():
+            net(x, t, cond)
+
+    def train_pass(net, inputs, times, c, name, features=False):
+        out = net(inputs, times, c, return_features=features)
+        loss = out[0].mean() + net.gan_head(out[1]).mean() if features else out.mean()
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+
+    def input_pass():  # the GAN generator term: gradient to the input through the frozen fake score
+        inputs = x.clone().requires_grad_(True)
+        with strategy.frozen("fake_score") as net:
+            _, features = net(inputs, t, cond, return_features=True)
+            net.gan_head(features).mean().backward()
+
+    def teacher_pass():
+        with torch.no_grad():
+            strategy._teacher(x, t, cond)
+
+    repeats = max(3, steps // 3)
+    gen_nograd = _median_time(lambda: no_grad(gen), repeats)
+    gen_train = _median_time(lambda: train_pass(gen, x, t, cond, "student"), repeats)
+    fake_nograd = _median_time(lambda: no_grad(fake), repeats)
+    fake_inputs, fake_times, fake_cond = (torch.cat([x, x]), t2, cond2) if cfg.gan else (x, t, cond)
+    fake_train = _median_time(
+        lambda: train_pass(fake, fake_inputs, fake_times, fake_cond, "fake_score", cfg.gan), repeats
+    )
+    real = _median_time(teacher_pass, repeats)
+    gan_input = _median_time(input_pass, repeats) if cfg.gan else 0.0
+    ratio = cfg.fake_updates_per_generator
+    simulation = gen_nograd * (cfg.generator_steps - 1) / 2 if cfg.backward_simulation else 0.0  # mean over k
+    cycle = (gen_train + real + fake_nograd + gan_input) + (ratio - 1) * gen_nograd + ratio * (fake_train + simulation)
+    return cycle / ratio
+
+
 def _trainer_step_times(name, teacher_path, data_path, batch_size, steps) -> list[float]:
     from stepdistill.trainer import Trainer, TrainerConfig
 
@@ -85,12 +154,22 @@ def _trainer_step_times(name, teacher_path, data_path, batch_size, steps) -> lis
     return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
 
 
+def _passes_task(args) -> dict:
+    _, name, teacher, data, batch_size, steps, _ = args
+    return {"median_s": _dmd_pass_budget(name, teacher, data, batch_size, steps)}
+
+
 def _train_task(args) -> dict:
     kind, name, teacher, data, batch_size, steps, warmup = args
     fn = _bare_step_times if kind == "bare" else _trainer_step_times
     times = fn(name, teacher, data, batch_size, steps + warmup)[warmup:]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"median_s": statistics.median(times), "steps": len(times), "peak_rss_mib": round(peak_mib, 1)}
+    return {
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),  # over whole two-time-scale cycles when --steps is a multiple of it
+        "steps": len(times),
+        "peak_rss_mib": round(peak_mib, 1),
+    }
 
 
 def _in_fresh_process(task, args) -> dict:
@@ -135,12 +214,14 @@ def inference_rows(specs: list[str], teacher: str, batch_size: int, repeats: int
 
 def table(result: dict) -> str:
     lines = [
-        "| training | trainer step (s) | bare step (s) | overhead | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        "| training | trainer step (s) | bare step (s) | overhead | passes alone (s) | mean step vs passes | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["training"]:
+        passes = row.get("passes_s")
+        extra = f"{passes:.4f} | {row['trainer_mean_s'] / passes:.3f}x" if passes else "- | -"
         lines.append(
-            f"| {row['config']} | {row['trainer_s']:.4f} | {row['bare_s']:.4f} | {row['overhead']:.3f}x | "
+            f"| {row['config']} | {row['trainer_s']:.4f} | {row['bare_s']:.4f} | {row['overhead']:.3f}x | {extra} | "
             f"{row['peak_rss_mib']:.0f} |"
         )
     lines += [
@@ -184,6 +265,10 @@ def main():
                 "peak_rss_mib": full["peak_rss_mib"],
             }
         )
+        if CONFIGS[name][0] == "dmd":  # DMD2: the mean step (whole TTUR cycles) against its passes timed alone
+            row = result["training"][-1]
+            row["trainer_mean_s"] = full["mean_s"]
+            row["passes_s"] = _in_fresh_process(_passes_task, ("passes", *common))["median_s"]
         print(result["training"][-1], flush=True)
     result["inference"] = inference_rows(args.pipelines, args.teacher, args.batch_size, args.repeats)
     os.makedirs(args.out, exist_ok=True)
