@@ -256,6 +256,7 @@ def test_progressive_lr_anneals_within_each_round(tmp_path):
     Trainer(TrainerConfig(output_dir=str(tmp_path), max_steps=8, batch_size=16, log_every=1), strategy, DATA).train()
     lrs = [json.loads(line)["lr/student"] for line in open(tmp_path / "log.jsonl")]
     assert lrs == pytest.approx([1e-2 * f for f in (1, 0.75, 0.5, 0.25)] * 2)
+    assert strategy.lr_factor(20) == pytest.approx(0.25)  # past the schedule: the last round's final LR, not < 0
     assert (
         ProgressiveStrategy(
             ProgressiveConfig(teacher_steps=8, target_steps=2, steps_per_round=4, round_lr_schedule="constant"),

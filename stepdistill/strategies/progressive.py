@@ -139,7 +139,8 @@ class ProgressiveStrategy(Strategy):
         if cfg.round_lr_schedule == "constant" or step < cfg.guided_steps:
             return 1.0
         into_round = step - cfg.guided_steps - self.round_of(step) * cfg.steps_per_round
-        return 1.0 - into_round / cfg.steps_per_round
+        # past the schedule (a longer max_steps) the last round keeps its final LR, never a negative one
+        return 1.0 - min(into_round, cfg.steps_per_round - 1) / cfg.steps_per_round
 
     def student_steps(self, round_index: int) -> int:
         """Sampling steps the student learns in ``round_index`` (stage 1 keeps the teacher's count)."""
