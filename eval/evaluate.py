@@ -296,14 +296,12 @@ OWN_SAMPLER_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 def refuse_headless_pipeline(path):
     """A folder without model_index.json is sampled with the toolkit's DDIM. That misreports an exported student
     whose model_index.json was lost (an LCM student scored 26.3 instead of 29.1): refuse it instead."""
-    config = os.path.join(path, "scheduler", "scheduler_config.json")
-    name = None
-    if os.path.isfile(config):
-        try:
-            with open(config) as f:
-                name = json.load(f).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            name = None  # Denoiser.from_pretrained reports an unreadable scheduler
+    from stepdistill.schedules import load_scheduler_config
+
+    try:
+        name = load_scheduler_config(os.path.join(path, "scheduler")).get("_class_name")
+    except (OSError, ValueError):
+        name = None  # Denoiser.from_pretrained reports a missing or unreadable scheduler
     if name in OWN_SAMPLER_SCHEDULERS or os.path.isfile(os.path.join(path, "stepdistill.json")):
         what = f"its scheduler is an {name}" if name in OWN_SAMPLER_SCHEDULERS else "it holds stepdistill.json"
         raise ValueError(

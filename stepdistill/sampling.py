@@ -130,15 +130,11 @@ def consistency_sample(
             x = consistency_function(student, x, top.expand(len(x)), cond, edge=low.expand(len(x)), **scalings)
         return x
     times = lcm_times(schedule, num_steps, solver_steps) if times is None else times
-    times = times.to(device=noise.device, dtype=noise.dtype)
-    x = noise
-    for i in range(len(times)):
-        denoised = consistency_function(student, x, times[i].expand(len(x)), cond, **scalings)
-        if i + 1 == len(times):
-            return denoised
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = add_noise(denoised, z, *schedule.alpha_sigma(times[i + 1]))
-    return x
+
+    def denoise(x, t):
+        return consistency_function(student, x, t, cond, **scalings)
+
+    return _renoising_loop(denoise, noise, times, schedule, generator)
 
 
 @torch.no_grad()
@@ -163,12 +159,25 @@ def multistep_sample(
             which trains step ``until`` on inputs made by the generator's own earlier steps.
     """
     net = unwrap(generator_net)
+
+    def denoise(x, t):
+        return net(x, t, cond, guidance_scale=guidance_scale)
+
+    return _renoising_loop(denoise, noise, times, net.schedule, generator, until)
+
+
+def _renoising_loop(
+    denoise, noise: Tensor, times: Tensor, schedule, generator=None, until: int | None = None
+) -> Tensor:
+    """Denoise at each of ``times`` with ``denoise(x, t) -> x0`` and re-noise the result to the next time with
+    fresh noise from ``generator``; the last denoised sample is returned (or, with ``until``, the noisy input of
+    step ``until``)."""
     times = times.to(device=noise.device, dtype=noise.dtype)
     x = noise
     for i in range(len(times) if until is None else until):
-        x0 = net(x, times[i].expand(len(x)), cond, guidance_scale=guidance_scale)
+        x0 = denoise(x, times[i].expand(len(x)))
         if i + 1 == len(times):
             return x0
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = add_noise(x0, z, *net.schedule.alpha_sigma(times[i + 1]))
+        x = add_noise(x0, z, *schedule.alpha_sigma(times[i + 1]))
     return x

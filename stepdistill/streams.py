@@ -21,17 +21,21 @@ from torch import Tensor
 from .data import IMAGE_EXTENSIONS, check_images, from_uint8, list_images, read_image
 
 
-def list_shard_images(folder: str) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
-    """The samples of the webdataset-style shards (``*.tar``) under ``folder``, in sorted shard and member order.
+def shard_files(folder: str) -> list[str]:
+    """The webdataset-style shards (``*.tar``) under ``folder``, sorted (empty for a plain image folder)."""
+    return sorted(
+        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.endswith(".tar")
+    )
+
+
+def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
+    """The samples of the webdataset-style ``shards`` (see ``shard_files``), in shard and member order.
 
     A sample is the members that share a key (the member name up to the first dot of its base name): one image
     (``.png``, ``.jpg``, ...) and, for labels, a ``.cls`` member holding an integer. Returns one
     ``(shard, offset, size, name)`` per image, so a sample is read with one seek, and the labels (``None`` unless
     every sample has one). Shards are indexed once, up front; images are read when a batch needs them.
     """
-    shards = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.endswith(".tar")
-    )
     items, labels = [], []
     for shard in shards:
         try:
@@ -57,7 +61,7 @@ def list_shard_images(folder: str) -> tuple[list[tuple[str, int, int, str]], np.
         items += [images[k] for k in images]
         labels += [classes.get(k) for k in images]
     if not items:
-        raise ValueError(f"The shards under {folder!r} hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        raise ValueError(f"The shards {shards[0]!r}... hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return items, None if None in labels else np.array(labels)
 
 
@@ -131,11 +135,9 @@ class ImageFolderData:
     """
 
     def __init__(self, folder: str, resolution: int, channels: int, num_classes: int | None = None):
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
-        sharded = any(name.endswith(".tar") for _, _, names in os.walk(folder) for name in names)
-        if sharded:
-            self.items, labels = list_shard_images(folder)
+        shards = shard_files(folder)  # none for a missing folder: list_images then says it does not exist
+        if shards:
+            self.items, labels = list_shard_images(shards)
             self.paths = [f"{shard}:{name}" for shard, _, _, name in self.items]  # for messages
         else:
             self.paths, labels = list_images(folder)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
-from ..losses import distribution_matching_loss, gan_critic_loss, gan_generator_loss
+from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample, multistep_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import Strategy, register, unwrap
@@ -236,6 +236,8 @@ class DMDStrategy(Strategy):
     def _fake_score_losses(self, x_gen: Tensor, x0_real: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""
         cfg, b = self.config, len(x_gen)
+        if not cfg.gan:
+            return {"fake_score": denoising_loss(self.fake_score, x_gen, cond)}
         net = unwrap(self.fake_score)
         schedule, kind = net.schedule, net.prediction
         t = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
@@ -243,9 +245,6 @@ class DMDStrategy(Strategy):
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x_gen, eps, alpha, sigma)
         target = combine(x_gen, eps, kind, alpha, sigma)
-        if not cfg.gan:
-            denoising = (self.fake_score(x_t, t, cond, kind=kind) - target).float().pow(2).mean()
-            return {"fake_score": denoising}
         t_real = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
         x_t_real = add_noise(x0_real, torch.randn_like(x0_real), *schedule.alpha_sigma(t_real))
         pred, features = self.fake_score(
