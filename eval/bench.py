@@ -101,7 +101,7 @@ def _dmd_pass_budget(name, teacher_path, data_path, batch_size, steps) -> float:
         Condition(**labels).cat(Condition(**labels)) if labels else None,
     )
     t, t2 = torch.full((batch_size,), 0.5), torch.full((2 * batch_size,), 0.5)
-    gen, fake, teacher = strategy.student, strategy.fake_score, strategy.teacher
+    gen, fake = strategy.student, strategy.fake_score
 
     def no_grad(net):
         with torch.no_grad():
@@ -122,7 +122,7 @@ def _dmd_pass_budget(name, teacher_path, data_path, batch_size, steps) -> float:
 
     def teacher_pass():
         with torch.no_grad():
-            strategy._teacher(x, t, cond)
+            strategy._real_x0(x, t, cond)
 
     repeats = max(3, steps // 3)
     gen_nograd = _median_time(lambda: no_grad(gen), repeats)

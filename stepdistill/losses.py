@@ -17,6 +17,7 @@ def denoising_loss(
     t: Tensor | None = None,
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
 ) -> Tensor:
     """Denoising score matching in the backbone's native parameterisation (mean squared error).
 
@@ -31,6 +32,8 @@ def denoising_loss(
         cond: their conditions (already with any label dropout applied).
         t: ``[B]`` times; drawn with ``schedule.sample_t`` when omitted.
         eps: ``[B, C, H, W]`` noise; drawn when omitted.
+        guidance_scale: regress the network's classifier-free guided output (SiD-LSG's fake score trained at
+            kappa_1); 1 is the plain conditional output.
 
     Returns:
         scalar loss.
@@ -43,7 +46,8 @@ def denoising_loss(
     alpha, sigma = net.schedule.alpha_sigma(t.to(x0.dtype))
     x_t = add_noise(x0, eps, alpha, sigma)
     target = combine(x0, eps, net.prediction, alpha, sigma)
-    return (denoiser(x_t, t, cond, kind=net.prediction) - target).float().pow(2).mean()
+    pred = denoiser(x_t, t, cond, guidance_scale=guidance_scale, kind=net.prediction)
+    return (pred - target).float().pow(2).mean()
 
 
 def distillation_weight(log_snr: Tensor, kind: str) -> Tensor:
@@ -106,6 +110,32 @@ def distribution_matching_loss(x_gen: Tensor, x0_real: Tensor, x0_fake: Tensor) 
         norm = (x - x0_real.float()).abs().mean(dim=dims, keepdim=True)
         grad = (x0_fake.float() - x0_real.float()) / norm.clamp_min(torch.finfo(torch.float32).tiny)
     return 0.5 * (x - (x - grad).detach()).pow(2).mean()
+
+
+def score_identity_loss(x_gen: Tensor, x0_real: Tensor, x0_fake: Tensor, alpha: float = 1.2) -> Tensor:
+    """SiD's generator loss (Zhou et al. 2024, arXiv 2404.04057, Eq. 23 and its released code).
+
+    With the teacher's and the fake score's x0 at the same noisy ``x_t`` of the generator's samples,
+    ``L = (x0_real - x0_fake) . ((x0_real - x_gen) - alpha (x0_real - x0_fake)) / w`` per sample, where
+    ``w = mean|x_gen - x0_real|`` (detached, at least 1e-5), averaged over pixels and batch. Unlike DMD's loss,
+    the gradient is meant to flow through both x0 predictions (their networks' inputs) into ``x_gen``: call the
+    score networks with gradient to their inputs and frozen parameters.
+
+    Args:
+        x_gen: ``[B, C, H, W]`` generator samples (with gradient).
+        x0_real, x0_fake: ``[B, C, H, W]`` the teacher's (guided) and the fake score's x0 at ``x_t`` (with gradient
+            to ``x_t``).
+        alpha: 1.2 for images (SiD), 1.0 with long-short guidance (SiD-LSG).
+
+    Returns:
+        scalar loss.
+    """
+    x, real, fake = x_gen.float(), x0_real.float(), x0_fake.float()
+    with torch.no_grad():
+        dims = tuple(range(1, x.ndim))
+        w = (x - real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-5)
+    diff = real - fake
+    return (diff * ((real - x) - alpha * diff) / w).mean()
 
 
 def gan_generator_loss(fake_logits: Tensor) -> Tensor:

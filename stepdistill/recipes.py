@@ -16,6 +16,9 @@ from .streams import ImageFolderData
 from .trainer import TrainerConfig
 
 
+DATA_FREE_CONDITIONS = 60_000  # one "epoch" of conditions for data-free methods (shuffled per epoch)
+
+
 @dataclass
 class Setup:
     """The pieces a training script builds a strategy and a trainer from."""
@@ -26,12 +29,22 @@ class Setup:
     grid: Condition | None
 
 
-def load_setup(model_cfg: ModelConfig) -> Setup:
-    """Teacher (from a folder or Hub id), training data at the teacher's resolution, optional initial student."""
+def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
+    """Teacher (from a folder or Hub id), training data at the teacher's resolution, optional initial student.
+
+    ``data_free``: no image is read; the "data" is only the conditions to generate for (class labels, balanced over
+    the teacher's classes, or for an unconditional teacher a running index that sets the batch size)."""
     teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
     config = teacher.backbone.config
     args = (config.sample_size, model_cfg.data_limit, config.in_channels, teacher.null_class)
-    if model_cfg.stream_data:
+    if data_free:
+        count = DATA_FREE_CONDITIONS
+        data = (
+            {"labels": torch.arange(count) % teacher.null_class}
+            if teacher.null_class
+            else {"index": torch.arange(count)}
+        )
+    elif model_cfg.stream_data:
         if model_cfg.data_limit is not None:
             raise ValueError("--data-limit works on data held in memory; it cannot be combined with --stream-data.")
         data = ImageFolderData(model_cfg.data, config.sample_size, config.in_channels, teacher.null_class)

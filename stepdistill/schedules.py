@@ -390,3 +390,23 @@ def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "traili
     if index.max() > big_t - 1 or index.min() < 0:
         raise ValueError(f"steps_offset={steps_offset} pushes the grid outside [0, {big_t - 1}].")
     return (index + 1) / big_t
+
+
+def karras_sigma(u: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """EDM noise levels ``(sigma_min^(1/rho) + u (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho`` for ``u`` in [0, 1]
+    (Eq. 5 of Karras et al. 2022, arXiv 2206.00364, read from the clean end): u = 0 is ``sigma_min``, 1 ``sigma_max``."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (lo + u.to(torch.float64) * (hi - lo)) ** rho
+
+
+def time_at_edm_sigma(schedule: Schedule, edm_sigma: Tensor | float) -> Tensor:
+    """The time ``t`` (float64, any shape) at which the schedule's ``sigma / alpha`` (EDM's noise level) equals
+    ``edm_sigma``, by bisection on that increasing function; levels beyond the schedule's ends map to 0 or 1."""
+    target = torch.as_tensor(edm_sigma, dtype=torch.float64)
+    lo, hi = torch.zeros_like(target), torch.ones_like(target)
+    for _ in range(60):  # 2^-60: exact to float64 rounding
+        mid = (lo + hi) / 2
+        alpha, sigma = schedule.alpha_sigma(mid)
+        above = sigma > target * alpha
+        lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
+    return hi

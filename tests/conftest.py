@@ -104,8 +104,8 @@ class MLPDenoiser(torch.nn.Module):
         return (flat + self.net(feats)).reshape(x_t.shape)
 
 
-def mlp_student(schedule, dim: int, seed: int = 0):
-    """A Denoiser whose native x0 prediction comes from an MLP (no diffusers backbone)."""
+def mlp_student(schedule, dim: int, seed: int = 0, prediction: str = "x0"):
+    """A Denoiser whose native prediction (x0 unless told) comes from an MLP (no diffusers backbone)."""
     from stepdistill.denoiser import Denoiser
 
     class Student(Denoiser):
@@ -113,6 +113,6 @@ def mlp_student(schedule, dim: int, seed: int = 0):
             return self.mlp(x_t, t)
 
     torch.manual_seed(seed)
-    student = Student(None, schedule, "x0")
+    student = Student(None, schedule, prediction)
     student.mlp = MLPDenoiser(dim)
     return student

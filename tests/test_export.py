@@ -84,11 +84,14 @@ def test_export_rejects_steps_off_the_integer_grid(tmp_path):
 LORA_LOAD_SCRIPT = (
     BLOCK_STEPDISTILL
     + r"""
-from diffusers import DiffusionPipeline, LCMScheduler
+import json
+import diffusers
+from diffusers import DiffusionPipeline
 base, lora, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 pipe = DiffusionPipeline.from_pretrained(base, trust_remote_code=True)  # the teacher's pipeline
 pipe.set_progress_bar_config(disable=True)
-pipe.scheduler = LCMScheduler.from_pretrained(lora, subfolder="scheduler")
+scheduler_class = json.load(open(f"{lora}/scheduler/scheduler_config.json"))["_class_name"]  # as the card says
+pipe.scheduler = getattr(diffusers, scheduler_class).from_pretrained(lora, subfolder="scheduler")
 def sample():
     g = torch.Generator().manual_seed(0)
     return pipe(class_labels=[0, 1, 2, 0], num_inference_steps=steps, generator=g, output_type="pt").images

@@ -190,6 +190,20 @@ def test_dmd_script_exports_a_few_step_generator(tmp_path):
     assert "log/gan_critic" in logs[-1] and "loss/student" in logs[0]
 
 
+def test_sid_script_trains_without_data_and_exports(tmp_path):
+    """train/sid.py never reads --data (a folder that does not exist): it draws class labels only, trains a
+    one-step generator at SiD's sigma_init and exports a pipeline whose DDIM scheduler steps once from there."""
+    out = tmp_path / "sid"
+    common = ["--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--data", str(tmp_path / "missing")]
+    run("train/sid.py", "--preset", "fashion-lsg", *common, "--output-dir", str(out))
+    scheduler = json.load(open(out / "pipeline" / "scheduler" / "scheduler_config.json"))
+    saved = json.load(open(out / "pipeline" / "stepdistill.json"))
+    assert scheduler["_class_name"] == "DDIMScheduler" and saved["timesteps"] == [scheduler["steps_offset"]] == [755]
+    logs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert "loss/fake_score" in logs[0] and "loss/student" in logs[1]
+    assert "long-short guidance" in open(out / "pipeline" / "README.md").read()
+
+
 def test_training_on_unusable_data_is_one_error_line_and_leaves_no_run(tmp_path):
     """Non-square images for the square teacher: exit 2, one `error:` line, nothing written to the output folder."""
     from PIL import Image

@@ -4,6 +4,7 @@ from .base import REGISTRY, Strategy, get_strategy, register
 from .consistency import ConsistencyConfig, ConsistencyStrategy
 from .dmd import DMDConfig, DMDStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
+from .sid import SiDConfig, SiDStrategy
 
 __all__ = [
     "ConsistencyConfig",
@@ -13,6 +14,8 @@ __all__ = [
     "REGISTRY",
     "ProgressiveConfig",
     "ProgressiveStrategy",
+    "SiDConfig",
+    "SiDStrategy",
     "Strategy",
     "get_strategy",
     "register",

@@ -31,12 +31,10 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
-from ..sampling import ddim_sample, multistep_sample
+from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
-from .base import Strategy, register, unwrap
-
-# LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
-IDENTITY_TIMESTEP_SCALING = 1e7
+from .base import register, unwrap
+from .score_distillation import ScoreDistillationStrategy, cat_conditions
 
 
 @dataclass
@@ -119,8 +117,8 @@ class GANHead(nn.Module):
 
 
 @register("dmd")
-class DMDStrategy(Strategy):
-    """DMD / DMD2 (see the module docstring).
+class DMDStrategy(ScoreDistillationStrategy):
+    """DMD / DMD2 (see the module docstring; networks, real score and sampler in ``ScoreDistillationStrategy``).
 
     Args:
         config: the method's options.
@@ -134,49 +132,19 @@ class DMDStrategy(Strategy):
     def __init__(
         self, config: DMDConfig, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None
     ):
-        super().__init__(config, teacher)
-        if config.lora_rank and student is not None:
-            raise ValueError("A LoRA generator adapts the teacher's own weights: drop --student or --lora-rank.")
-        lora = (config.lora_alpha, config.lora_target_modules)
-        if fake_score is None:  # copied before the teacher gets any adapter
-            fake_score = teacher.trainable_copy()
-            if config.fake_lora_rank:
-                fake_score.add_lora(config.fake_lora_rank, *lora)
-        if config.lora_rank:
-            student = teacher.add_lora(config.lora_rank, *lora)  # shares the frozen base weights
-        elif student is None:
-            student = teacher.trainable_copy()
+        super().__init__(config, teacher, student, fake_score)
         if config.gan:
-            if fake_score.backbone is None:
+            if self.fake_score.backbone is None:
                 raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
-            fake_score.gan_head = GANHead(fake_score.backbone.config.block_out_channels[-1])
-        self.student, self.fake_score = student, fake_score
+            self.fake_score.gan_head = GANHead(self.fake_score.backbone.config.block_out_channels[-1])
         self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")  # [K], times[0] = 1
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
-
-    def check_compatible(self) -> None:
-        if self.config.real_guidance_scale != 1 and self.teacher.null_class is None and self.teacher.null_text is None:
-            raise ValueError("real_guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "fake_score": self.fake_score}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-
-        def adamw(net, lr):
-            params = [p for p in net.parameters() if p.requires_grad]
-            return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-        return {"student": adamw(self.student, cfg.lr), "fake_score": adamw(self.fake_score, cfg.fake_lr or cfg.lr)}
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x0 = batch["x0"]
         cond = Condition.from_batch(batch)
-        k = int(
-            torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step))
-        )  # same on all ranks
+        k = self._draw_step(step)
         x_in = self._generator_input(x0, cond, k)
         t_in = self.times[k].to(x0).expand(len(x0))
         out: dict[str, Tensor] = {}
@@ -193,10 +161,8 @@ class DMDStrategy(Strategy):
         """Step ``k``'s input: noise (k = 0), the generator's own first k steps (backward simulation), or data
         noised to ``times[k]``."""
         noise = torch.randn_like(x0)
-        if k == 0:
-            return noise
-        if self.config.backward_simulation:
-            return multistep_sample(self.student, noise, cond, self.times, until=k)
+        if k == 0 or self.config.backward_simulation:
+            return self._simulated_input(noise, cond, k)
         return add_noise(x0, noise, *self.teacher.schedule.alpha_sigma(self.times[k].to(x0).expand(len(x0))))
 
     def _generator_losses(
@@ -209,13 +175,13 @@ class DMDStrategy(Strategy):
             pairs = self._regression_pairs(x_in)
             pick = torch.randint(len(pairs["noise"]), (b,), device=x_in.device)
             x_in, t_in = torch.cat([x_in, pairs["noise"][pick]]), torch.cat([t_in, t_in])
-            cond = _cat(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
+            cond = cat_conditions(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
         out_all = self.student(x_in, t_in, cond)
         x_gen, cond = out_all[:b], None if cond is None else cond.map(lambda v: v[:b])
         t = self._dm_times(b, x_gen)
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         with torch.no_grad():
-            x0_real = self._teacher(x_t, t, cond)
+            x0_real = self._real_x0(x_t, t, cond)
             x0_fake = unwrap(self.fake_score)(x_t, t, cond)
         dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
         loss, logs = dm, {"log/dm": dm.detach()}
@@ -248,7 +214,11 @@ class DMDStrategy(Strategy):
         t_real = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
         x_t_real = add_noise(x0_real, torch.randn_like(x0_real), *schedule.alpha_sigma(t_real))
         pred, features = self.fake_score(
-            torch.cat([x_t, x_t_real]), torch.cat([t, t_real]), _cat(cond, cond), kind=kind, return_features=True
+            torch.cat([x_t, x_t_real]),
+            torch.cat([t, t_real]),
+            cat_conditions(cond, cond),
+            kind=kind,
+            return_features=True,
         )
         denoising = (pred[:b] - target).float().pow(2).mean()
         logits = net.gan_head(features)  # [2B]: generated, then real
@@ -265,14 +235,6 @@ class DMDStrategy(Strategy):
         lo, hi = self.config.dm_t_range
         index = torch.randint(int(lo * big_t), max(int(hi * big_t), int(lo * big_t) + 1), (b,), device=like.device)
         return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
-
-    def _teacher(self, x_t: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
-        """The real score's x0 (with guidance); a LoRA generator's base network with its adapters off."""
-        w = self.config.real_guidance_scale if cond is not None else 1.0
-        if self.config.lora_rank:
-            with unwrap(self.student).adapters_disabled():
-                return unwrap(self.student)(x_t, t, cond, guidance_scale=w)
-        return self.teacher(x_t, t, cond, guidance_scale=w)
 
     @torch.no_grad()
     def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:
@@ -292,42 +254,3 @@ class DMDStrategy(Strategy):
             images = torch.cat(chunks)
             self.pairs = {"noise": noise, "images": images, **({"labels": cond.labels} if cond else {})}
         return self.pairs
-
-    # --------------------------------------------------------------------------------------- sampling
-    def scheduler_spec(self) -> dict:
-        """``export.configure_scheduler`` arguments reproducing ``sample``: diffusers' LCMScheduler at the
-        generator's times (its ``original_inference_steps`` grid is exactly them), with the boundary scalings
-        made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step takes the
-        generator's x0 and re-noises it with fresh noise."""
-        return {
-            "scheduler_class": "LCMScheduler",
-            "times": self.times,
-            "scheduler_options": {
-                "original_inference_steps": self.config.generator_steps,
-                "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
-            },
-        }
-
-    @torch.no_grad()
-    def sample(
-        self,
-        noise: Tensor,
-        cond: Condition | None = None,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Samples of the generator's ``generator_steps``-step sampler; the teacher's guidance is baked in, so a
-        ``guidance_scale`` other than 1 is refused."""
-        if guidance_scale not in (None, 1, 1.0):
-            raise ValueError(
-                f"A DMD generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
-            )
-        return multistep_sample(self.student, noise, cond, self.times, generator=generator)
-
-
-def _cat(a: Condition | None, b: Condition | None) -> Condition | None:
-    if a is None or b is None:
-        if (a is None) != (b is None):
-            raise ValueError("Cannot mix conditional and unconditional samples in one batch.")
-        return None
-    return a.cat(b)

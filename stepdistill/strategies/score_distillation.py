@@ -1,0 +1,126 @@
+"""What the score-distillation methods (DMD/DMD2, SiD) share: a generator and a fake score built from the teacher
+(full copies or LoRA adapters), the teacher as the real score, the generator's few-step sampler and its export.
+
+The generator maps noise at ``times[0]`` to an image in ``len(times)`` steps; between steps its x0 is re-noised
+with fresh noise to the next time (``sampling.multistep_sample``), which diffusers' LCMScheduler reproduces when its
+boundary scalings are made the identity (``scheduler_spec``). Subclasses set ``self.times`` and write ``losses``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Condition, Denoiser
+from ..sampling import multistep_sample
+from .base import Strategy, unwrap
+
+# LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
+IDENTITY_TIMESTEP_SCALING = 1e7
+
+
+class ScoreDistillationStrategy(Strategy):
+    """Base of DMD and SiD (not registered itself).
+
+    The config must have ``lr``, ``fake_lr``, ``betas``, ``weight_decay``, ``real_guidance_scale``, ``lora_rank``,
+    ``fake_lora_rank``, ``lora_alpha`` and ``lora_target_modules``.
+
+    Args:
+        config: the method's options.
+        teacher: the frozen teacher (the real score).
+        student: the initial generator (default: a copy of the teacher, or the teacher + LoRA).
+        fake_score: the initial fake score (default: a copy of the teacher, + LoRA with ``fake_lora_rank``).
+    """
+
+    times: Tensor  # [K] the generator's decreasing sampling times, set by the subclass
+
+    def __init__(self, config, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None):
+        super().__init__(config, teacher)
+        if config.lora_rank and student is not None:
+            raise ValueError("A LoRA generator adapts the teacher's own weights: drop --student or --lora-rank.")
+        lora = (config.lora_alpha, config.lora_target_modules)
+        if fake_score is None:  # copied before the teacher gets any adapter
+            fake_score = teacher.trainable_copy()
+            if config.fake_lora_rank:
+                fake_score.add_lora(config.fake_lora_rank, *lora)
+        if config.lora_rank:
+            student = teacher.add_lora(config.lora_rank, *lora)  # shares the frozen base weights
+        elif student is None:
+            student = teacher.trainable_copy()
+        self.student, self.fake_score = student, fake_score
+
+    def check_compatible(self) -> None:
+        if self.config.real_guidance_scale != 1 and self.teacher.null_class is None and self.teacher.null_text is None:
+            raise ValueError("real_guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "fake_score": self.fake_score}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+
+        def adamw(net, lr):
+            params = [p for p in net.parameters() if p.requires_grad]
+            return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+        return {"student": adamw(self.student, cfg.lr), "fake_score": adamw(self.fake_score, cfg.fake_lr or cfg.lr)}
+
+    def _real_x0(self, x_t: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
+        """The real score's x0 (guided at ``real_guidance_scale``); for a LoRA generator its base network with the
+        adapters off. Gradient reaches ``x_t`` if it has one (SiD), never the teacher's weights."""
+        w = self.config.real_guidance_scale if cond is not None else 1.0
+        if self.config.lora_rank:
+            with unwrap(self.student).adapters_disabled():
+                return unwrap(self.student)(x_t, t, cond, guidance_scale=w)
+        return self.teacher(x_t, t, cond, guidance_scale=w)
+
+    def _simulated_input(self, noise: Tensor, cond: Condition | None, k: int) -> Tensor:
+        """Step ``k``'s input made by the generator's own first ``k`` steps from ``noise`` (no gradient): DMD2's
+        backward simulation, few-step SiD's detached earlier steps."""
+        if k == 0:
+            return noise
+        return multistep_sample(self.student, noise, cond, self.times, until=k)
+
+    def _draw_step(self, step: int) -> int:
+        """The generator step trained at optimizer step ``step``: uniform, the same on every rank."""
+        return int(torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step)))
+
+    # --------------------------------------------------------------------------------------- sampling
+    def scheduler_spec(self) -> dict:
+        """``export.configure_scheduler`` arguments reproducing ``sample``: diffusers' LCMScheduler at the
+        generator's times (its ``original_inference_steps`` grid is exactly the trailing grid), with the boundary
+        scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step takes the
+        generator's x0 and re-noises it with fresh noise."""
+        return {
+            "scheduler_class": "LCMScheduler",
+            "times": self.times,
+            "scheduler_options": {
+                "original_inference_steps": len(self.times),
+                "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
+            },
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: Tensor,
+        cond: Condition | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Samples of the generator's few-step sampler; the teacher's guidance is baked in, so a ``guidance_scale``
+        other than 1 is refused."""
+        if guidance_scale not in (None, 1, 1.0):
+            raise ValueError(
+                f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
+            )
+        return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+def cat_conditions(a: Condition | None, b: Condition | None) -> Condition | None:
+    """Two batches' conditions as one (``None`` for two unconditional batches)."""
+    if a is None or b is None:
+        if (a is None) != (b is None):
+            raise ValueError("Cannot mix conditional and unconditional samples in one batch.")
+        return None
+    return a.cat(b)

@@ -1,0 +1,225 @@
+"""Score identity distillation: SiD (Zhou et al. 2024, arXiv 2404.04057), SiD-LSG's long-short guidance
+(arXiv 2406.01561) and few-step SiD (arXiv 2505.12674). Data-free: no real image is read anywhere.
+
+Generator (``student``), fake score and teacher start from the same weights. Every iteration is two optimizer
+steps, fake score first: on even steps the fake score learns the denoising loss on the generator's samples (at
+guidance ``fake_train_guidance``, kappa_1); on odd steps the generator follows the score-identity loss
+``losses.score_identity_loss`` with the teacher at ``real_guidance_scale`` (kappa_4) and the fake score at
+``fake_eval_guidance`` (kappa_2 = kappa_3). In the generator step the gradient flows through both score networks'
+inputs into the samples while their parameters stay frozen (``Strategy.frozen``), so they are bit-identical after it.
+
+The generator takes unit Gaussian noise at the time ``times[0]`` (EDM noise level ``init_sigma``, or the training
+index ``init_timestep``) and returns x0. A K-step generator re-noises each x0 to the next of the times
+``times[0] * (K - k) / K`` with fresh noise; training draws a step k per iteration (the same on every rank), runs
+steps before k without gradient and feeds step k's output to both losses (a uniform mixture over steps).
+
+Options from few-step SiD: ``zero_cfg`` (teacher unguided, fake score without the condition: trained and evaluated
+on the null class / empty prompt) and ``anti_cfg`` (the fake score evaluated at guidance ``-fake_eval_guidance``).
+Deviation: the official code feeds ``sigma(t_init) * z``; here the input is ``z`` itself, the first step of every
+diffusers pipeline (``randn * init_noise_sigma``), so exported pipelines reproduce the sampler (at SiD's
+``sigma_init`` = 2.5 the two differ by 7% in scale, which the generator, trained from there, absorbs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Condition, Denoiser
+from ..losses import denoising_loss, score_identity_loss
+from ..schedules import add_noise, karras_sigma, time_at_edm_sigma
+from .base import register, unwrap
+from .score_distillation import ScoreDistillationStrategy
+
+
+@dataclass
+class SiDConfig:
+    """SiD / SiD-LSG / few-step SiD options (SiD's CIFAR-10 defaults where they apply; presets in train/sid.py)."""
+
+    generator_steps: int = field(default=1, metadata={"help": "generator sampling steps (few-step SiD: 4)"})
+    init_sigma: float = field(default=2.5, metadata={"help": "EDM noise level of the generator's input (SiD: 2.5)"})
+    init_timestep: int | None = field(
+        default=None,
+        metadata={"help": "training index of the generator's input time, instead of init_sigma (LSG: 625)"},
+    )
+    alpha: float = field(default=1.2, metadata={"help": "SiD's alpha (1.2 images; 1.0 with long-short guidance)"})
+    time_sampling: str = field(
+        default="karras",
+        metadata={
+            "help": "noise levels of both losses: 'karras' (EDM's rho-7 ramp over t_range, SiD) or 'uniform' "
+            "(training indices in t_range, SiD-LSG)"
+        },
+    )
+    t_range: list[float] = field(
+        default_factory=lambda: [0.0, 0.8],
+        metadata={"help": "range of the time draw, of [0, 1] (SiD: 0 0.8 Karras; LSG: 0.02 0.98 uniform)"},
+    )
+    real_guidance_scale: float = field(default=1.0, metadata={"help": "kappa_4: the teacher's CFG scale"})
+    fake_train_guidance: float = field(default=1.0, metadata={"help": "kappa_1: CFG of the fake score's training"})
+    fake_eval_guidance: float = field(
+        default=1.0, metadata={"help": "kappa_2 = kappa_3: CFG of the fake score in the generator loss"}
+    )
+    zero_cfg: bool = field(
+        default=False, metadata={"help": "few-step SiD's Zero-CFG: unguided teacher, unconditional fake score"}
+    )
+    anti_cfg: bool = field(
+        default=False, metadata={"help": "few-step SiD's Anti-CFG: the fake score at guidance -fake_eval_guidance"}
+    )
+    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the generator (SiD CIFAR-10: 1e-5)"})
+    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={"help": "Adam betas (SiD: 0 0.999)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of both networks (SiD: 0)"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
+    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
+    )
+
+    def __post_init__(self):
+        if self.generator_steps < 1:
+            raise ValueError(f"SiDConfig.generator_steps must be >= 1, got {self.generator_steps}.")
+        if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
+            raise ValueError(f"SiDConfig learning rates must be positive, got lr={self.lr}, fake_lr={self.fake_lr}.")
+        if self.init_sigma <= 0:
+            raise ValueError(f"SiDConfig.init_sigma must be positive, got {self.init_sigma}.")
+        if self.time_sampling not in ("karras", "uniform"):
+            raise ValueError(f"SiDConfig.time_sampling must be 'karras' or 'uniform', got {self.time_sampling!r}.")
+        lo, hi = self.t_range if len(self.t_range) == 2 else (-1, -1)
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
+        if self.zero_cfg and (self.real_guidance_scale != 1 or self.anti_cfg):
+            raise ValueError("zero_cfg runs the teacher unguided: drop real_guidance_scale / anti_cfg.")
+        if self.lora_rank < 0 or self.fake_lora_rank < 0:
+            raise ValueError("SiDConfig LoRA ranks must be >= 0.")
+
+
+@register("sid")
+class SiDStrategy(ScoreDistillationStrategy):
+    """SiD (see the module docstring; networks, real score and sampler in ``ScoreDistillationStrategy``).
+
+    Args:
+        config: the method's options.
+        teacher: the frozen teacher.
+        student: the initial generator (default: a copy of the teacher, or the teacher + LoRA).
+        fake_score: the initial fake score (default: a copy of the teacher, + LoRA with ``fake_lora_rank``).
+        sample_shape: ``(C, H, W)`` of a sample (default: the teacher backbone's channels and size).
+    """
+
+    config_class = SiDConfig
+
+    def __init__(
+        self,
+        config: SiDConfig,
+        teacher: Denoiser,
+        student: Denoiser | None = None,
+        fake_score: Denoiser | None = None,
+        sample_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__(config, teacher, student, fake_score)
+        if sample_shape is None:
+            if teacher.backbone is None:
+                raise ValueError("SiD reads no images: give sample_shape for a teacher without a diffusers backbone.")
+            backbone = teacher.backbone.config
+            sample_shape = (backbone.in_channels, backbone.sample_size, backbone.sample_size)
+        self.sample_shape = tuple(sample_shape)
+        self.times = self._generator_times()
+
+    def _generator_times(self) -> Tensor:
+        """``[K]`` times: the input time (``init_timestep``, or the training index nearest ``init_sigma``) and its
+        fractions ``(K - k) / K`` on the training index grid, ``t = (index + 1) / T``."""
+        cfg, schedule = self.config, self.teacher.schedule
+        big_t = schedule.num_train_timesteps
+        if cfg.init_timestep is not None:
+            top = cfg.init_timestep
+        else:
+            top = round(float(time_at_edm_sigma(schedule, cfg.init_sigma)) * big_t - 1)
+        if not 0 <= top < big_t:
+            raise ValueError(f"init_timestep must be a training index in [0, {big_t - 1}], got {top}.")
+        k = cfg.generator_steps
+        if k > 1 and top != big_t - 1:
+            raise ValueError(
+                f"A {k}-step SiD generator starts at the top training index {big_t - 1} (few-step SiD's setting; "
+                f"the exported LCMScheduler starts there), not {top}: set init_timestep {big_t - 1}."
+            )
+        index = torch.tensor([int(top * (1 - i / k)) for i in range(k)], dtype=torch.float64)
+        return (index + 1) / big_t
+
+    def check_compatible(self) -> None:
+        super().check_compatible()
+        cfg, guided = self.config, (self.config.fake_train_guidance, self.config.fake_eval_guidance)
+        if (
+            (any(w != 1 for w in guided) or cfg.anti_cfg or cfg.zero_cfg)
+            and self.teacher.null_class is None
+            and (self.teacher.null_text is None)
+        ):
+            raise ValueError("Fake-score guidance, zero_cfg and anti_cfg need a class- or text-conditional teacher.")
+
+    # ------------------------------------------------------------------------------------------ losses
+    def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Even steps: the fake score's denoising loss; odd steps: the generator's score-identity loss. The batch
+        only supplies conditions (labels or prompt embeddings) and its size; images in it are never read."""
+        cond = Condition.from_batch(batch)
+        b = len(cond) if cond is not None else len(next(iter(batch.values())))
+        device = next(iter(batch.values())).device
+        noise = torch.randn((b, *self.sample_shape), device=device)
+        k = self._draw_step(step)
+        x_in = self._simulated_input(noise, cond, k)
+        t_in = self.times[k].to(noise).expand(b)
+        if step % 2 == 0:
+            with torch.no_grad():
+                x_gen = unwrap(self.student)(x_in, t_in, cond)
+            return {"fake_score": self._fake_score_loss(x_gen, cond)}
+        return self._generator_loss(self.student(x_in, t_in, cond), cond)
+
+    def _fake_cond(self, cond: Condition | None) -> Condition | None:
+        """The fake score's condition: none of it under Zero-CFG (the null class / empty prompt)."""
+        if cond is None or not self.config.zero_cfg:
+            return cond
+        return unwrap(self.fake_score).null_condition(cond)
+
+    def _fake_score_loss(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
+        w = self.config.fake_train_guidance if cond is not None and not self.config.zero_cfg else 1.0
+        return denoising_loss(self.fake_score, x_gen, self._fake_cond(cond), t=self._loss_times(len(x_gen), x_gen),
+                              guidance_scale=w)  # fmt: skip
+
+    def _generator_loss(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+        """The score-identity loss at one noisy ``x_t`` of ``x_gen``; gradient through both score networks' inputs,
+        none into their parameters."""
+        cfg = self.config
+        t = self._loss_times(len(x_gen), x_gen)
+        x_t = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
+        x0_real = self._real_x0(x_t, t, cond)
+        w = cfg.fake_eval_guidance * (-1 if cfg.anti_cfg else 1) if cond is not None and not cfg.zero_cfg else 1.0
+        with self.frozen("fake_score") as fake:
+            x0_fake = fake(x_t, t, self._fake_cond(cond), guidance_scale=w)
+        loss = score_identity_loss(x_gen, x0_real, x0_fake, cfg.alpha)
+        gap = (x0_real - x0_fake).detach().float().pow(2).mean()
+        return {"student": loss, "log/score_gap": gap}
+
+    def _loss_times(self, b: int, like: Tensor) -> Tensor:
+        """``[B]`` times of both losses: EDM's Karras ramp over ``t_range`` mapped to the schedule (SiD), or
+        uniform training indices in ``t_range`` (SiD-LSG); never below the first training index."""
+        schedule, (lo, hi) = self.teacher.schedule, self.config.t_range
+        big_t = schedule.num_train_timesteps
+        if self.config.time_sampling == "karras":
+            u = lo + (hi - lo) * torch.rand(b, device=like.device, dtype=torch.float64)
+            t = time_at_edm_sigma(schedule, karras_sigma(u))
+        else:
+            index = torch.randint(int(lo * big_t), max(int(hi * big_t), int(lo * big_t) + 1), (b,), device=like.device)
+            t = (index + 1).double() / big_t
+        return t.clamp(1 / big_t, 1.0).to(like.dtype)
+
+    # --------------------------------------------------------------------------------------- sampling
+    def scheduler_spec(self) -> dict:
+        """One step below the top time: diffusers' DDIMScheduler with ``leading`` spacing offset to the generator's
+        timestep (one DDIM step from there to the clean end returns the x0). Otherwise the LCMScheduler of
+        ``ScoreDistillationStrategy``."""
+        big_t = self.teacher.schedule.num_train_timesteps
+        top = round(float(self.times[0]) * big_t) - 1
+        if len(self.times) > 1 or top == big_t - 1:
+            return super().scheduler_spec()
+        options = {"timestep_spacing": "leading", "steps_offset": top}
+        return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
