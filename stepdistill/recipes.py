@@ -15,7 +15,6 @@ from .evaluation import domain_scorers, fd_callback
 from .streams import ImageFolderData
 from .trainer import TrainerConfig
 
-
 DATA_FREE_CONDITIONS = 60_000  # one "epoch" of conditions for data-free methods (shuffled per epoch)
 
 

@@ -116,3 +116,19 @@ def mlp_student(schedule, dim: int, seed: int = 0, prediction: str = "x0"):
     student = Student(None, schedule, prediction)
     student.mlp = MLPDenoiser(dim)
     return student
+
+
+def reset_accelerate_state():
+    """Forget accelerate's process-wide state, so that each test (or a resumed run inside one) builds a fresh
+    Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Use with ``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")`` in modules that build trainers."""
+    reset_accelerate_state()
+    yield

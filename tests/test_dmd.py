@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import mlp_student, tiny_scheduler, tiny_unet
+from conftest import mlp_student, reset_accelerate_state, tiny_scheduler, tiny_unet
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import Condition, Denoiser
@@ -14,14 +14,7 @@ from stepdistill.schedules import Schedule, add_noise
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 SCHEDULE = Schedule.cosine()
@@ -266,10 +259,7 @@ def test_forced_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path, monke
         trainer.train()
     assert trainer.bad_steps == 3 and trainer.step == 1
     monkeypatch.setattr(dmd, "distribution_matching_loss", real_loss)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     config.resume = "latest"
     resumed = DMDStrategy(DMDConfig(fake_updates_per_generator=1, lr=1e-3), unet_teacher())
     Trainer(config, resumed, data).train()

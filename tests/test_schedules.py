@@ -15,7 +15,9 @@ from stepdistill.schedules import (
     combine,
     convert,
     ddim_step,
+    karras_sigma,
     split,
+    time_at_edm_sigma,
     timestep_grid,
 )
 
@@ -125,3 +127,18 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         Schedule.discrete(torch.tensor([0.5, 0.9]))
     with pytest.raises(ValueError, match="num_steps"):
         timestep_grid(Schedule.flow(), 0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_time_at_edm_sigma_inverts_every_schedule(name):
+    """SiD's noise levels are EDM sigmas (sigma / alpha); the time found for each has exactly that level, and levels
+    beyond a schedule's range map to its ends."""
+    schedule = SCHEDULES[name]()
+    levels = karras_sigma(torch.linspace(0.05, 0.8, 9))
+    assert levels[0] > 0.002 and 20 < float(levels[-1]) < 30 and bool((levels.diff() > 0).all())  # rho-7 ramp
+    t = time_at_edm_sigma(schedule, levels)
+    alpha, sigma = schedule.alpha_sigma(t)
+    top = schedule.alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
+    inside = levels < top[1] / top[0]
+    assert torch.allclose((sigma / alpha)[inside], levels[inside], rtol=1e-6)
+    assert bool((t[~inside] == 1).all()) and float(time_at_edm_sigma(schedule, 1e-9)) < 1e-6

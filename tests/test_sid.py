@@ -15,14 +15,7 @@ from stepdistill.schedules import Schedule, add_noise
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 SCHEDULE = Schedule.cosine()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import mlp_student, tiny_scheduler, tiny_unet
+from conftest import mlp_student, reset_accelerate_state, tiny_scheduler, tiny_unet
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import Condition, Denoiser
@@ -11,18 +11,7 @@ from stepdistill.strategies.base import REGISTRY, get_strategy
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
-
-def reset_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def teacher_two_steps(teacher, x_t, t, n):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import mlp_student
+from conftest import mlp_student, reset_accelerate_state
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.checkpoints import verify
@@ -16,18 +16,7 @@ from stepdistill.strategies.base import Strategy, unwrap
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import DataStream, Trainer, TrainerConfig, list_checkpoints
 
-
-def reset():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 MIXTURE = GaussianMixture.random(3, (1, 1, 2), seed=0)
@@ -70,10 +59,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(s_first, "on_step_end", crash)
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     second, s_resumed = make_trainer(tmp_path / "split", 6, resume="latest")
     second.train()
     assert torch.equal(params(s_full), params(s_resumed))
@@ -232,10 +218,7 @@ def test_lr_schedules_follow_the_global_step_and_logs_show_every_loss(tmp_path):
     factor = 0.5 * (1 + math.cos(math.pi * 19 / 20))  # the schedule at the last step, 19 of 20
     assert last["lr/student"] == pytest.approx(0.1 * factor) and last["lr/fake_score"] == pytest.approx(0.01 * factor)
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     trainer = Trainer(
         TrainerConfig(output_dir=str(tmp_path / "b"), max_steps=30, batch_size=16, log_every=10), Toy(ratio=5), DATA
     )
@@ -288,10 +271,7 @@ def test_non_finite_steps_are_skipped_counted_then_stop(tmp_path):
     logs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [line["skipped_steps"] for line in logs] == [0, 0, 0, 1, 1, 1]
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     strategy = Toy(ratio=1, nan_calls=range(2, 100))
     config = TrainerConfig(output_dir=str(tmp_path / "stop"), max_steps=6, batch_size=16, checkpoint_every=1)
     trainer = Trainer(config, strategy, DATA)
@@ -300,8 +280,7 @@ def test_non_finite_steps_are_skipped_counted_then_stop(tmp_path):
         trainer.train()
     assert trainer.step == 2 and not torch.equal(flat(strategy.student), before)
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "stop"))][-1] == "step-00000002"
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     config.resume = "latest"
     resumed = Toy(ratio=1)
     Trainer(config, resumed, DATA).train()  # the last good checkpoint loads and training finishes
@@ -369,7 +348,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_never_unpickles(tmp_pat
     weights = os.path.join(newest, "model.safetensors")
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 2)
-    reset()
+    reset_accelerate_state()
     trainer, _ = make_trainer(tmp_path, 5, resume="latest")
     with pytest.warns(
         UserWarning, match=r"step-00000004.*model.safetensors has .* bytes.*resuming from .*step-00000003"
@@ -395,20 +374,20 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_never_unpickles(tmp_pat
 def test_output_folder_of_another_run_is_never_silently_reused(tmp_path):
     trainer, _ = make_trainer(tmp_path, 2)
     trainer.train()
-    reset()
+    reset_accelerate_state()
     with pytest.raises(ValueError, match="already holds a run.*--resume latest.*--overwrite"):
         make_trainer(tmp_path, 2)[0].train()
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000002"]
-    reset()
+    reset_accelerate_state()
     trainer, _ = make_trainer(tmp_path, 1, overwrite=True)
     trainer.train()
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000001"]
     # a checkpoint of other settings or another strategy is refused, naming both
-    reset()
+    reset_accelerate_state()
     trainer, strategy = make_trainer(tmp_path, 3, resume="latest", seed=1)
     with pytest.raises(ValueError, match="seed: 0 in the checkpoint, 1 now"):
         trainer.train()
-    reset()
+    reset_accelerate_state()
     trainer, strategy = make_trainer(tmp_path, 3, resume="latest")
     strategy.name = "consistency"
     with pytest.raises(ValueError, match="written by strategy 'progressive', but this run is 'consistency'"):

@@ -34,11 +34,11 @@ from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss
 from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
-from .score_distillation import ScoreDistillationStrategy, cat_conditions
+from .score_distillation import LoRAOptions, ScoreDistillationStrategy, cat_conditions
 
 
 @dataclass
-class DMDConfig:
+class DMDConfig(LoRAOptions):
     """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py)."""
 
     generator_steps: int = field(
@@ -66,14 +66,9 @@ class DMDConfig:
     regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
     regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
     regression_teacher_steps: int = field(default=50, metadata={"help": "teacher DDIM steps making those pairs"})
-    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
-    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
-    )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.generator_steps < 1 or self.fake_updates_per_generator < 1:
             raise ValueError("DMDConfig.generator_steps and fake_updates_per_generator must be >= 1.")
         if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
@@ -87,8 +82,6 @@ class DMDConfig:
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
             raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
-        if self.lora_rank < 0 or self.fake_lora_rank < 0:
-            raise ValueError("DMDConfig LoRA ranks must be >= 0.")
 
     @property
     def gan(self) -> bool:

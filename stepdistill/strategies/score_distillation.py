@@ -8,12 +8,31 @@ boundary scalings are made the identity (``scheduler_spec``). Subclasses set ``s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..sampling import multistep_sample
 from .base import Strategy, unwrap
+
+
+@dataclass
+class LoRAOptions:
+    """LoRA options of the generator and the fake score (DMDConfig and SiDConfig extend this)."""
+
+    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
+    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
+    )
+
+    def __post_init__(self):
+        if self.lora_rank < 0 or self.fake_lora_rank < 0:
+            raise ValueError(f"{type(self).__name__} LoRA ranks must be >= 0.")
+
 
 # LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
 IDENTITY_TIMESTEP_SCALING = 1e7

@@ -31,11 +31,11 @@ from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, score_identity_loss
 from ..schedules import add_noise, karras_sigma, time_at_edm_sigma
 from .base import register, unwrap
-from .score_distillation import ScoreDistillationStrategy
+from .score_distillation import LoRAOptions, ScoreDistillationStrategy
 
 
 @dataclass
-class SiDConfig:
+class SiDConfig(LoRAOptions):
     """SiD / SiD-LSG / few-step SiD options (SiD's CIFAR-10 defaults where they apply; presets in train/sid.py)."""
 
     generator_steps: int = field(default=1, metadata={"help": "generator sampling steps (few-step SiD: 4)"})
@@ -71,14 +71,9 @@ class SiDConfig:
     fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={"help": "Adam betas (SiD: 0 0.999)"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of both networks (SiD: 0)"})
-    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
-    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
-    )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.generator_steps < 1:
             raise ValueError(f"SiDConfig.generator_steps must be >= 1, got {self.generator_steps}.")
         if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
@@ -92,8 +87,6 @@ class SiDConfig:
             raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
         if self.zero_cfg and (self.real_guidance_scale != 1 or self.anti_cfg):
             raise ValueError("zero_cfg runs the teacher unguided: drop real_guidance_scale / anti_cfg.")
-        if self.lora_rank < 0 or self.fake_lora_rank < 0:
-            raise ValueError("SiDConfig LoRA ranks must be >= 0.")
 
 
 @register("sid")
