@@ -322,7 +322,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
 
     while not (out / "final.pt").exists():
         proc = subprocess.Popen([*command, str(out), str(steps), "--resume"], env=env, stderr=subprocess.PIPE)
-        if kills < 5:  # kill 10-80 steps into this attempt (by progress, not time, so a busy machine is no matter)
+        # kill 10-80 steps into this attempt (by progress, not time); at least 5 kills, and more (up to 15) until one
+        # has landed inside a checkpoint save, which a busy machine makes rarer
+        if kills < 5 or (inside_save == 0 and kills < 15):
             target = logged_steps() + rng.randint(10, 80)
             while proc.poll() is None and logged_steps() < target:
                 time.sleep(0.002)
@@ -335,7 +337,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
     whole, resumed = torch.load(tmp_path / "whole" / "final.pt"), torch.load(out / "final.pt")
-    assert kills == 5 and inside_save >= 1, (kills, inside_save)  # most of a step's time is its checkpoint save
+    assert kills >= 5 and inside_save >= 1, (kills, inside_save)  # most of a step's time is its checkpoint save
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     steps_logged = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
     assert steps_logged == list(range(1, steps + 1))  # resumed runs never repeat a logged step
