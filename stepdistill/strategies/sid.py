@@ -174,9 +174,10 @@ class SiDStrategy(ScoreDistillationStrategy):
         return unwrap(self.fake_score).null_condition(cond)
 
     def _fake_score_loss(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
+        """The fake score's denoising loss on (detached) generator samples, its output guided at kappa_1."""
         w = self.config.fake_train_guidance if cond is not None and not self.config.zero_cfg else 1.0
-        return denoising_loss(self.fake_score, x_gen, self._fake_cond(cond), t=self._loss_times(len(x_gen), x_gen),
-                              guidance_scale=w)  # fmt: skip
+        t = self._loss_times(len(x_gen), x_gen)
+        return denoising_loss(self.fake_score, x_gen, self._fake_cond(cond), t=t, guidance_scale=w)
 
     def _generator_loss(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """The score-identity loss at one noisy ``x_t`` of ``x_gen``; gradient through both score networks' inputs,
