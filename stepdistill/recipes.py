@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .data import load_training_data
 from .denoiser import Condition, Denoiser
 from .evaluation import domain_scorers, fd_callback
+from .export import export_student, model_card
 from .streams import ImageFolderData
 from .trainer import TrainerConfig
 
@@ -64,3 +65,17 @@ def eval_callbacks(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, setup: Se
     scorers = domain_scorers(model_cfg.classifier)
     classes = setup.teacher.null_class or 0
     return [fd_callback(scorers, model_cfg.eval_every, model_cfg.eval_samples, classes, shape, trainer_cfg.seed)]
+
+
+def export_generator(trainer, strategy, model_cfg: ModelConfig, method: str, details: str, lora_method: str) -> None:
+    """Export a score-distilled generator (DMD, SiD; guidance baked in) after training: ``OUTPUT_DIR/pipeline`` with
+    the scheduler that reproduces its sampler (``strategy.scheduler_spec()``) and a model card, and ``OUTPUT_DIR/lora``
+    for a LoRA generator. Prints the folders written."""
+    steps = len(strategy.times)
+    card = model_card(method, model_cfg.teacher, steps, 1.0, details)
+    student = trainer.export_modules()["student"]
+    spec, output_dir = strategy.scheduler_spec(), trainer.config.output_dir
+    for folder in export_student(
+        student, output_dir, steps, 1.0, card, trainer.resolved_config, spec, lora_method, model_cfg.teacher
+    ):
+        print(f"exported {folder}")

@@ -11,8 +11,6 @@ a diffusers pipeline folder with an LCMScheduler in OUTPUT_DIR/pipeline. Options
 --config file, overridden by flags.
 """
 
-import os
-
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.export import export_student, model_card

@@ -14,8 +14,7 @@ Options: a --preset, overridden by a --config file, overridden by flags.
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_student, model_card
-from stepdistill.recipes import eval_callbacks, load_setup
+from stepdistill.recipes import eval_callbacks, export_generator, load_setup
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
@@ -81,21 +80,13 @@ def main(argv=None):
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
-        steps = dmd_cfg.generator_steps
         gan = "with" if dmd_cfg.gan else "without"
         method = f"DMD2 (Yin et al. 2024, arXiv 2405.14867), {gan} the GAN term"
         details = (
             f"Trained {trainer.step} steps ({dmd_cfg.fake_updates_per_generator} fake-score updates per generator "
             f"update); the teacher's guidance w = {dmd_cfg.real_guidance_scale:g} is baked in."
         )
-        card = model_card(method, model_cfg.teacher, steps, 1.0, details)
-        student = trainer.export_modules()["student"]
-        folders = export_student(
-            student, trainer_cfg.output_dir, steps, 1.0, card, resolved, strategy.scheduler_spec(), "DMD2",
-            model_cfg.teacher,
-        )  # fmt: skip
-        for folder in folders:
-            print(f"exported {folder}")
+        export_generator(trainer, strategy, model_cfg, method, details, "DMD2")
 
 
 if __name__ == "__main__":

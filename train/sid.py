@@ -15,8 +15,7 @@ generator, OUTPUT_DIR/lora. Options: a --preset, overridden by a --config file, 
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_student, model_card
-from stepdistill.recipes import eval_callbacks, load_setup
+from stepdistill.recipes import eval_callbacks, export_generator, load_setup
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
 
@@ -88,7 +87,6 @@ def main(argv=None):
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
-        steps = sid_cfg.generator_steps
         guidance = (sid_cfg.real_guidance_scale, sid_cfg.fake_train_guidance, sid_cfg.fake_eval_guidance)
         method = "SiD (Zhou et al. 2024, arXiv 2404.04057)" + (", long-short guidance" if max(guidance) != 1 else "")
         details = (
@@ -96,14 +94,7 @@ def main(argv=None):
             f"alpha = {sid_cfg.alpha:g}; guidance kappa_1 = {guidance[1]:g}, kappa_2 = kappa_3 = {guidance[2]:g}, "
             f"kappa_4 = {guidance[0]:g}, baked in."
         )
-        card = model_card(method, model_cfg.teacher, steps, 1.0, details)
-        student = trainer.export_modules()["student"]
-        folders = export_student(
-            student, trainer_cfg.output_dir, steps, 1.0, card, resolved, strategy.scheduler_spec(), "SiD",
-            model_cfg.teacher,
-        )  # fmt: skip
-        for folder in folders:
-            print(f"exported {folder}")
+        export_generator(trainer, strategy, model_cfg, method, details, "SiD")
 
 
 if __name__ == "__main__":
