@@ -38,6 +38,11 @@ def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
     config = teacher.backbone.config
     args = (config.sample_size, model_cfg.data_limit, config.in_channels, teacher.null_class)
     if data_free:
+        if teacher.null_class is None and getattr(config, "cross_attention_dim", None):
+            raise ValueError(
+                f"{model_cfg.teacher!r} is a text-conditional UNet: data-free training draws class labels only, and "
+                "prompt sets are not supported yet. Use a class-conditional or unconditional teacher."
+            )
         count = DATA_FREE_CONDITIONS
         data = (
             {"labels": torch.arange(count) % teacher.null_class}

@@ -233,3 +233,19 @@ def test_nonfinite_generator_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"step 1 \(loss/student = nan\); 2 consecutive"):
         trainer.train()
     assert trainer.bad_steps == 2 and trainer.step == 1
+
+
+def test_data_free_setup_draws_balanced_labels_and_refuses_a_text_teacher(tmp_path):
+    """train/sid.py's data: balanced class labels of the teacher, no image; a text-to-image teacher (which would need
+    a prompt set) is refused with a message rather than trained unconditionally."""
+    from conftest import tiny_scheduler, tiny_text_unet
+
+    from stepdistill.config import ModelConfig
+    from stepdistill.recipes import load_setup
+
+    setup = load_setup(ModelConfig(data=str(tmp_path / "missing")), data_free=True)
+    assert set(setup.data) == {"labels"} and torch.bincount(setup.data["labels"]).unique().numel() == 1
+    tiny_text_unet().save_pretrained(tmp_path / "text" / "unet")
+    tiny_scheduler().save_pretrained(tmp_path / "text" / "scheduler")
+    with pytest.raises(ValueError, match="text-conditional UNet: data-free training draws class labels only"):
+        load_setup(ModelConfig(teacher=str(tmp_path / "text")), data_free=True)
