@@ -171,7 +171,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             cond = cat_conditions(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
         out_all = self.student(x_in, t_in, cond)
         x_gen, cond = out_all[:b], None if cond is None else cond.map(lambda v: v[:b])
-        t = self._dm_times(b, x_gen)
+        t = self._uniform_index_times(b, x_gen, self.config.dm_t_range)  # DMD2: indices 20-980
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         with torch.no_grad():
             x0_real = self._real_x0(x_t, t, cond)
@@ -221,13 +221,6 @@ class DMDStrategy(ScoreDistillationStrategy):
             "log/denoising": denoising.detach(),
             "log/gan_critic": critic.detach(),
         }
-
-    def _dm_times(self, b: int, like: Tensor) -> Tensor:
-        """``[B]`` times of the DM loss: uniform over the training indices in ``dm_t_range`` (DMD2: [20, 980])."""
-        big_t = self.teacher.schedule.num_train_timesteps
-        lo, hi = self.config.dm_t_range
-        index = torch.randint(int(lo * big_t), max(int(hi * big_t), int(lo * big_t) + 1), (b,), device=like.device)
-        return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
 
     @torch.no_grad()
     def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:

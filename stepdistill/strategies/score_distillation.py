@@ -100,6 +100,14 @@ class ScoreDistillationStrategy(Strategy):
             return noise
         return multistep_sample(self.student, noise, cond, self.times, until=k)
 
+    def _uniform_index_times(self, b: int, like: Tensor, t_range: list[float]) -> Tensor:
+        """``[B]`` times uniform over the training indices in ``t_range`` (a fraction of them, e.g. [0.02, 0.98] for
+        DMD2's and SiD-LSG's indices 20-980), as ``t = (index + 1) / T`` in ``like``'s dtype."""
+        big_t = self.teacher.schedule.num_train_timesteps
+        lo, hi = int(t_range[0] * big_t), int(t_range[1] * big_t)
+        index = torch.randint(lo, max(hi, lo + 1), (b,), device=like.device)
+        return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
+
     def _draw_step(self, step: int) -> int:
         """The generator step trained at optimizer step ``step``: uniform, the same on every rank."""
         return int(torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step)))

@@ -196,15 +196,12 @@ class SiDStrategy(ScoreDistillationStrategy):
     def _loss_times(self, b: int, like: Tensor) -> Tensor:
         """``[B]`` times of both losses: EDM's Karras ramp over ``t_range`` mapped to the schedule (SiD), or
         uniform training indices in ``t_range`` (SiD-LSG); never below the first training index."""
+        if self.config.time_sampling == "uniform":
+            return self._uniform_index_times(b, like, self.config.t_range)
         schedule, (lo, hi) = self.teacher.schedule, self.config.t_range
-        big_t = schedule.num_train_timesteps
-        if self.config.time_sampling == "karras":
-            u = lo + (hi - lo) * torch.rand(b, device=like.device, dtype=torch.float64)
-            t = time_at_edm_sigma(schedule, karras_sigma(u))
-        else:
-            index = torch.randint(int(lo * big_t), max(int(hi * big_t), int(lo * big_t) + 1), (b,), device=like.device)
-            t = (index + 1).double() / big_t
-        return t.clamp(1 / big_t, 1.0).to(like.dtype)
+        u = lo + (hi - lo) * torch.rand(b, device=like.device, dtype=torch.float64)
+        t = time_at_edm_sigma(schedule, karras_sigma(u))
+        return t.clamp(1 / schedule.num_train_timesteps, 1.0).to(like.dtype)
 
     # --------------------------------------------------------------------------------------- sampling
     def scheduler_spec(self) -> dict:
