@@ -34,7 +34,7 @@ from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss
 from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
-from .score_distillation import LoRAOptions, ScoreDistillationStrategy, cat_conditions
+from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, cat_conditions
 
 
 @dataclass
@@ -59,6 +59,14 @@ class DMDConfig(LoRAOptions):
     dm_t_range: list[float] = field(
         default_factory=lambda: [0.02, 0.98], metadata={"help": "times of the distribution-matching loss, of [0, 1]"}
     )
+    time_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "noise levels of every loss: 'uniform' (training indices in dm_t_range for the DM loss, uniform t "
+            "for the fake score and the GAN; DMD2 on SD) or 'karras' (EDM's rho-7 ramp over dm_t_range for all of "
+            "them, as DMD2's ImageNet-64 indices 20-980 are on its EDM teacher)"
+        },
+    )
     gan_generator_weight: float = field(
         default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
     )
@@ -76,6 +84,8 @@ class DMDConfig(LoRAOptions):
         lo, hi = self.dm_t_range if len(self.dm_t_range) == 2 else (-1, -1)
         if not 0 <= lo < hi <= 1:
             raise ValueError(f"dm_t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.dm_t_range}.")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"DMDConfig.time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}.")
         if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
             raise ValueError("DMDConfig loss weights must be >= 0.")
         if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
@@ -171,7 +181,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             cond = cat_conditions(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
         out_all = self.student(x_in, t_in, cond)
         x_gen, cond = out_all[:b], None if cond is None else cond.map(lambda v: v[:b])
-        t = self._uniform_index_times(b, x_gen, self.config.dm_t_range)  # DMD2: indices 20-980
+        t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.dm_t_range)  # DMD2: indices 20-980
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         with torch.no_grad():
             x0_real = self._real_x0(x_t, t, cond)
@@ -183,7 +193,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             loss = loss + cfg.regression_weight * regression
             logs["log/regression"] = regression.detach()
         if cfg.gan:
-            t_gan = self.teacher.schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+            t_gan = self._score_times(b, x_gen)
             x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t_gan))
             with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
                 _, features = fake(x_t_gan, t_gan, cond, return_features=True)
@@ -196,15 +206,15 @@ class DMDStrategy(ScoreDistillationStrategy):
         """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""
         cfg, b = self.config, len(x_gen)
         if not cfg.gan:
-            return {"fake_score": denoising_loss(self.fake_score, x_gen, cond)}
+            return {"fake_score": denoising_loss(self.fake_score, x_gen, cond, t=self._score_times(b, x_gen))}
         net = unwrap(self.fake_score)
         schedule, kind = net.schedule, net.prediction
-        t = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+        t = self._score_times(b, x_gen)
         eps = torch.randn_like(x_gen)
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x_gen, eps, alpha, sigma)
         target = combine(x_gen, eps, kind, alpha, sigma)
-        t_real = schedule.sample_t(b, device=x_gen.device).to(x_gen.dtype)
+        t_real = self._score_times(b, x_gen)
         x_t_real = add_noise(x0_real, torch.randn_like(x0_real), *schedule.alpha_sigma(t_real))
         pred, features = self.fake_score(
             torch.cat([x_t, x_t_real]),
@@ -221,6 +231,13 @@ class DMDStrategy(ScoreDistillationStrategy):
             "log/denoising": denoising.detach(),
             "log/gan_critic": critic.detach(),
         }
+
+    def _score_times(self, b: int, like: Tensor) -> Tensor:
+        """``[B]`` noise levels of the fake score's denoising loss and of the GAN term: uniform ``t`` (the schedule's
+        own draw), or with ``time_sampling = "karras"`` the DM loss's ramp."""
+        if self.config.time_sampling == "uniform":
+            return self.teacher.schedule.sample_t(b, device=like.device).to(like.dtype)
+        return self._loss_times(b, like, "karras", self.config.dm_t_range)
 
     @torch.no_grad()
     def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:

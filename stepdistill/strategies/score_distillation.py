@@ -15,7 +15,11 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..sampling import multistep_sample
+from ..schedules import karras_sigma, time_at_edm_sigma
 from .base import Strategy, unwrap
+
+
+TIME_SAMPLINGS = ("uniform", "karras")
 
 
 @dataclass
@@ -107,6 +111,17 @@ class ScoreDistillationStrategy(Strategy):
         lo, hi = int(t_range[0] * big_t), int(t_range[1] * big_t)
         index = torch.randint(lo, max(hi, lo + 1), (b,), device=like.device)
         return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
+
+    def _loss_times(self, b: int, like: Tensor, sampling: str, t_range: list[float]) -> Tensor:
+        """``[B]`` noise levels of the score losses: uniform training indices in ``t_range`` (``"uniform"``), or EDM's
+        rho-7 Karras ramp over ``t_range`` mapped onto the schedule (``"karras"``: SiD, and DMD2's ImageNet-64 runs,
+        whose 1,000 indices are that ramp on an EDM teacher), never below the first training index."""
+        if sampling == "uniform":
+            return self._uniform_index_times(b, like, t_range)
+        schedule, (lo, hi) = self.teacher.schedule, t_range
+        u = lo + (hi - lo) * torch.rand(b, device=like.device, dtype=torch.float64)
+        t = time_at_edm_sigma(schedule, karras_sigma(u))
+        return t.clamp(1 / schedule.num_train_timesteps, 1.0).to(like.dtype)
 
     def _draw_step(self, step: int) -> int:
         """The generator step trained at optimizer step ``step``: uniform, the same on every rank."""

@@ -29,9 +29,9 @@ from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, score_identity_loss
-from ..schedules import add_noise, karras_sigma, time_at_edm_sigma
+from ..schedules import add_noise, time_at_edm_sigma
 from .base import register, unwrap
-from .score_distillation import LoRAOptions, ScoreDistillationStrategy
+from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy
 
 
 @dataclass
@@ -80,7 +80,7 @@ class SiDConfig(LoRAOptions):
             raise ValueError(f"SiDConfig learning rates must be positive, got lr={self.lr}, fake_lr={self.fake_lr}.")
         if self.init_sigma <= 0:
             raise ValueError(f"SiDConfig.init_sigma must be positive, got {self.init_sigma}.")
-        if self.time_sampling not in ("karras", "uniform"):
+        if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"SiDConfig.time_sampling must be 'karras' or 'uniform', got {self.time_sampling!r}.")
         lo, hi = self.t_range if len(self.t_range) == 2 else (-1, -1)
         if not 0 <= lo < hi <= 1:
@@ -176,14 +176,14 @@ class SiDStrategy(ScoreDistillationStrategy):
     def _fake_score_loss(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
         """The fake score's denoising loss on (detached) generator samples, its output guided at kappa_1."""
         w = self.config.fake_train_guidance if cond is not None and not self.config.zero_cfg else 1.0
-        t = self._loss_times(len(x_gen), x_gen)
+        t = self._loss_times(len(x_gen), x_gen, self.config.time_sampling, self.config.t_range)
         return denoising_loss(self.fake_score, x_gen, self._fake_cond(cond), t=t, guidance_scale=w)
 
     def _generator_loss(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """The score-identity loss at one noisy ``x_t`` of ``x_gen``; gradient through both score networks' inputs,
         none into their parameters."""
         cfg = self.config
-        t = self._loss_times(len(x_gen), x_gen)
+        t = self._loss_times(len(x_gen), x_gen, self.config.time_sampling, self.config.t_range)
         x_t = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         x0_real = self._real_x0(x_t, t, cond)
         w = cfg.fake_eval_guidance * (-1 if cfg.anti_cfg else 1) if cond is not None and not cfg.zero_cfg else 1.0
@@ -192,16 +192,6 @@ class SiDStrategy(ScoreDistillationStrategy):
         loss = score_identity_loss(x_gen, x0_real, x0_fake, cfg.alpha)
         gap = (x0_real - x0_fake).detach().float().pow(2).mean()
         return {"student": loss, "log/score_gap": gap}
-
-    def _loss_times(self, b: int, like: Tensor) -> Tensor:
-        """``[B]`` times of both losses: EDM's Karras ramp over ``t_range`` mapped to the schedule (SiD), or
-        uniform training indices in ``t_range`` (SiD-LSG); never below the first training index."""
-        if self.config.time_sampling == "uniform":
-            return self._uniform_index_times(b, like, self.config.t_range)
-        schedule, (lo, hi) = self.teacher.schedule, self.config.t_range
-        u = lo + (hi - lo) * torch.rand(b, device=like.device, dtype=torch.float64)
-        t = time_at_edm_sigma(schedule, karras_sigma(u))
-        return t.clamp(1 / schedule.num_train_timesteps, 1.0).to(like.dtype)
 
     # --------------------------------------------------------------------------------------- sampling
     def scheduler_spec(self) -> dict:
