@@ -18,7 +18,6 @@ from ..sampling import multistep_sample
 from ..schedules import karras_sigma, time_at_edm_sigma
 from .base import Strategy, unwrap
 
-
 TIME_SAMPLINGS = ("uniform", "karras")
 
 
