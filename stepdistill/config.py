@@ -23,16 +23,38 @@ class ModelConfig:
     """The teacher and the data."""
 
     teacher: str = dataclasses.field(
-        default="assets/fashion-teacher", metadata={"help": "teacher pipeline folder (unet/ + scheduler/) or Hub id"}
+        default="assets/fashion-teacher",
+        metadata={
+            "help": "teacher: a folder or Hub id of a UNet + scheduler, or of a Stable Diffusion (1.x/2.x) or SDXL "
+            "pipeline"
+        },
     )
     revision: str | None = dataclasses.field(default=None, metadata={"help": "Hub revision of the teacher"})
+    variant: str | None = dataclasses.field(
+        default=None, metadata={"help": "weight variant of the teacher's files (e.g. fp16 for fp16.safetensors)"}
+    )
     student: str | None = dataclasses.field(
         default=None, metadata={"help": "initialise the student from this model folder (default: the teacher)"}
     )
     data: str = dataclasses.field(
-        default="assets/fashion-mnist", metadata={"help": "training images: a folder of idx files or of images"}
+        default="assets/fashion-mnist",
+        metadata={
+            "help": "training images: a folder of idx files or of images; for a text-to-image teacher a folder of "
+            "captioned images (metadata.jsonl with file_name and text, diffusers' imagefolder layout)"
+        },
     )
     data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
+    prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "text-to-image teachers: a prompt file (one per line), the data of data-free methods (SiD)"},
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "text-to-image teachers: keep the VAE latents and prompt embeddings of the data here, "
+            "computed once and reused by later runs on the same data"
+        },
+    )
     stream_data: bool = dataclasses.field(
         default=False,
         metadata={

@@ -300,6 +300,11 @@ class Denoiser(nn.Module):
             raise ValueError("Classifier-free guidance needs a class or text condition (or an explicit `uncond`).")
         return replace(cond, labels=torch.full_like(cond.labels, self._null_class()))
 
+    @property
+    def can_guide(self) -> bool:
+        """Whether classifier-free guidance is possible: a null class, or the empty prompt's embeddings."""
+        return self.null_class is not None or self.null_text is not None
+
     def _null_class(self) -> int:
         if self.null_class is None:
             raise ValueError("This denoiser has no null class, so it cannot do classifier-free guidance.")

@@ -19,6 +19,9 @@ from .io import atomic_dir
 
 PIPELINES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
 CLASS_CONDITIONAL = ("pipeline_class_conditional", "ClassConditionalPipeline")
+# LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling, so
+# each step takes the network's x0 as it is (the few-step generators of DMD and SiD)
+IDENTITY_TIMESTEP_SCALING = 1e7
 
 
 def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
@@ -103,8 +106,11 @@ def export_pipeline(
     scheduler_class: str = "DDIMScheduler",
     times: torch.Tensor | None = None,
     scheduler_options: dict | None = None,
+    source: str | None = None,
 ) -> str:
-    """Write ``denoiser`` as a class-conditional few-step pipeline folder (atomically).
+    """Write ``denoiser`` as a few-step pipeline folder (atomically): the toolkit's class-conditional pipeline, or
+    for a text-to-image teacher (``source``, an SD 1.x/2.x or SDXL pipeline) the teacher's own pipeline class with
+    the student's UNet and scheduler, which plain diffusers loads without custom code.
 
     Args:
         denoiser: the student (its backbone is saved in float32).
@@ -118,40 +124,70 @@ def export_pipeline(
         times: the student's sampling times (default: the uniform grid ``t = k / num_steps``); the scheduler
             must reproduce their timesteps, or export fails.
         scheduler_options: extra scheduler config (e.g. LCM's ``original_inference_steps``).
+        source: the teacher's folder or Hub id; a text-to-image pipeline there is exported in its own class, its
+            VAE, tokenizers and text encoders copied unchanged.
 
     Returns:
         the folder path.
     """
     import diffusers
 
+    from .text import is_text_to_image
+
     scheduler = configure_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
     timesteps = scheduler.timesteps.tolist()
+    text = source is not None and is_text_to_image(source)
     with atomic_dir(folder) as tmp:
         backbone = denoiser.backbone
-        backbone.save_pretrained(os.path.join(tmp, "unet"))
-        scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
-        module, cls = CLASS_CONDITIONAL
-        shutil.copy(os.path.join(PIPELINES_DIR, f"{module}.py"), os.path.join(tmp, f"{module}.py"))
-        index = {
-            "_class_name": [module, cls],
-            "_diffusers_version": diffusers.__version__,
-            "unet": ["diffusers", type(backbone).__name__],
-            "scheduler": ["diffusers", scheduler_class],
-        }
-        with open(os.path.join(tmp, "model_index.json"), "w") as f:
-            json.dump(index, f, indent=2)
+        saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps}
+        if text:  # the teacher's own pipeline class around the student: `DiffusionPipeline.from_pretrained` loads it
+            if scheduler.config.get("steps_offset", 0) > 1:
+                # diffusers' SD pipelines reset a scheduler's steps_offset to 1, which would move a one-step student
+                # below the top time (SiD) off its timestep; LCMScheduler with identity scalings takes it as
+                # `timesteps=[...]` instead, and returns the student's x0 from there
+                scheduler = diffusers.LCMScheduler.from_config(
+                    {**scheduler.config, "timestep_scaling": IDENTITY_TIMESTEP_SCALING, "steps_offset": 0}
+                )
+                scheduler.set_timesteps(timesteps=timesteps)
+                saved["pass_timesteps"] = True
+                card += f"\nCall the pipeline with `timesteps={timesteps}` (not `num_inference_steps`).\n"
+            pipe = diffusers.DiffusionPipeline.from_pretrained(source, unet=backbone, scheduler=scheduler)
+            pipe.save_pretrained(tmp)
+            if denoiser.guidance_embedding_dim:  # diffusers' SD pipelines embed guidance_scale - 1 (LCM's w)
+                saved["pipeline_guidance_scale"] = guidance_scale + 1
+                card += (
+                    f"\nThis student takes the guidance scale as an input; diffusers' {type(pipe).__name__} embeds "
+                    f"`guidance_scale - 1`, so call it with `guidance_scale={guidance_scale + 1:g}` for w = "
+                    f"{guidance_scale:g}.\n"
+                )
+        else:
+            _write_class_conditional(tmp, backbone, scheduler)
         with open(os.path.join(tmp, "stepdistill.json"), "w") as f:
-            json.dump(
-                {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps},
-                f,
-                indent=2,
-            )
+            json.dump(saved, f, indent=2)
         if config is not None:
             with open(os.path.join(tmp, "training_config.json"), "w") as f:
                 json.dump(config, f, indent=2)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
     return os.fspath(folder)
+
+
+def _write_class_conditional(folder: str, backbone, scheduler) -> None:
+    """The toolkit's class-conditional pipeline: the UNet, the scheduler, the self-contained pipeline file."""
+    import diffusers
+
+    backbone.save_pretrained(os.path.join(folder, "unet"))
+    scheduler.save_pretrained(os.path.join(folder, "scheduler"))
+    module, cls = CLASS_CONDITIONAL
+    shutil.copy(os.path.join(PIPELINES_DIR, f"{module}.py"), os.path.join(folder, f"{module}.py"))
+    index = {
+        "_class_name": [module, cls],
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", type(backbone).__name__],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+    }
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
 
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -244,7 +280,9 @@ def export_student(
         student = student.merged_copy()
     pipeline = os.path.join(output_dir, "pipeline")
     written.append(
-        export_pipeline(student, pipeline, num_steps, guidance_scale, card=card, config=config, **scheduler)
+        export_pipeline(
+            student, pipeline, num_steps, guidance_scale, card=card, config=config, source=teacher or None, **scheduler
+        )
     )
     return written
 

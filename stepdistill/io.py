@@ -37,3 +37,19 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def hub_errors(path: str):
+    """Turn a failure to reach the Hugging Face Hub for ``path`` (offline, no network, unknown id) into one
+    ``FileNotFoundError`` that says to pass a local folder instead; local paths pass errors through unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if os.path.isdir(path):
+            raise
+        raise FileNotFoundError(
+            f"Could not load {path!r} from the Hugging Face Hub ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"Download it where the Hub can be reached (`huggingface-cli download {path} --local-dir DIR`) and pass "
+            "the local folder instead (--teacher DIR)."
+        ) from err

@@ -3,6 +3,7 @@ the sample-grid condition, and the periodic evaluation callback. Keeps the scrip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,19 +15,40 @@ from .denoiser import Condition, Denoiser
 from .evaluation import domain_scorers, fd_callback
 from .export import export_student, model_card
 from .streams import ImageFolderData
-from .trainer import TrainerConfig
+from .text import encode_captioned_folder, encode_prompt_set, is_text_to_image, load_text_to_image
+from .trainer import Trainer, TrainerConfig
 
 DATA_FREE_CONDITIONS = 60_000  # one "epoch" of conditions for data-free methods (shuffled per epoch)
 
 
 @dataclass
 class Setup:
-    """The pieces a training script builds a strategy and a trainer from."""
+    """The pieces a training script builds a strategy and a trainer from (``decode``: latents -> images, for the
+    sample grids of a latent text-to-image teacher)."""
 
     teacher: Denoiser
     data: dict[str, Tensor] | ImageFolderData
     student: Denoiser | None
     grid: Condition | None
+    decode: Callable[[Tensor], Tensor] | None = None
+
+
+def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
+    """A text-to-image teacher (SD 1.x/2.x, SDXL): latents and prompt embeddings of a captioned folder, or only the
+    prompts' embeddings of ``model_cfg.prompts`` for data-free methods; the grid shows the first 16 prompts."""
+    model = load_text_to_image(model_cfg.teacher, model_cfg.revision, model_cfg.variant)
+    if data_free:
+        if not model_cfg.prompts:
+            raise ValueError(
+                f"{model_cfg.teacher!r} is a text-to-image teacher: data-free training needs --prompts FILE "
+                "(one prompt per line) to generate for."
+            )
+        data = encode_prompt_set(model, model_cfg.prompts, model_cfg.cache_dir)
+    else:
+        data = encode_captioned_folder(model, model_cfg.data, model_cfg.data_limit, model_cfg.cache_dir)
+    student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
+    grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})
+    return Setup(model.teacher, data, student, grid, model.codec.decode)
 
 
 def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
@@ -34,14 +56,18 @@ def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
 
     ``data_free``: no image is read; the "data" is only the conditions to generate for (class labels, balanced over
     the teacher's classes, or for an unconditional teacher a running index that sets the batch size)."""
-    teacher = Denoiser.from_pretrained(model_cfg.teacher, revision=model_cfg.revision)
+    hub = {k: v for k, v in {"revision": model_cfg.revision, "variant": model_cfg.variant}.items() if v}
+    if is_text_to_image(model_cfg.teacher, **hub):
+        return _text_setup(model_cfg, data_free)
+    teacher = Denoiser.from_pretrained(model_cfg.teacher, **hub)
     config = teacher.backbone.config
     args = (config.sample_size, model_cfg.data_limit, config.in_channels, teacher.null_class)
     if data_free:
         if teacher.null_class is None and getattr(config, "cross_attention_dim", None):
             raise ValueError(
-                f"{model_cfg.teacher!r} is a text-conditional UNet: data-free training draws class labels only, and "
-                "prompt sets are not supported yet. Use a class-conditional or unconditional teacher."
+                f"{model_cfg.teacher!r} is a text-conditional UNet without its pipeline: data-free training of a "
+                "text-to-image teacher encodes --prompts with the teacher's text encoders, so pass the whole Stable "
+                "Diffusion pipeline folder (model_index.json, text_encoder/, vae/) as --teacher."
             )
         count = DATA_FREE_CONDITIONS
         data = (
@@ -61,10 +87,24 @@ def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
     return Setup(teacher, data, student, grid)
 
 
+def build_trainer(
+    trainer_cfg: TrainerConfig, model_cfg: ModelConfig, strategy, setup: Setup, resolved: dict, callbacks=()
+) -> Trainer:
+    """The Trainer of a training script: ``setup``'s data, sample-grid condition and decoder, the script's own
+    ``callbacks`` and the periodic evaluation (``eval_callbacks``)."""
+    callbacks = [*callbacks, *eval_callbacks(model_cfg, trainer_cfg, setup)]
+    return Trainer(trainer_cfg, strategy, setup.data, resolved, setup.grid, callbacks, decode=setup.decode)
+
+
 def eval_callbacks(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, setup: Setup) -> list:
     """The periodic FD/accuracy evaluation with the domain classifier, if ``model_cfg.eval_every`` is set."""
     if not model_cfg.eval_every:
         return []
+    if setup.decode is not None:
+        raise ValueError(
+            "--eval-every scores samples with the bundled pixel benchmark's domain classifier, which cannot score a "
+            "latent text-to-image teacher: score the exported pipeline with eval/evaluate.py instead."
+        )
     config = setup.teacher.backbone.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
     scorers = domain_scorers(model_cfg.classifier)

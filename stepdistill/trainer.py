@@ -120,6 +120,7 @@ class Trainer:
         grid_condition: condition of the periodic sample grid (default: none).
         callbacks: functions ``fn(trainer)`` called on every process after each optimizer step (and its
             EMA update), e.g. to export intermediate students or compute metrics; ``trainer.step`` tells when.
+        decode: maps the sampler's output to images in [-1, 1] for the sample grids (a latent teacher's VAE decoder).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Trainer:
         resolved_config: dict | None = None,
         grid_condition: Condition | None = None,
         callbacks: list | None = None,
+        decode=None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
@@ -180,7 +182,7 @@ class Trainer:
             self.data = data.stream(config.batch_size, config.seed, rank, world, config.num_workers)
         else:
             self.data = DataStream(data, config.batch_size, config.seed, rank, world)
-        self.grid_condition = grid_condition
+        self.grid_condition, self.decode = grid_condition, decode
         self.callbacks = list(callbacks or [])
         self.log_path = os.path.join(config.output_dir, "log.jsonl")
 
@@ -395,6 +397,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed),
         ).to(acc.device)
         images = self.sample(noise, cond)
+        if self.decode is not None:
+            images = self.decode(images)
         path = os.path.join(self.config.output_dir, "grids", f"step-{self.step:08d}.png")
         save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
         return path

@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# Nothing in the test suite may reach the network: the Hub's offline switch is set before diffusers or
+# huggingface_hub are imported (subprocesses the tests start inherit it).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("STEPDISTILL_TEST_THREADS", "2")))
 

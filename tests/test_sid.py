@@ -236,8 +236,9 @@ def test_nonfinite_generator_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_data_free_setup_draws_balanced_labels_and_refuses_a_text_teacher(tmp_path):
-    """train/sid.py's data: balanced class labels of the teacher, no image; a text-to-image teacher (which would need
-    a prompt set) is refused with a message rather than trained unconditionally."""
+    """train/sid.py's data: balanced class labels of the teacher, no image; a bare text-conditional UNet (whose prompts
+    cannot be encoded without its pipeline's text encoders) is refused with a message rather than trained
+    unconditionally."""
     from conftest import tiny_scheduler, tiny_text_unet
 
     from stepdistill.config import ModelConfig
@@ -247,5 +248,5 @@ def test_data_free_setup_draws_balanced_labels_and_refuses_a_text_teacher(tmp_pa
     assert set(setup.data) == {"labels"} and torch.bincount(setup.data["labels"]).unique().numel() == 1
     tiny_text_unet().save_pretrained(tmp_path / "text" / "unet")
     tiny_scheduler().save_pretrained(tmp_path / "text" / "scheduler")
-    with pytest.raises(ValueError, match="text-conditional UNet: data-free training draws class labels only"):
+    with pytest.raises(ValueError, match="text-conditional UNet without its pipeline"):
         load_setup(ModelConfig(teacher=str(tmp_path / "text")), data_free=True)

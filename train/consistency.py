@@ -14,10 +14,10 @@ a diffusers pipeline folder with an LCMScheduler in OUTPUT_DIR/pipeline. Options
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.export import export_student, model_card
-from stepdistill.recipes import eval_callbacks, load_setup
+from stepdistill.recipes import build_trainer, load_setup
 from stepdistill.schedules import lcm_times, timestep_grid
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
-from stepdistill.trainer import Trainer, TrainerConfig
+from stepdistill.trainer import TrainerConfig
 
 FASHION = {
     "lr": 5e-5,
@@ -76,9 +76,7 @@ def main(argv=None):
     setup = load_setup(model_cfg)
     strategy = ConsistencyStrategy(cd_cfg, setup.teacher, setup.student)
     resolved = to_dict(trainer_cfg, model_cfg, cd_cfg)
-    trainer = Trainer(
-        trainer_cfg, strategy, setup.data, resolved, setup.grid, eval_callbacks(model_cfg, trainer_cfg, setup)
-    )
+    trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
     if trainer.accelerator.is_main_process:
         export(trainer.export_modules()["student"], strategy, trainer_cfg, model_cfg, cd_cfg, resolved)

@@ -14,9 +14,9 @@ Options: a --preset, overridden by a --config file, overridden by flags.
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import eval_callbacks, export_generator, load_setup
+from stepdistill.recipes import build_trainer, export_generator, load_setup
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
-from stepdistill.trainer import Trainer, TrainerConfig
+from stepdistill.trainer import TrainerConfig
 
 # The bundled teacher on 2 CPU cores (measured in the README). GAN weights 10x / 30x DMD2's: with the paper's
 # 3e-3 / 1e-2 the critic of this 0.6M-parameter fake score stayed at chance (loss 2 ln 2) for 2,000 steps.
@@ -75,9 +75,7 @@ def main(argv=None):
     setup = load_setup(model_cfg)
     strategy = DMDStrategy(dmd_cfg, setup.teacher, setup.student)
     resolved = to_dict(trainer_cfg, model_cfg, dmd_cfg)
-    trainer = Trainer(
-        trainer_cfg, strategy, setup.data, resolved, setup.grid, eval_callbacks(model_cfg, trainer_cfg, setup)
-    )
+    trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
     if trainer.accelerator.is_main_process:
         gan = "with" if dmd_cfg.gan else "without"

@@ -13,9 +13,9 @@ import os
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.export import export_pipeline, exportable_steps, model_card
-from stepdistill.recipes import eval_callbacks, load_setup
+from stepdistill.recipes import build_trainer, load_setup
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
-from stepdistill.trainer import Trainer, TrainerConfig
+from stepdistill.trainer import TrainerConfig
 
 PRESETS = {
     # Salimans & Ho 2022, CIFAR-10 settings (Sec. 5, App. C): 1024 -> 4 steps, ~50k updates per round.
@@ -95,13 +95,18 @@ def main(argv=None):
                 details,
             )
             export_pipeline(
-                student, folder, steps, strategy.sampling_guidance, card=card, config=trainer.resolved_config
+                student,
+                folder,
+                steps,
+                strategy.sampling_guidance,
+                card=card,
+                config=trainer.resolved_config,
+                source=model_cfg.teacher,
             )
             print(f"exported {folder}")
 
-    callbacks = [export_round, *eval_callbacks(model_cfg, trainer_cfg, setup)]
     resolved = to_dict(trainer_cfg, model_cfg, pd_cfg)
-    trainer = Trainer(trainer_cfg, strategy, setup.data, resolved, setup.grid, callbacks)
+    trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved, [export_round])
     trainer.train()
 
 

@@ -15,9 +15,9 @@ generator, OUTPUT_DIR/lora. Options: a --preset, overridden by a --config file, 
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import eval_callbacks, export_generator, load_setup
+from stepdistill.recipes import build_trainer, export_generator, load_setup
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
-from stepdistill.trainer import Trainer, TrainerConfig
+from stepdistill.trainer import TrainerConfig
 
 # The bundled teacher on 2 CPU cores (measured in the README). max_steps counts optimizer steps: two per iteration.
 FASHION = {
@@ -82,9 +82,7 @@ def main(argv=None):
     setup = load_setup(model_cfg, data_free=True)
     strategy = SiDStrategy(sid_cfg, setup.teacher, setup.student)
     resolved = to_dict(trainer_cfg, model_cfg, sid_cfg)
-    trainer = Trainer(
-        trainer_cfg, strategy, setup.data, resolved, setup.grid, eval_callbacks(model_cfg, trainer_cfg, setup)
-    )
+    trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
     if trainer.accelerator.is_main_process:
         guidance = (sid_cfg.real_guidance_scale, sid_cfg.fake_train_guidance, sid_cfg.fake_eval_guidance)

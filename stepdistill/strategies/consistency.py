@@ -133,8 +133,8 @@ class ConsistencyStrategy(Strategy):
                 self.target_net = student.trainable_copy().frozen()
 
     def check_compatible(self) -> None:
-        if self.teacher.null_class is None and self.config.guidance_range != [1.0, 1.0]:
-            raise ValueError("Guided consistency distillation needs a teacher with a null class.")
+        if not self.teacher.can_guide and self.config.guidance_range != [1.0, 1.0]:
+            raise ValueError("Guided consistency distillation needs a teacher with a null class or an empty prompt.")
         if self.teacher.schedule.num_train_timesteps % self.config.solver_steps:
             raise ValueError(
                 f"solver_steps ({self.config.solver_steps}) must divide the teacher's "

@@ -114,10 +114,10 @@ class ProgressiveStrategy(Strategy):
 
     def check_compatible(self) -> None:
         self.teacher.check_matches(unwrap(self.student))
-        if self.config.guidance_range is not None and self.teacher.null_class is None:
-            raise ValueError("Guided PD needs a class-conditional teacher with a null class.")
-        if self.config.guidance_scale != 1.0 and self.teacher.null_class is None:
-            raise ValueError("guidance_scale != 1 needs a teacher with a null class for classifier-free guidance.")
+        if self.config.guidance_range is not None and not self.teacher.can_guide:
+            raise ValueError("Guided PD needs a teacher with a null class or an empty prompt.")
+        if self.config.guidance_scale != 1.0 and not self.teacher.can_guide:
+            raise ValueError("guidance_scale != 1 needs a teacher with a null class or an empty prompt for CFG.")
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"student": self.student}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
+from ..export import IDENTITY_TIMESTEP_SCALING
 from ..sampling import multistep_sample
 from ..schedules import karras_sigma, time_at_edm_sigma
 from .base import Strategy, unwrap
@@ -37,8 +38,6 @@ class LoRAOptions:
             raise ValueError(f"{type(self).__name__} LoRA ranks must be >= 0.")
 
 
-# LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling
-IDENTITY_TIMESTEP_SCALING = 1e7
 
 
 class ScoreDistillationStrategy(Strategy):
@@ -72,7 +71,7 @@ class ScoreDistillationStrategy(Strategy):
         self.student, self.fake_score = student, fake_score
 
     def check_compatible(self) -> None:
-        if self.config.real_guidance_scale != 1 and self.teacher.null_class is None and self.teacher.null_text is None:
+        if self.config.real_guidance_scale != 1 and not self.teacher.can_guide:
             raise ValueError("real_guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
 
     def trainable(self) -> dict[str, nn.Module]:

@@ -143,11 +143,7 @@ class SiDStrategy(ScoreDistillationStrategy):
     def check_compatible(self) -> None:
         super().check_compatible()
         cfg, guided = self.config, (self.config.fake_train_guidance, self.config.fake_eval_guidance)
-        if (
-            (any(w != 1 for w in guided) or cfg.anti_cfg or cfg.zero_cfg)
-            and self.teacher.null_class is None
-            and (self.teacher.null_text is None)
-        ):
+        if (any(w != 1 for w in guided) or cfg.anti_cfg or cfg.zero_cfg) and not self.teacher.can_guide:
             raise ValueError("Fake-score guidance, zero_cfg and anti_cfg need a class- or text-conditional teacher.")
 
     # ------------------------------------------------------------------------------------------ losses

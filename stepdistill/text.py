@@ -1,0 +1,341 @@
+"""Latent text-to-image teachers: Stable Diffusion 1.x/2.x and SDXL pipelines, loaded with diffusers.
+
+A text-to-image teacher is three frozen parts around the UNet the strategies distil: the prompt encoder (one CLIP
+text encoder for SD 1.x/2.x; two for SDXL, whose penultimate hidden states are concatenated and whose second gives
+the pooled embedding), the VAE that maps images to the latents the UNet denoises, and the pipeline class users
+sample with. This module loads them from a pipeline folder or a Hub id (``load_text_to_image``), turns captioned
+image folders and prompt lists into training batches of latents and prompt embeddings (computed once, optionally
+cached on disk), and builds the offline CLIP tokenizer that locally made test and demo pipelines use.
+
+The prompt embeddings are exactly those of diffusers' ``encode_prompt`` (``clip_skip`` unset), and the empty prompt
+(the unconditional branch of classifier-free guidance) is encoded the same way, or zeros for an SDXL pipeline with
+``force_zeros_for_empty_prompt``, so that the toolkit's guided teacher equals the pipeline's.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .denoiser import Condition, Denoiser
+from .io import hub_errors
+
+TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+CAPTION_KEYS = ("text", "caption", "prompt")
+
+
+def pipeline_class(path: str, **hub_kwargs) -> str | None:
+    """The ``_class_name`` in ``path``'s ``model_index.json`` (a local folder or a Hub id), or ``None`` for a folder
+    without one (a bare UNet + scheduler, the toolkit's own teachers)."""
+    if os.path.isdir(path):
+        index = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index):
+            return None
+        with open(index) as f:
+            name = json.load(f).get("_class_name")
+    else:
+        import diffusers
+
+        with hub_errors(path):
+            name = diffusers.DiffusionPipeline.load_config(path, **hub_kwargs).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def is_text_to_image(path: str, **hub_kwargs) -> bool:
+    """Whether ``path`` is a Stable Diffusion (1.x/2.x) or SDXL pipeline."""
+    return pipeline_class(path, **hub_kwargs) in TEXT_PIPELINES
+
+
+class PromptEncoder(nn.Module):
+    """Frozen tokenizers and CLIP text encoders: prompts -> ``Condition(text=, pooled=, time_ids=)``.
+
+    Args:
+        tokenizers: one (SD 1.x/2.x) or two (SDXL) CLIP tokenizers.
+        encoders: the matching text encoders.
+        sdxl: SDXL's conditioning (penultimate hidden states of both encoders, the second's pooled projection, and
+            ``time_ids``).
+        zero_null: the empty prompt's embeddings are zeros (SDXL's ``force_zeros_for_empty_prompt``).
+        image_size: pixel size of the generated images, SDXL's ``time_ids = (H, W, 0, 0, H, W)``.
+    """
+
+    def __init__(self, tokenizers: list, encoders: list[nn.Module], sdxl: bool, zero_null: bool, image_size: int):
+        super().__init__()
+        self.tokenizers, self.encoders = tokenizers, nn.ModuleList(encoders)
+        self.sdxl, self.zero_null, self.image_size = sdxl, zero_null, image_size
+        self.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Condition:
+        """The condition of each prompt: ``text [B, 77, D]`` (+ ``pooled [B, D']`` and ``time_ids [B, 6]``)."""
+        device = next(self.encoders.parameters()).device
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            ids = tokenizer(
+                list(prompts),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            if not self.sdxl:
+                mask = None  # SD 1.x/2.x: CLIP's causal attention only, as diffusers (use_attention_mask unset)
+                hidden.append(encoder(ids, attention_mask=mask)[0])
+                continue
+            out = encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:  # CLIPTextModelWithProjection: the pooled projection of the last encoder
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        cond = Condition(text=torch.cat(hidden, dim=-1).float())
+        if self.sdxl:
+            if pooled is None:
+                raise ValueError("An SDXL pipeline needs a CLIPTextModelWithProjection as text_encoder_2.")
+            size = self.image_size
+            time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(len(prompts), -1)
+            cond.pooled, cond.time_ids = pooled.float(), time_ids.to(device)
+        return cond
+
+    def null(self) -> Condition:
+        """The empty prompt's condition (``[1, ...]``): the unconditional branch of classifier-free guidance."""
+        cond = self.encode([""])
+        if self.zero_null:
+            cond.text, cond.pooled = torch.zeros_like(cond.text), torch.zeros_like(cond.pooled)
+        return cond
+
+
+class LatentCodec(nn.Module):
+    """The frozen VAE: images in [-1, 1] <-> the latents the UNet denoises (``scaling_factor``, ``shift_factor``)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae.requires_grad_(False).eval()
+        self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> latents ``[B, C, H/f, W/f]`` (the posterior mean, so that caches repeat)."""
+        dtype = next(self.vae.parameters()).dtype
+        latents = self.vae.encode(images.to(dtype)).latent_dist.mode()
+        return ((latents.float() - self.shift) * self.scaling).float()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images ``[B, 3, H, W]`` in [-1, 1]."""
+        dtype = next(self.vae.parameters()).dtype
+        images = self.vae.decode((latents / self.scaling + self.shift).to(dtype)).sample
+        return images.float().clamp(-1, 1)
+
+
+@dataclass
+class TextToImage:
+    """A loaded text-to-image teacher: the denoiser (with the empty prompt as its null condition), its prompt
+    encoder and VAE, and where it came from (what exports copy)."""
+
+    teacher: Denoiser
+    prompts: PromptEncoder
+    codec: LatentCodec
+    source: str
+    pipeline_class: str
+
+    @property
+    def image_size(self) -> int:
+        return self.teacher.backbone.config.sample_size * self.codec.scale_factor
+
+
+def load_text_to_image(
+    path: str, revision: str | None = None, variant: str | None = None, dtype: torch.dtype | None = None
+) -> TextToImage:
+    """Load an SD 1.x/2.x or SDXL pipeline (local folder or Hub id) as a teacher with its frozen parts.
+
+    Raises:
+        ValueError: if ``path`` is another kind of pipeline.
+        FileNotFoundError: for a Hub id that cannot be reached (with the advice to pass a local folder).
+    """
+    import diffusers
+    import transformers
+
+    hub = {k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None}
+    name = pipeline_class(path, **hub)
+    if name not in TEXT_PIPELINES:
+        raise ValueError(f"{path!r} is a {name or 'folder without model_index.json'}, not one of {TEXT_PIPELINES}.")
+    sdxl = name == "StableDiffusionXLPipeline"
+    with hub_errors(path):
+        index = diffusers.DiffusionPipeline.load_config(path, **hub)
+        teacher = Denoiser.from_pretrained(path, subfolder="unet", dtype=dtype, **hub)
+        vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **hub)
+        parts = ["", "_2"] if sdxl else [""]
+        tokenizers = [
+            transformers.CLIPTokenizer.from_pretrained(path, subfolder=f"tokenizer{p}", **hub) for p in parts
+        ]
+        encoders = []
+        for p in parts:
+            cls = getattr(transformers, index[f"text_encoder{p}"][1])
+            encoders.append(cls.from_pretrained(path, subfolder=f"text_encoder{p}", dtype=dtype, **hub))
+    codec = LatentCodec(vae)
+    size = teacher.backbone.config.sample_size * codec.scale_factor
+    prompts = PromptEncoder(tokenizers, encoders, sdxl, sdxl and index.get("force_zeros_for_empty_prompt", True), size)
+    null = prompts.null()
+    teacher.null_text, teacher.null_pooled = null.text, null.pooled
+    return TextToImage(teacher.frozen(), prompts, codec, path, name)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def read_captions(folder: str) -> list[tuple[str, str]]:
+    """``(image path, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
+    ``{"file_name": ..., "text": ...}`` per line) or ``metadata.csv`` with ``file_name`` and a ``text``, ``caption``
+    or ``prompt`` column."""
+    jsonl, table = os.path.join(folder, "metadata.jsonl"), os.path.join(folder, "metadata.csv")
+    if os.path.isfile(jsonl):
+        with open(jsonl) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        where = jsonl
+    elif os.path.isfile(table):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        where = table
+    else:
+        raise FileNotFoundError(
+            f"{folder!r} has no metadata.jsonl or metadata.csv: a text-to-image teacher trains on captioned images "
+            '(one {"file_name": "x.png", "text": "a caption"} per line of metadata.jsonl).'
+        )
+    pairs = []
+    for i, row in enumerate(rows):
+        key = next((k for k in CAPTION_KEYS if k in row), None)
+        if "file_name" not in row or key is None:
+            raise ValueError(
+                f"{where}: row {i + 1} needs 'file_name' and one of {CAPTION_KEYS}; it has {sorted(row)}."
+            )
+        path = os.path.join(folder, row["file_name"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: row {i + 1} names {row['file_name']!r}, which is not in {folder!r}.")
+        pairs.append((path, str(row[key])))
+    if not pairs:
+        raise ValueError(f"{where} lists no images.")
+    return pairs
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts of a prompt-only set: a text file with one prompt per line (blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Prompt file {path!r} does not exist (one prompt per line).")
+    with open(path) as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"Prompt file {path!r} holds no prompts.")
+    return prompts
+
+
+def _load_rgb(path: str, size: int, channels: int) -> Tensor:
+    """One image resized (shorter side, bicubic) and centre-cropped to ``size``, in [-1, 1], ``[C, size, size]``."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB" if channels == 3 else "L")
+        scale = size / min(im.size)
+        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        array = np.asarray(im, dtype=np.float32)
+    x = torch.from_numpy(array.copy())
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return x / 127.5 - 1.0
+
+
+def _encode_conditions(model: TextToImage, prompts: list[str], batch: int) -> dict[str, Tensor]:
+    conds = [model.prompts.encode(prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
+    out = {"text": torch.cat([c.text for c in conds]).cpu()}
+    if conds[0].pooled is not None:
+        out["pooled"] = torch.cat([c.pooled for c in conds]).cpu()
+        out["time_ids"] = torch.cat([c.time_ids for c in conds]).cpu()
+    return out
+
+
+def _cached(cache_dir: str | None, key: dict, build) -> dict[str, Tensor]:
+    """``build()``'s tensors, kept in ``cache_dir/<hash of key>.pt`` and reused when the key repeats."""
+    if not cache_dir:
+        return build()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{digest}.pt")
+    if os.path.isfile(path):
+        return torch.load(path)
+    data = build()
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(data, tmp)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache behind
+    return data
+
+
+def encode_captioned_folder(
+    model: TextToImage, folder: str, limit: int | None = None, cache_dir: str | None = None, batch: int = 32
+) -> dict[str, Tensor]:
+    """Training batches of a captioned image folder: ``{"x0": latents, "text": ..., (+ "pooled", "time_ids")}``, each
+    image encoded once by the VAE and each caption by the text encoders (cached in ``cache_dir`` if given)."""
+    pairs = read_captions(folder)[:limit]
+    size, channels = model.image_size, model.codec.vae.config.in_channels
+    stats = [(p, c, os.path.getmtime(p)) for p, c in pairs]
+    key = {"kind": "captioned", "teacher": model.source, "size": size, "items": stats}
+
+    def build():
+        latents = []
+        for i in range(0, len(pairs), batch):
+            images = torch.stack([_load_rgb(p, size, channels) for p, _ in pairs[i : i + batch]])
+            latents.append(model.codec.encode(images.to(next(model.codec.parameters()).device)).cpu())
+        return {"x0": torch.cat(latents), **_encode_conditions(model, [c for _, c in pairs], batch)}
+
+    return _cached(cache_dir, key, build)
+
+
+def encode_prompt_set(
+    model: TextToImage, path: str, cache_dir: str | None = None, batch: int = 32
+) -> dict[str, Tensor]:
+    """Conditions of a prompt-only set (data-free strategies): ``{"text": ..., (+ "pooled", "time_ids")}``."""
+    prompts = read_prompts(path)
+    key = {"kind": "prompts", "teacher": model.source, "prompts": prompts}
+    return _cached(cache_dir, key, lambda: _encode_conditions(model, prompts, batch))
+
+
+# -------------------------------------------------------------------------------------------- tokenizer
+def write_clip_tokenizer(folder: str, max_merges: int | None = None, model_max_length: int = 77) -> str:
+    """Write a ``CLIPTokenizer`` folder made offline from the BPE merges that open_clip ships
+    (``bpe_simple_vocab_16e6.txt.gz``): CLIP's byte-level vocabulary, the first ``max_merges`` merges (all 48,894
+    by default: the 49,408-token vocabulary of SD's tokenizer) and its start/end tokens.
+
+    Returns:
+        the folder, loadable with ``transformers.CLIPTokenizer.from_pretrained``.
+    """
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    with gzip.open(bpe, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # CLIP's own cut: 48,894 merges after the header line
+    merges = merges[:max_merges] if max_merges is not None else merges
+    byte_tokens = _byte_symbols()
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)},
+        merges=[tuple(m.split()) for m in merges],
+        model_max_length=model_max_length,
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _byte_symbols() -> list[str]:
+    """CLIP's (and GPT-2's) byte-level BPE alphabet in its vocabulary order: the printable Latin-1 bytes stand for
+    themselves, in byte order, and the other bytes follow as code points 256, 257, ..."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]

@@ -1,0 +1,174 @@
+"""Latent text-to-image teachers (SD 1.5- and SDXL-shaped pipelines built locally, no network): prompt encoding as
+diffusers does it, captioned data and prompt sets, every strategy's train script with --teacher set to the pipeline
+folder, and exports in the teacher's own pipeline class (and LoRA) that plain diffusers loads in a fresh interpreter
+and that reproduce the toolkit's sampler."""
+
+import json
+import os
+
+import pytest
+import torch
+from test_export import BLOCK_STEPDISTILL, run_isolated
+from tiny_text import PROMPTS, build_pipeline, captioned_folder
+
+from stepdistill.denoiser import Denoiser
+from stepdistill.sampling import consistency_sample, ddim_sample, multistep_sample
+from stepdistill.text import encode_captioned_folder, load_text_to_image, read_captions
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+FAMILIES = ("sd15", "sdxl")
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    folders = {family: build_pipeline(root / family, sdxl=family == "sdxl") for family in FAMILIES}
+    folders["data"] = captioned_folder(root / "data")
+    with open(root / "prompts.txt", "w") as f:
+        f.write("\n".join(PROMPTS) + "\n\n")
+    folders["prompts"] = str(root / "prompts.txt")
+    return folders
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_embeddings_equal_the_pipelines_encode_prompt(pipelines, family):
+    """The toolkit's conditions (and its empty-prompt null condition for CFG) equal diffusers' encode_prompt."""
+    from diffusers import DiffusionPipeline
+
+    model = load_text_to_image(pipelines[family])
+    pipe = DiffusionPipeline.from_pretrained(pipelines[family])
+    cond = model.prompts.encode(PROMPTS[:3])
+    out = pipe.encode_prompt(PROMPTS[:3], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    assert torch.equal(out[0], cond.text) and torch.equal(out[1][:1], model.teacher.null_text)
+    if family == "sdxl":  # pooled text, SDXL's zeroed empty prompt, and size conditioning of the 16 px images
+        assert torch.equal(out[2], cond.pooled) and torch.equal(out[3][:1], model.teacher.null_pooled)
+        assert model.teacher.null_text.abs().max() == 0 and cond.time_ids[0].tolist() == [16, 16, 0, 0, 16, 16]
+    assert model.teacher.backbone.training is False and not any(p.requires_grad for p in model.prompts.parameters())
+
+
+def test_captioned_data_is_encoded_once_and_cached(pipelines, tmp_path, monkeypatch):
+    model = load_text_to_image(pipelines["sd15"])
+    first = encode_captioned_folder(model, pipelines["data"], cache_dir=str(tmp_path / "cache"))
+    assert first["x0"].shape == (12, 4, 8, 8) and first["text"].shape == (12, 77, 16)
+    assert torch.equal(first["text"][6], model.prompts.encode([PROMPTS[0]]).text[0])  # captions cycle over PROMPTS
+    monkeypatch.setattr(model.codec, "encode", lambda x: pytest.fail("the cache should have been used"))
+    again = encode_captioned_folder(model, pipelines["data"], cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(again["x0"], first["x0"]) and len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_bad_captioned_folders_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        read_captions(str(tmp_path))
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "missing.png", "text": "x"}) + "\n")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_captions(str(tmp_path))
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png"}) + "\n")
+    with pytest.raises(ValueError, match="row 1 needs"):
+        read_captions(str(tmp_path))
+
+
+def test_unreachable_hub_id_is_one_clear_error():
+    """(The suite runs with HF_HUB_OFFLINE=1, set in conftest: the Hub cannot be reached.)"""
+    from stepdistill.config import ModelConfig
+    from stepdistill.recipes import load_setup
+
+    with pytest.raises(FileNotFoundError, match="pass the local folder"):
+        load_setup(ModelConfig(teacher="nobody-here/no-such-model"))
+
+
+LOAD_TEXT_SCRIPT = (
+    BLOCK_STEPDISTILL
+    + r"""
+import json
+from diffusers import DiffusionPipeline
+import diffusers
+folder, lora, teacher, steps, w, io = sys.argv[1:7]
+pipe = DiffusionPipeline.from_pretrained(teacher if lora != "-" else folder)
+if lora != "-":  # the teacher's own pipeline + the adapter and the scheduler it was trained for
+    scheduler_class = json.load(open(f"{lora}/scheduler/scheduler_config.json"))["_class_name"]
+    pipe.scheduler = getattr(diffusers, scheduler_class).from_pretrained(lora, subfolder="scheduler")
+    pipe.load_lora_weights(lora)
+pipe.set_progress_bar_config(disable=True)
+inputs = torch.load(io)
+g = torch.Generator().manual_seed(0)
+when = {"timesteps": inputs["timesteps"]} if inputs["timesteps"] else {"num_inference_steps": int(steps)}
+out = pipe(prompt=inputs["prompts"], guidance_scale=float(w), latents=inputs["noise"], generator=g,
+           output_type="latent", **when).images
+torch.save({"latents": out, "class": type(pipe).__name__}, io)
+"""
+)
+
+# (family, script, extra flags, export folder, sampler): a few steps of every strategy on the tiny pipelines
+CASES = [
+    (
+        "sd15",
+        "progressive",
+        ["--teacher-steps", "8", "--target-steps", "4", "--steps-per-round", "2"],
+        "pipeline-4steps",
+        "ddim",
+    ),
+    ("sd15", "consistency", ["--sample-steps", "2"], "pipeline", "lcm"),
+    ("sd15", "dmd", ["--preset", "fashion", "--generator-steps", "2"], "pipeline", "multistep"),
+    ("sd15", "dmd", ["--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
+    ("sd15", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
+    (
+        "sdxl",
+        "progressive",
+        ["--teacher-steps", "4", "--target-steps", "2", "--steps-per-round", "2"],
+        "pipeline-2steps",
+        "ddim",
+    ),
+    ("sdxl", "consistency", ["--lora-rank", "4", "--lr", "1e-3", "--sample-steps", "2"], "lora", "lcm"),
+    ("sdxl", "dmd", ["--preset", "fashion"], "pipeline", "multistep"),
+    ("sdxl", "sid", ["--preset", "fashion-4step"], "pipeline", "multistep"),
+]
+
+
+def _toolkit_sample(folder, sampler, noise, cond, saved):
+    """The toolkit's own sampler for an exported student (its UNet and scheduler read back from the folder)."""
+    den = Denoiser.from_pretrained(folder).frozen()
+    times = (torch.tensor(saved["timesteps"], dtype=torch.float64) + 1) / 1000
+    g = torch.Generator().manual_seed(0)
+    w = saved["guidance_scale"]
+    if sampler == "ddim":
+        return ddim_sample(den, noise, cond, guidance_scale=w, times=times)
+    if sampler == "lcm":
+        return consistency_sample(den, noise, cond, len(times), guidance_scale=w, times=times, generator=g)
+    return multistep_sample(den, noise, cond, times, generator=g)
+
+
+@pytest.mark.parametrize("family,script,flags,export,sampler", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}" for c in CASES])
+def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
+    pipelines, tmp_path, family, script, flags, export, sampler
+):
+    import importlib
+
+    main = importlib.import_module(f"train.{script}").main
+    out = tmp_path / "run"
+    data = ["--prompts", pipelines["prompts"]] if script == "sid" else ["--data", pipelines["data"]]
+    common = ["--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--output-dir", str(out)]
+    main(["--teacher", pipelines[family], *data, *common, *flags])
+    logs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert logs and all(v == v for entry in logs for v in entry.values())  # finite, logged every step
+    assert (out / "grids").is_dir() and os.listdir(out / "grids")  # decoded through the VAE
+    pipeline = out / ("pipeline" if export == "lora" else export)
+    saved = json.load(open(pipeline / "stepdistill.json"))
+    index = json.load(open(pipeline / "model_index.json"))
+    expected_class = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    assert index["_class_name"] == expected_class and not list(pipeline.glob("*.py"))  # no custom code
+    prompts = PROMPTS[:3]
+    cond = load_text_to_image(pipelines[family]).prompts.encode(prompts)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = _toolkit_sample(pipeline, sampler, noise, cond, saved)
+    io = tmp_path / "io.pt"
+    timesteps = saved["timesteps"] if saved.get("pass_timesteps") else None  # documented in the card
+    torch.save({"prompts": prompts, "noise": noise, "timesteps": timesteps}, io)
+    lora = str(out / "lora") if export == "lora" else "-"
+    w = saved.get("pipeline_guidance_scale", saved["guidance_scale"])
+    args = (pipeline, lora, pipelines[family], saved["num_inference_steps"], w, io)
+    run_isolated(LOAD_TEXT_SCRIPT, *args, cwd=tmp_path)
+    result = torch.load(io)
+    assert result["class"] == expected_class
+    assert (result["latents"] - ours).abs().max() < 1e-4
+    assert ours.abs().max() > 0.1  # not a degenerate all-zero sample

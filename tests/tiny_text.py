@@ -1,0 +1,130 @@
+"""Tiny Stable Diffusion 1.5- and SDXL-shaped pipelines built locally: the real diffusers/transformers classes and
+hub file layout with random weights, and an offline CLIP tokenizer made from open_clip's BPE merges, so that the
+text-to-image code paths run without the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from stepdistill.text import write_clip_tokenizer
+
+PROMPTS = ["a photo of an ankle boot", "a photo of a bag", "a sneaker", "a dress", "a shirt", "a coat"]
+
+
+def _text_encoder(tokenizer, projection: bool, hidden: int, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+
+
+def _unet(cross_attention_dim: int, sdxl: bool, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra = (
+        {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 4,
+            "projection_class_embeddings_input_dim": 6 * 4 + cross_attention_dim // 2,
+        }
+        if sdxl
+        else {}
+    )
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        **extra,
+    )
+
+
+def build_pipeline(folder, sdxl: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> str:
+    """Save a tiny SD 1.5- (or SDXL-) shaped pipeline in hub layout under ``folder``; returns the folder."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    folder = os.fspath(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="trailing",
+    )
+    parts = {"vae": _vae(seed), "tokenizer": tokenizer, "scheduler": scheduler}
+    if sdxl:
+        parts.update(
+            text_encoder=_text_encoder(tokenizer, False, 16, seed + 1),
+            text_encoder_2=_text_encoder(tokenizer, True, 16, seed + 2),
+            tokenizer_2=tokenizer,
+            unet=_unet(32, True, seed + 3),
+        )
+        pipe = StableDiffusionXLPipeline(**parts)
+    else:
+        parts.update(text_encoder=_text_encoder(tokenizer, False, 16, seed + 1), unet=_unet(16, False, seed + 3))
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def captioned_folder(folder, n: int = 12, size: int = 16, seed: int = 0) -> str:
+    """``n`` random RGB images with captions from ``PROMPTS`` in diffusers' imagefolder layout (metadata.jsonl)."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
+        for i in range(n):
+            name = f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(os.path.join(folder, name))
+            f.write(json.dumps({"file_name": name, "text": PROMPTS[i % len(PROMPTS)]}) + "\n")
+    return os.fspath(folder)
