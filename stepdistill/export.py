@@ -291,11 +291,15 @@ def model_card(
     method: str, teacher: str, num_steps: int, guidance_scale: float, details: str = "", metrics: str | None = None
 ) -> str:
     """Markdown model card of an exported student: method, teacher, how to sample it, and measured quality."""
+    from .text import is_text_to_image
+
+    if is_text_to_image(teacher):  # the teacher's own pipeline class: no custom code to trust
+        load, inputs = "DiffusionPipeline.from_pretrained(FOLDER)", 'prompt=["a photo of a cat"]'
+    else:
+        load, inputs = "DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)", "class_labels=[0, 1, 2]"
     usage = (
-        "```python\nfrom diffusers import DiffusionPipeline\n\n"
-        "pipe = DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)\n"
-        f"images = pipe(class_labels=[0, 1, 2], num_inference_steps={num_steps}, "
-        f"guidance_scale={guidance_scale:g}).images\n```\n"
+        f"```python\nfrom diffusers import DiffusionPipeline\n\npipe = {load}\n"
+        f"images = pipe({inputs}, num_inference_steps={num_steps}, guidance_scale={guidance_scale:g}).images\n```\n"
     )
     quality = metrics or "Not measured at export time: run `eval/evaluate.py --model NAME=FOLDER` to score it.\n"
     return (

@@ -33,13 +33,15 @@ CAPTION_KEYS = ("text", "caption", "prompt")
 
 def pipeline_class(path: str, **hub_kwargs) -> str | None:
     """The ``_class_name`` in ``path``'s ``model_index.json`` (a local folder or a Hub id), or ``None`` for a folder
-    without one (a bare UNet + scheduler, the toolkit's own teachers)."""
+    without one (a bare UNet + scheduler, the toolkit's own teachers) and for a name that is neither."""
     if os.path.isdir(path):
         index = os.path.join(path, "model_index.json")
         if not os.path.isfile(index):
             return None
         with open(index) as f:
             name = json.load(f).get("_class_name")
+    elif path.startswith((".", "/")) or path.count("/") != 1:
+        return None  # neither a folder nor a Hub id 'owner/name'
     else:
         import diffusers
 
