@@ -264,3 +264,26 @@ def test_forced_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path, monke
     resumed = DMDStrategy(DMDConfig(fake_updates_per_generator=1, lr=1e-3), unet_teacher())
     Trainer(config, resumed, data).train()
     assert (tmp_path / "checkpoints" / "step-00000005").is_dir()
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "karras"])
+def test_time_sampling_sets_the_noise_levels_of_every_loss(sampling):
+    """``time_sampling="karras"`` draws the DM loss's, the fake score's and the GAN's noise levels on EDM's rho-7 ramp
+    over dm_t_range (median EDM sigma at the ramp's middle, many more low-noise draws than uniform indices of the
+    cosine schedule); "uniform" keeps uniform indices for the DM loss and uniform t for the others."""
+    from stepdistill.schedules import karras_sigma
+
+    strategy = DMDStrategy(DMDConfig(time_sampling=sampling), unet_teacher())
+    like, schedule = torch.zeros(1), strategy.teacher.schedule
+    torch.manual_seed(0)
+    for t in (strategy._loss_times(20000, like, sampling, [0.02, 0.98]), strategy._score_times(20000, like)):
+        alpha, sigma = schedule.alpha_sigma(t.double())
+        edm = sigma / alpha
+        low = (edm < 0.2).double().mean()
+        if sampling == "karras":
+            assert edm.median() == pytest.approx(float(karras_sigma(torch.tensor(0.5))), rel=0.1)  # uniform: ~1
+            assert 0.2 < low < 0.3  # the ramp's u < 0.26
+        else:
+            assert 0.08 < low < 0.15  # cosine schedule: t < 0.12
+    with pytest.raises(ValueError, match="time_sampling"):
+        DMDConfig(time_sampling="logit")
