@@ -6,8 +6,8 @@ its bottleneck features are (DMD2's GAN head reads them). Strategies see neither
 registered here, with no change to any strategy.
 
 Families: diffusers ``UNet2DModel`` (class labels only) and ``UNet2DConditionModel`` (class labels, text
-cross-attention, SDXL ``text_embeds``/``time_ids``, ``timestep_cond``). Transformer backbones (e.g.
-``SD3Transformer2DModel``, whose call takes ``hidden_states``/``pooled_projections``) fit the same interface.
+cross-attention, SDXL ``text_embeds``/``time_ids``, ``timestep_cond``), and the SD3 transformer
+``SD3Transformer2DModel`` (``encoder_hidden_states`` + ``pooled_projections``, no convolutional bottleneck).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def adapter_for(backbone: nn.Module) -> BackboneAdapter:
 class BackboneAdapter:
     """Maps ``(x_t, timestep, Condition)`` to one family's call and returns its raw output ``[B, C, H, W]``."""
 
-    feature_module: ClassVar[str] = "mid_block"  # the bottleneck whose output ``capture_features`` returns
+    feature_module: ClassVar[str | None] = "mid_block"  # the bottleneck whose output ``capture_features`` returns
     takes_guidance_embedding: ClassVar[bool] = False
 
     def __call__(
@@ -71,6 +71,11 @@ class BackboneAdapter:
     def capture_features(self, backbone: nn.Module):
         """Within the block, ``store["features"]`` receives the output ``[B, C, h, w]`` of the bottleneck
         (``feature_module``) of every call, through a forward hook (no fork of the backbone's code)."""
+        if self.feature_module is None:
+            raise ValueError(
+                f"{type(backbone).__name__} has no convolutional bottleneck for a GAN head on its features: "
+                "set both GAN weights to 0."
+            )
         module = backbone.get_submodule(self.feature_module)
         store: dict[str, Tensor] = {}
 
@@ -111,3 +116,23 @@ class UNet2DConditionAdapter(BackboneAdapter):
                 raise ValueError("SDXL conditioning needs both pooled text embeddings and time_ids.")
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype), "time_ids": cond.time_ids.to(dtype)}
         return kwargs
+
+
+@register_backbone("SD3Transformer2DModel")
+class SD3TransformerAdapter(BackboneAdapter):
+    """diffusers ``SD3Transformer2DModel`` (Stable Diffusion 3): joint attention over the prompt's token embeddings
+    (``encoder_hidden_states``) and the pooled CLIP embeddings (``pooled_projections``), timestep ``sigma * 1000``."""
+
+    feature_module = None
+
+    def __call__(self, backbone, x_t, timestep, cond, timestep_cond):
+        if timestep_cond is not None:
+            raise TypeError("SD3Transformer2DModel cannot take a guidance-scale embedding.")
+        dtype = next(backbone.parameters()).dtype
+        kwargs = self.condition_kwargs(backbone, cond, dtype)
+        return backbone(hidden_states=x_t.to(dtype), timestep=timestep, return_dict=False, **kwargs)[0]
+
+    def condition_kwargs(self, backbone, cond, dtype):
+        if cond.text is None or cond.pooled is None:
+            raise ValueError("An SD3 transformer needs prompt embeddings and pooled embeddings (text and pooled).")
+        return {"encoder_hidden_states": cond.text.to(dtype), "pooled_projections": cond.pooled.to(dtype)}

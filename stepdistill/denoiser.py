@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from . import lora
 from .backbones import adapter_for, supported_backbones
+from .io import hub_errors
 from .schedules import Prediction, Schedule, check_prediction, combine, load_scheduler_config, split
 
 DEFAULT_LORA_TARGETS = lora.DEFAULT_LORA_TARGETS
@@ -160,24 +161,23 @@ class Denoiser(nn.Module):
                     f"Model folder {path!r} does not exist; did you mean {near[0] + path[len(top) :]!r}? (It was not "
                     f"sent to the Hub as a model id because a local folder {near[0]!r} looks like it.)"
                 )
-        if local:
-            if subfolder and not os.path.isdir(os.path.join(path, subfolder)):
-                if not os.path.isfile(os.path.join(path, "config.json")):
-                    raise FileNotFoundError(f"{path!r} has neither a {subfolder!r} subfolder nor a config.json.")
-                subfolder = None  # the path is the model folder itself
-            config = diffusers.UNet2DConditionModel.load_config(path, subfolder=subfolder)
+        if local and subfolder and not os.path.isdir(os.path.join(path, subfolder)):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise FileNotFoundError(f"{path!r} has neither a {subfolder!r} subfolder nor a config.json.")
+            subfolder = None  # the path is the model folder itself
+        revision = {"revision": hub_kwargs["revision"]} if hub_kwargs.get("revision") else {}
+        with hub_errors(path):
+            config = diffusers.UNet2DConditionModel.load_config(path, subfolder=subfolder, **revision)
             _check_backbone_class(config.get("_class_name"), os.path.join(path, subfolder or ""))
             model_cls = getattr(diffusers, config["_class_name"])
-        else:
-            model_cls = diffusers.UNet2DConditionModel
-        backbone = model_cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, **hub_kwargs)
-        _check_backbone_class(type(backbone).__name__, path)
-        if scheduler is None and not local:
-            scheduler_config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler", **hub_kwargs)
-        else:
-            scheduler_config = load_scheduler_config(scheduler or path)
+            backbone = model_cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, **hub_kwargs)
+            if scheduler is None and not local:
+                scheduler_config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler", **revision)
+            else:
+                scheduler_config = load_scheduler_config(scheduler or path)
         schedule = Schedule.from_scheduler_config(scheduler_config)
-        prediction = scheduler_config.get("prediction_type", "epsilon")
+        # flow-matching schedulers carry no prediction_type: their models predict the velocity
+        prediction = scheduler_config.get("prediction_type", "flow" if schedule.kind == "flow" else "epsilon")
         if null_class is None and getattr(backbone.config, "num_class_embeds", None):
             null_class = backbone.config.num_class_embeds - 1
         time_cond = getattr(backbone.config, "time_cond_proj_dim", None)

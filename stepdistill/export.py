@@ -37,7 +37,10 @@ def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
 
 
 def exportable_steps(denoiser: Denoiser, num_steps: int) -> bool:
-    """Whether the uniform grid ``t = k / num_steps`` falls on the schedule's integer timesteps."""
+    """Whether the uniform grid ``t = k / num_steps`` falls on the schedule's integer timesteps (any grid does for a
+    flow, whose pipelines take the times as ``sigmas``)."""
+    if denoiser.schedule.kind == "flow":
+        return True
     try:
         student_timesteps(denoiser, torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps)
     except ValueError:
@@ -67,8 +70,10 @@ def configure_scheduler(
     import diffusers
 
     schedule = denoiser.schedule
+    if schedule.kind == "flow":
+        return _flow_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
     if schedule.kind != "discrete":
-        raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) students only.")
+        raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) and flow students only.")
     if times is None:
         times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
     timesteps = student_timesteps(denoiser, times)
@@ -93,6 +98,37 @@ def configure_scheduler(
             f"{scheduler_class} gives timesteps {scheduler.timesteps.tolist()} for {num_steps} steps, "
             f"but the student was trained for {timesteps}."
         )
+    return scheduler
+
+
+def _flow_scheduler(denoiser: Denoiser, num_steps: int, scheduler_class: str, times, scheduler_options):
+    """A rectified-flow student's ``FlowMatchEulerDiscreteScheduler`` (no shift) at its times, given to the pipeline
+    as ``sigmas=``: deterministic Euler steps for a ``DDIMScheduler`` spec (PD; for a flow these are DDIM's steps),
+    or, for the identity-scaled ``LCMScheduler`` of few-step generators (DMD, SiD), ``stochastic_sampling``, which
+    re-noises each x0 to the next time with fresh noise as the toolkit's sampler does."""
+    import diffusers
+
+    stochastic = scheduler_class == "LCMScheduler"
+    if stochastic and (scheduler_options or {}).get("timestep_scaling") != IDENTITY_TIMESTEP_SCALING:
+        raise ValueError(
+            "diffusers has no flow-matching scheduler with LCM's boundary scalings: consistency students of a flow "
+            "teacher cannot be exported as a pipeline yet."
+        )
+    if times is None:
+        times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    source = {k: v for k, v in (denoiser.schedule.scheduler_config or {}).items() if not k.startswith("_")}
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        {
+            **source,
+            "num_train_timesteps": denoiser.schedule.num_train_timesteps,
+            "shift": 1.0,
+            "use_dynamic_shifting": False,
+            "stochastic_sampling": stochastic,
+        }
+    )
+    scheduler.set_timesteps(sigmas=times.tolist())
+    if (scheduler.sigmas[:-1].double() - times.double()).abs().max() > 1e-6:
+        raise ValueError(f"FlowMatchEulerDiscreteScheduler gives sigmas {scheduler.sigmas.tolist()}, not {times}.")
     return scheduler
 
 
@@ -140,6 +176,17 @@ def export_pipeline(
     with atomic_dir(folder) as tmp:
         backbone = denoiser.backbone
         saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps}
+        flow = denoiser.schedule.kind == "flow"
+        if flow and not text:
+            raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
+        if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
+            saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
+            card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"
+            if scheduler.config.stochastic_sampling:
+                card += (
+                    "Its scheduler re-noises between steps with torch's global generator (the pipeline does not "
+                    "pass `generator=` to it): call `torch.manual_seed(...)` first for repeatable images.\n"
+                )
         if text:  # the teacher's own pipeline class around the student: `DiffusionPipeline.from_pretrained` loads it
             if scheduler.config.get("steps_offset", 0) > 1:
                 # diffusers' SD pipelines reset a scheduler's steps_offset to 1, which would move a one-step student
@@ -151,7 +198,12 @@ def export_pipeline(
                 scheduler.set_timesteps(timesteps=timesteps)
                 saved["pass_timesteps"] = True
                 card += f"\nCall the pipeline with `timesteps={timesteps}` (not `num_inference_steps`).\n"
-            pipe = diffusers.DiffusionPipeline.from_pretrained(source, unet=backbone, scheduler=scheduler)
+            component = "transformer" if flow else "unet"
+            # components the teacher leaves out (SD3 without T5: [null, null] in model_index.json) stay out
+            absent = {k: None for k, v in diffusers.DiffusionPipeline.load_config(source).items() if v == [None, None]}
+            pipe = diffusers.DiffusionPipeline.from_pretrained(
+                source, **absent, **{component: backbone}, scheduler=scheduler
+            )
             pipe.save_pretrained(tmp)
             if denoiser.guidance_embedding_dim:  # diffusers' SD pipelines embed guidance_scale - 1 (LCM's w)
                 saved["pipeline_guidance_scale"] = guidance_scale + 1
@@ -198,8 +250,9 @@ def export_lora(
 ) -> str:
     """Write a student's LoRA adapter in diffusers' format (atomically), loadable with plain diffusers/peft.
 
-    ``folder/pytorch_lora_weights.safetensors`` holds diffusers' key names under the ``unet.`` prefix, the form
-    ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")`` read. A ``scheduler`` (from
+    ``folder/pytorch_lora_weights.safetensors`` holds diffusers' key names under the ``unet.`` prefix (``transformer.``
+    for SD3's transformer), the form ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")``
+    read. A ``scheduler`` (from
     ``configure_scheduler``) is saved in ``folder/scheduler`` for ``LCMScheduler.from_pretrained(folder,
     subfolder="scheduler")``: the adapter samples as intended only with the scheduler it was trained for.
 
@@ -217,7 +270,8 @@ def export_lora(
     from safetensors.torch import save_file
 
     state = get_peft_model_state_dict(backbone, adapter_name=adapter_name)
-    state = {f"unet.{k}": v.detach().float().contiguous() for k, v in state.items()}
+    prefix = "unet" if "UNet" in type(backbone).__name__ else "transformer"  # the pipeline's component name
+    state = {f"{prefix}.{k}": v.detach().float().contiguous() for k, v in state.items()}
     if not state or not all("lora" in k for k in state):
         raise ValueError("The LoRA state dict is empty or holds non-LoRA weights; nothing sensible to export.")
     with atomic_dir(folder) as tmp:

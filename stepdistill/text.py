@@ -1,8 +1,9 @@
-"""Latent text-to-image teachers: Stable Diffusion 1.x/2.x and SDXL pipelines, loaded with diffusers.
+"""Latent text-to-image teachers: Stable Diffusion 1.x/2.x, SDXL and SD3 pipelines, loaded with diffusers.
 
-A text-to-image teacher is three frozen parts around the UNet the strategies distil: the prompt encoder (one CLIP
-text encoder for SD 1.x/2.x; two for SDXL, whose penultimate hidden states are concatenated and whose second gives
-the pooled embedding), the VAE that maps images to the latents the UNet denoises, and the pipeline class users
+A text-to-image teacher is three frozen parts around the network the strategies distil (a UNet, or SD3's
+rectified-flow transformer): the prompt encoder (one CLIP text encoder for SD 1.x/2.x; two for SDXL, whose
+penultimate hidden states are concatenated and whose second gives the pooled embedding; two CLIP encoders and an
+optional T5 for SD3), the VAE that maps images to the latents the network denoises, and the pipeline class users
 sample with. This module loads them from a pipeline folder or a Hub id (``load_text_to_image``), turns captioned
 image folders and prompt lists into training batches of latents and prompt embeddings (computed once, optionally
 cached on disk), and builds the offline CLIP tokenizer that locally made test and demo pipelines use.
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 from .denoiser import Condition, Denoiser
 from .io import hub_errors
 
-TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
+TEXT_PIPELINES = tuple(FAMILIES)
 CAPTION_KEYS = ("text", "caption", "prompt")
 
 
@@ -51,57 +53,77 @@ def pipeline_class(path: str, **hub_kwargs) -> str | None:
 
 
 def is_text_to_image(path: str, **hub_kwargs) -> bool:
-    """Whether ``path`` is a Stable Diffusion (1.x/2.x) or SDXL pipeline."""
+    """Whether ``path`` is a Stable Diffusion (1.x/2.x), SDXL or SD3 pipeline."""
     return pipeline_class(path, **hub_kwargs) in TEXT_PIPELINES
 
 
 class PromptEncoder(nn.Module):
-    """Frozen tokenizers and CLIP text encoders: prompts -> ``Condition(text=, pooled=, time_ids=)``.
+    """Frozen tokenizers and text encoders: prompts -> ``Condition(text=, pooled=, time_ids=)``, as diffusers'
+    ``encode_prompt`` of each family computes them (``clip_skip`` unset).
 
     Args:
-        tokenizers: one (SD 1.x/2.x) or two (SDXL) CLIP tokenizers.
-        encoders: the matching text encoders.
-        sdxl: SDXL's conditioning (penultimate hidden states of both encoders, the second's pooled projection, and
-            ``time_ids``).
+        family: ``"sd"`` (one CLIP encoder's last hidden states), ``"sdxl"`` (two CLIP encoders' penultimate hidden
+            states concatenated, the second's pooled projection, and ``time_ids``) or ``"sd3"`` (two CLIP encoders'
+            penultimate hidden states concatenated and zero-padded to the T5 width, followed by the T5 encoder's
+            256 token embeddings, or zeros without a T5 encoder; both CLIP pooled projections concatenated).
+        tokenizers, encoders: the family's tokenizers and text encoders, in the pipeline's order (SD3's third, the
+            T5 encoder, may be left out: ``t5_width`` then gives the width of its zero embeddings).
         zero_null: the empty prompt's embeddings are zeros (SDXL's ``force_zeros_for_empty_prompt``).
         image_size: pixel size of the generated images, SDXL's ``time_ids = (H, W, 0, 0, H, W)``.
+        t5_width: SD3: the transformer's ``joint_attention_dim``.
     """
 
-    def __init__(self, tokenizers: list, encoders: list[nn.Module], sdxl: bool, zero_null: bool, image_size: int):
+    T5_TOKENS = 256  # diffusers' SD3 default max_sequence_length
+
+    def __init__(
+        self,
+        family: str,
+        tokenizers: list,
+        encoders: list[nn.Module],
+        zero_null: bool = False,
+        image_size: int = 0,
+        t5_width: int = 0,
+    ):
         super().__init__()
-        self.tokenizers, self.encoders = tokenizers, nn.ModuleList(encoders)
-        self.sdxl, self.zero_null, self.image_size = sdxl, zero_null, image_size
+        if family not in FAMILIES.values():
+            raise ValueError(f"Unknown text-to-image family {family!r}: expected one of {tuple(FAMILIES.values())}.")
+        self.family, self.tokenizers, self.encoders = family, tokenizers, nn.ModuleList(encoders)
+        self.zero_null, self.image_size, self.t5_width = zero_null, image_size, t5_width
         self.requires_grad_(False).eval()
+
+    def _ids(self, tokenizer, prompts: list[str], max_length: int) -> Tensor:
+        device = next(self.encoders.parameters()).device
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        return tokens.input_ids.to(device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Condition:
-        """The condition of each prompt: ``text [B, 77, D]`` (+ ``pooled [B, D']`` and ``time_ids [B, 6]``)."""
-        device = next(self.encoders.parameters()).device
-        hidden, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            ids = tokenizer(
-                list(prompts),
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            if not self.sdxl:
-                mask = None  # SD 1.x/2.x: CLIP's causal attention only, as diffusers (use_attention_mask unset)
-                hidden.append(encoder(ids, attention_mask=mask)[0])
-                continue
-            out = encoder(ids, output_hidden_states=True)
-            if out[0].ndim == 2:  # CLIPTextModelWithProjection: the pooled projection of the last encoder
-                pooled = out[0]
+        """The condition of each prompt: ``text [B, L, D]`` (+ ``pooled [B, D']``, and ``time_ids [B, 6]`` for
+        SDXL)."""
+        prompts = list(prompts)
+        if self.family == "sd":
+            tokenizer, encoder = self.tokenizers[0], self.encoders[0]
+            # CLIP's causal attention only, as diffusers does (the encoder's use_attention_mask is unset)
+            return Condition(text=encoder(self._ids(tokenizer, prompts, tokenizer.model_max_length))[0].float())
+        hidden, pooled = [], []
+        for tokenizer, encoder in list(zip(self.tokenizers, self.encoders))[:2]:  # the CLIP encoders
+            out = encoder(self._ids(tokenizer, prompts, tokenizer.model_max_length), output_hidden_states=True)
+            if out[0].ndim == 2:  # CLIPTextModelWithProjection: its pooled projection
+                pooled.append(out[0])
             hidden.append(out.hidden_states[-2])
-        cond = Condition(text=torch.cat(hidden, dim=-1).float())
-        if self.sdxl:
-            if pooled is None:
-                raise ValueError("An SDXL pipeline needs a CLIPTextModelWithProjection as text_encoder_2.")
+        text = torch.cat(hidden, dim=-1).float()
+        if self.family == "sdxl":
+            if len(pooled) != 1:
+                raise ValueError("An SDXL pipeline needs a CLIPTextModel and a CLIPTextModelWithProjection.")
             size = self.image_size
-            time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(len(prompts), -1)
-            cond.pooled, cond.time_ids = pooled.float(), time_ids.to(device)
-        return cond
+            time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=text.device)
+            return Condition(text=text, pooled=pooled[0].float(), time_ids=time_ids.expand(len(prompts), -1))
+        if len(self.encoders) > 2:  # SD3's T5
+            t5 = self.encoders[2](self._ids(self.tokenizers[2], prompts, self.T5_TOKENS))[0].float()
+        else:
+            t5 = text.new_zeros(len(prompts), self.T5_TOKENS, self.t5_width)
+        text = nn.functional.pad(text, (0, t5.shape[-1] - text.shape[-1]))
+        return Condition(text=torch.cat([text, t5], dim=-2), pooled=torch.cat(pooled, dim=-1).float())
 
     def null(self) -> Condition:
         """The empty prompt's condition (``[1, ...]``): the unconditional branch of classifier-free guidance."""
@@ -155,7 +177,7 @@ class TextToImage:
 def load_text_to_image(
     path: str, revision: str | None = None, variant: str | None = None, dtype: torch.dtype | None = None
 ) -> TextToImage:
-    """Load an SD 1.x/2.x or SDXL pipeline (local folder or Hub id) as a teacher with its frozen parts.
+    """Load an SD 1.x/2.x, SDXL or SD3 pipeline (local folder or Hub id) as a teacher with its frozen parts.
 
     Raises:
         ValueError: if ``path`` is another kind of pipeline.
@@ -166,24 +188,28 @@ def load_text_to_image(
 
     hub = {k: v for k, v in {"revision": revision, "variant": variant}.items() if v is not None}
     name = pipeline_class(path, **hub)
-    if name not in TEXT_PIPELINES:
+    if name not in FAMILIES:
         raise ValueError(f"{path!r} is a {name or 'folder without model_index.json'}, not one of {TEXT_PIPELINES}.")
-    sdxl = name == "StableDiffusionXLPipeline"
+    family = FAMILIES[name]
     with hub_errors(path):
         index = diffusers.DiffusionPipeline.load_config(path, **hub)
-        teacher = Denoiser.from_pretrained(path, subfolder="unet", dtype=dtype, **hub)
+        backbone = "transformer" if family == "sd3" else "unet"
+        teacher = Denoiser.from_pretrained(path, subfolder=backbone, dtype=dtype, **hub)
         vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **hub)
-        parts = ["", "_2"] if sdxl else [""]
-        tokenizers = [
-            transformers.CLIPTokenizer.from_pretrained(path, subfolder=f"tokenizer{p}", **hub) for p in parts
-        ]
-        encoders = []
+        parts = {"sd": [""], "sdxl": ["", "_2"], "sd3": ["", "_2", "_3"]}[family]
+        parts = [p for p in parts if (index.get(f"text_encoder{p}") or [None])[0] is not None]  # SD3 without T5
+        rev = {"revision": revision} if revision else {}
+        tokenizers, encoders = [], []
         for p in parts:
+            tokenizer_cls = getattr(transformers, index[f"tokenizer{p}"][1])
+            tokenizers.append(tokenizer_cls.from_pretrained(path, subfolder=f"tokenizer{p}", **rev))
             cls = getattr(transformers, index[f"text_encoder{p}"][1])
             encoders.append(cls.from_pretrained(path, subfolder=f"text_encoder{p}", dtype=dtype, **hub))
     codec = LatentCodec(vae)
-    size = teacher.backbone.config.sample_size * codec.scale_factor
-    prompts = PromptEncoder(tokenizers, encoders, sdxl, sdxl and index.get("force_zeros_for_empty_prompt", True), size)
+    config = teacher.backbone.config
+    zero_null = family == "sdxl" and index.get("force_zeros_for_empty_prompt", True)
+    t5_width = getattr(config, "joint_attention_dim", 0) or 0
+    prompts = PromptEncoder(family, tokenizers, encoders, zero_null, config.sample_size * codec.scale_factor, t5_width)
     null = prompts.null()
     teacher.null_text, teacher.null_pooled = null.text, null.pooled
     return TextToImage(teacher.frozen(), prompts, codec, path, name)
@@ -253,12 +279,10 @@ def _load_rgb(path: str, size: int, channels: int) -> Tensor:
 
 
 def _encode_conditions(model: TextToImage, prompts: list[str], batch: int) -> dict[str, Tensor]:
+    """The batch entries ``text`` (+ ``pooled``, ``time_ids``) of ``prompts``, encoded ``batch`` at a time."""
     conds = [model.prompts.encode(prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
-    out = {"text": torch.cat([c.text for c in conds]).cpu()}
-    if conds[0].pooled is not None:
-        out["pooled"] = torch.cat([c.pooled for c in conds]).cpu()
-        out["time_ids"] = torch.cat([c.time_ids for c in conds]).cpu()
-    return out
+    fields = ("text", "pooled", "time_ids")
+    return {k: torch.cat([getattr(c, k) for c in conds]).cpu() for k in fields if getattr(conds[0], k) is not None}
 
 
 def _cached(cache_dir: str | None, key: dict, build) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from test_export import BLOCK_STEPDISTILL, run_isolated
-from tiny_text import PROMPTS, build_pipeline, captioned_folder
+from tiny_text import PROMPTS, build_pipeline, build_sd3, captioned_folder
 
 from stepdistill.denoiser import Denoiser
 from stepdistill.sampling import consistency_sample, ddim_sample, multistep_sample
@@ -17,13 +17,24 @@ from stepdistill.text import encode_captioned_folder, load_text_to_image, read_c
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = ("sd15", "sdxl", "sd3")
+PIPELINE_CLASS = {
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+}
+
+
+def without_t5(family):
+    """The tiny SD3 pipeline has no T5 encoder; diffusers loads it only when told so."""
+    return {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
 
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("t2i")
-    folders = {family: build_pipeline(root / family, sdxl=family == "sdxl") for family in FAMILIES}
+    folders = {family: build_pipeline(root / family, sdxl=family == "sdxl") for family in ("sd15", "sdxl")}
+    folders["sd3"] = build_sd3(root / "sd3")
     folders["data"] = captioned_folder(root / "data")
     with open(root / "prompts.txt", "w") as f:
         f.write("\n".join(PROMPTS) + "\n\n")
@@ -37,13 +48,20 @@ def test_prompt_embeddings_equal_the_pipelines_encode_prompt(pipelines, family):
     from diffusers import DiffusionPipeline
 
     model = load_text_to_image(pipelines[family])
-    pipe = DiffusionPipeline.from_pretrained(pipelines[family])
+    pipe = DiffusionPipeline.from_pretrained(pipelines[family], **without_t5(family))
     cond = model.prompts.encode(PROMPTS[:3])
-    out = pipe.encode_prompt(PROMPTS[:3], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
-    assert torch.equal(out[0], cond.text) and torch.equal(out[1][:1], model.teacher.null_text)
-    if family == "sdxl":  # pooled text, SDXL's zeroed empty prompt, and size conditioning of the 16 px images
-        assert torch.equal(out[2], cond.pooled) and torch.equal(out[3][:1], model.teacher.null_pooled)
+    more = {"prompt_2": None, "prompt_3": None} if family == "sd3" else {}
+    out = pipe.encode_prompt(
+        PROMPTS[:3], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, **more
+    )
+    assert torch.equal(out[0], cond.text) and torch.allclose(out[1][:1], model.teacher.null_text, atol=1e-6)
+    if family != "sd15":  # pooled text
+        assert torch.equal(out[2], cond.pooled) and torch.allclose(out[3][:1], model.teacher.null_pooled, atol=1e-6)
+    if family == "sdxl":  # SDXL's zeroed empty prompt, and size conditioning of the 16 px images
         assert model.teacher.null_text.abs().max() == 0 and cond.time_ids[0].tolist() == [16, 16, 0, 0, 16, 16]
+    if family == "sd3":  # 77 CLIP tokens, then 256 zero T5 tokens (no T5 encoder); a velocity-predicting flow
+        assert cond.text.shape == (3, 77 + 256, 32) and cond.text[:, 77:].abs().max() == 0
+        assert model.teacher.prediction == "flow" and model.teacher.schedule.kind == "flow"
     assert model.teacher.backbone.training is False and not any(p.requires_grad for p in model.prompts.parameters())
 
 
@@ -84,7 +102,9 @@ import json
 from diffusers import DiffusionPipeline
 import diffusers
 folder, lora, teacher, steps, w, io = sys.argv[1:7]
-pipe = DiffusionPipeline.from_pretrained(teacher if lora != "-" else folder)
+index = json.load(open(f"{folder}/model_index.json"))
+absent = {k: None for k, v in index.items() if v == [None, None]}  # the tiny SD3 has no T5
+pipe = DiffusionPipeline.from_pretrained(teacher if lora != "-" else folder, **absent)
 if lora != "-":  # the teacher's own pipeline + the adapter and the scheduler it was trained for
     scheduler_class = json.load(open(f"{lora}/scheduler/scheduler_config.json"))["_class_name"]
     pipe.scheduler = getattr(diffusers, scheduler_class).from_pretrained(lora, subfolder="scheduler")
@@ -92,7 +112,12 @@ if lora != "-":  # the teacher's own pipeline + the adapter and the scheduler it
 pipe.set_progress_bar_config(disable=True)
 inputs = torch.load(io)
 g = torch.Generator().manual_seed(0)
-when = {"timesteps": inputs["timesteps"]} if inputs["timesteps"] else {"num_inference_steps": int(steps)}
+when = {"num_inference_steps": int(steps)}
+if inputs["timesteps"]:
+    when = {"timesteps": inputs["timesteps"]}
+if inputs["sigmas"]:
+    when = {"sigmas": inputs["sigmas"]}
+torch.manual_seed(0)  # SD3's pipeline does not hand `generator` to the scheduler: re-noising draws the global RNG
 out = pipe(prompt=inputs["prompts"], guidance_scale=float(w), latents=inputs["noise"], generator=g,
            output_type="latent", **when).images
 torch.save({"latents": out, "class": type(pipe).__name__}, io)
@@ -122,13 +147,25 @@ CASES = [
     ("sdxl", "consistency", ["--lora-rank", "4", "--lr", "1e-3", "--sample-steps", "2"], "lora", "lcm"),
     ("sdxl", "dmd", ["--preset", "fashion"], "pipeline", "multistep"),
     ("sdxl", "sid", ["--preset", "fashion-4step"], "pipeline", "multistep"),
+    (
+        "sd3",
+        "progressive",
+        ["--teacher-steps", "4", "--target-steps", "2", "--steps-per-round", "2"],
+        "pipeline-2steps",
+        "ddim",
+    ),
+    ("sd3", "dmd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
+    ("sd3", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
 ]
 
 
 def _toolkit_sample(folder, sampler, noise, cond, saved):
     """The toolkit's own sampler for an exported student (its UNet and scheduler read back from the folder)."""
-    den = Denoiser.from_pretrained(folder).frozen()
-    times = (torch.tensor(saved["timesteps"], dtype=torch.float64) + 1) / 1000
+    if "sigmas" in saved:  # a flow student: its times are the sigmas
+        den, times = Denoiser.from_pretrained(folder, "transformer").frozen(), torch.tensor(saved["sigmas"])
+    else:
+        den = Denoiser.from_pretrained(folder).frozen()
+        times = (torch.tensor(saved["timesteps"], dtype=torch.float64) + 1) / 1000
     g = torch.Generator().manual_seed(0)
     w = saved["guidance_scale"]
     if sampler == "ddim":
@@ -155,7 +192,7 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     pipeline = out / ("pipeline" if export == "lora" else export)
     saved = json.load(open(pipeline / "stepdistill.json"))
     index = json.load(open(pipeline / "model_index.json"))
-    expected_class = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    expected_class = PIPELINE_CLASS[family]
     assert index["_class_name"] == expected_class and not list(pipeline.glob("*.py"))  # no custom code
     prompts = PROMPTS[:3]
     cond = load_text_to_image(pipelines[family]).prompts.encode(prompts)
@@ -163,7 +200,7 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     ours = _toolkit_sample(pipeline, sampler, noise, cond, saved)
     io = tmp_path / "io.pt"
     timesteps = saved["timesteps"] if saved.get("pass_timesteps") else None  # documented in the card
-    torch.save({"prompts": prompts, "noise": noise, "timesteps": timesteps}, io)
+    torch.save({"prompts": prompts, "noise": noise, "timesteps": timesteps, "sigmas": saved.get("sigmas")}, io)
     lora = str(out / "lora") if export == "lora" else "-"
     w = saved.get("pipeline_guidance_scale", saved["guidance_scale"])
     args = (pipeline, lora, pipelines[family], saved["num_inference_steps"], w, io)

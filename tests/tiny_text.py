@@ -80,6 +80,49 @@ def _unet(cross_attention_dim: int, sdxl: bool, seed: int):
     )
 
 
+def _transformer(seed: int):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
+        pos_embed_max_size=8,
+    )
+
+
+def build_sd3(folder, seed: int = 0) -> str:
+    """A tiny SD3-shaped pipeline (rectified-flow transformer, two CLIP encoders, no T5) in hub layout."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+    vae = _vae(seed)
+    vae.register_to_config(shift_factor=0.1, scaling_factor=1.5)
+    pipe = StableDiffusion3Pipeline(
+        transformer=_transformer(seed + 3),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=_text_encoder(tokenizer, True, 16, seed + 1),
+        tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(tokenizer, True, 16, seed + 2),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.save_pretrained(os.fspath(folder))
+    return os.fspath(folder)
+
+
 def build_pipeline(folder, sdxl: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> str:
     """Save a tiny SD 1.5- (or SDXL-) shaped pipeline in hub layout under ``folder``; returns the folder."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline

@@ -38,8 +38,6 @@ class LoRAOptions:
             raise ValueError(f"{type(self).__name__} LoRA ranks must be >= 0.")
 
 
-
-
 class ScoreDistillationStrategy(Strategy):
     """Base of DMD and SiD (not registered itself).
 
