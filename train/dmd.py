@@ -3,7 +3,8 @@
     python train/dmd.py --preset fashion --output-dir outputs/dmd2-fashion
     python train/dmd.py --preset fashion-4step --output-dir outputs/dmd2-fashion-4step
     python train/dmd.py --preset fashion --gan-generator-weight 0 --gan-critic-weight 0 --output-dir outputs/dmd-nogan
-    accelerate launch train/dmd.py --preset paper-sd15 --teacher runwayml/stable-diffusion-v1-5 --data ...
+    accelerate launch train/dmd.py --preset paper-sd15 --teacher runwayml/stable-diffusion-v1-5 --data CAPTIONED_DIR
+    accelerate launch train/dmd.py --preset paper-sdxl --teacher stabilityai/stable-diffusion-xl-base-1.0 --data ...
 
 The generator follows the distribution-matching gradient between the teacher (real score) and a fake score
 trained on its samples; DMD2 adds two time-scale updates, a GAN head on the fake score and backward simulation
@@ -62,6 +63,24 @@ PRESETS = {
         "batch_size": 32,
         "gradient_checkpointing": True,
         "max_steps": 40000,
+    },
+    # DMD2 on SDXL, 4 steps (its released model-zoo run: lr 5e-7, 4 denoising steps with backward simulation, GAN
+    # generator weight 5e-3, real guidance 8); critic weight and TTUR as in the SD 1.5 run's family (1e-2, 5).
+    "paper-sdxl": {
+        "lr": 5e-7,
+        "fake_lr": 5e-7,
+        "real_guidance_scale": 8.0,
+        "generator_steps": 4,
+        "backward_simulation": True,
+        "fake_updates_per_generator": 5,
+        "gan_generator_weight": 5e-3,
+        "gan_critic_weight": 1e-2,
+        "max_grad_norm": 10.0,
+        "batch_size": 2,
+        "mixed_precision": "bf16",
+        "teacher_dtype": "bfloat16",
+        "gradient_checkpointing": True,
+        "max_steps": 20000,
     },
     # The bundled Fashion-MNIST teacher on 2 CPU cores: a one-step generator with the GAN term.
     "fashion": FASHION,
