@@ -28,19 +28,19 @@ def shard_files(folder: str) -> list[str]:
     )
 
 
-def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
+def index_shards(shards: list[str], extensions: tuple[str, ...] = ()) -> list[tuple[tuple[str, int, int, str], dict]]:
     """The samples of the webdataset-style ``shards`` (see ``shard_files``), in shard and member order.
 
     A sample is the members that share a key (the member name up to the first dot of its base name): one image
-    (``.png``, ``.jpg``, ...) and, for labels, a ``.cls`` member holding an integer. Returns one
-    ``(shard, offset, size, name)`` per image, so a sample is read with one seek, and the labels (``None`` unless
-    every sample has one). Shards are indexed once, up front; images are read when a batch needs them.
+    (``.png``, ``.jpg``, ...) and small text members such as ``.cls`` (a label) or ``.txt`` (a caption). Returns,
+    per image, its ``(shard, offset, size, name)`` (read later with one seek) and ``{extension: text}`` of the
+    sample's members with one of ``extensions``. Shards are indexed once, up front.
     """
-    items, labels = [], []
+    samples = []
     for shard in shards:
         try:
             with tarfile.open(shard) as tar:
-                images, classes = {}, {}
+                images, texts = {}, {}
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -49,20 +49,27 @@ def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]
                     key = os.path.join(head, stem)
                     if ("." + ext.lower()) in IMAGE_EXTENSIONS:
                         images[key] = (shard, member.offset_data, member.size, member.name)
-                    elif ext == "cls":
-                        text = tar.extractfile(member).read().decode().strip()
-                        if not text.lstrip("-").isdigit():
-                            raise ValueError(
-                                f"Label {member.name!r} in shard {shard!r} is {text[:20]!r}, not an integer."
-                            )
-                        classes[key] = int(text)
+                    elif ext in extensions:
+                        texts.setdefault(key, {})[ext] = tar.extractfile(member).read().decode().strip()
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ValueError(f"Cannot read the shard {shard!r} ({err}); re-write or remove it.") from err
-        items += [images[k] for k in images]
-        labels += [classes.get(k) for k in images]
-    if not items:
+        samples += [(images[k], texts.get(k, {})) for k in images]
+    if not samples:
         raise ValueError(f"The shards {shards[0]!r}... hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
-    return items, None if None in labels else np.array(labels)
+    return samples
+
+
+def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
+    """The images of ``shards`` (``index_shards``) and their ``.cls`` integer labels (``None`` unless every sample
+    has one)."""
+    samples = index_shards(shards, ("cls",))
+    labels = []
+    for item, texts in samples:
+        text = texts.get("cls")
+        if text is not None and not text.lstrip("-").isdigit():
+            raise ValueError(f"Label {item[3]!r} in shard {item[0]!r} is {text[:20]!r}, not an integer.")
+        labels.append(None if text is None else int(text))
+    return [item for item, _ in samples], None if None in labels else np.array(labels)
 
 
 def read_shard_image(item: tuple[str, int, int, str]) -> np.ndarray:

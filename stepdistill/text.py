@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
 from .io import hub_errors
+from .streams import index_shards, shard_files
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 TEXT_PIPELINES = tuple(FAMILIES)
@@ -216,10 +218,11 @@ def load_text_to_image(
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def read_captions(folder: str) -> list[tuple[str, str]]:
-    """``(image path, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
+def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
+    """``(image, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
     ``{"file_name": ..., "text": ...}`` per line) or ``metadata.csv`` with ``file_name`` and a ``text``, ``caption``
-    or ``prompt`` column."""
+    or ``prompt`` column; or of a folder of webdataset-style ``.tar`` shards (``KEY.png`` + ``KEY.txt``). The image
+    is a path, or a shard member (``streams.index_shards``)."""
     jsonl, table = os.path.join(folder, "metadata.jsonl"), os.path.join(folder, "metadata.csv")
     if os.path.isfile(jsonl):
         with open(jsonl) as f:
@@ -229,10 +232,19 @@ def read_captions(folder: str) -> list[tuple[str, str]]:
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
         where = table
+    elif shard_files(folder):  # webdataset-style shards: KEY.png + KEY.txt
+        samples = index_shards(shard_files(folder), ("txt",))
+        missing = [item[3] for item, texts in samples if "txt" not in texts]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} images in the shards of {folder!r} have no KEY.txt caption: {missing[0]!r}."
+            )
+        return [(item, texts["txt"]) for item, texts in samples]
     else:
         raise FileNotFoundError(
-            f"{folder!r} has no metadata.jsonl or metadata.csv: a text-to-image teacher trains on captioned images "
-            '(one {"file_name": "x.png", "text": "a caption"} per line of metadata.jsonl).'
+            f"{folder!r} has no metadata.jsonl, metadata.csv or .tar shards: a text-to-image teacher trains on "
+            'captioned images (one {"file_name": "x.png", "text": "a caption"} per line of metadata.jsonl, or '
+            "KEY.png + KEY.txt members of webdataset-style shards)."
         )
     pairs = []
     for i, row in enumerate(rows):
@@ -261,12 +273,17 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _load_rgb(path: str, size: int, channels: int) -> Tensor:
-    """One image resized (shorter side, bicubic) and centre-cropped to ``size``, in [-1, 1], ``[C, size, size]``."""
+def _load_rgb(source: str | tuple, size: int, channels: int) -> Tensor:
+    """One image (a path or a shard member) resized (shorter side, bicubic) and centre-cropped to ``size``, in
+    [-1, 1], ``[C, size, size]``."""
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
+    if isinstance(source, tuple):  # (shard, offset, size, name): one seek
+        with open(source[0], "rb") as f:
+            f.seek(source[1])
+            source = io.BytesIO(f.read(source[2]))
+    with Image.open(source) as im:
         im = im.convert("RGB" if channels == 3 else "L")
         scale = size / min(im.size)
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
@@ -308,7 +325,7 @@ def encode_captioned_folder(
     image encoded once by the VAE and each caption by the text encoders (cached in ``cache_dir`` if given)."""
     pairs = read_captions(folder)[:limit]
     size, channels = model.image_size, model.codec.vae.config.in_channels
-    stats = [(p, c, os.path.getmtime(p)) for p, c in pairs]
+    stats = [(p, c, os.path.getmtime(p if isinstance(p, str) else p[0])) for p, c in pairs]
     key = {"kind": "captioned", "teacher": model.source, "size": size, "items": stats}
 
     def build():

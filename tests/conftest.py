@@ -49,15 +49,16 @@ def tiny_unet2d(num_class_embeds: int | None = None, seed: int = 0):
     )
 
 
-def tiny_text_unet(cross_attention_dim: int = 12, seed: int = 0):
-    """A tiny text-conditioned UNet2DConditionModel (cross-attention at the lower resolution)."""
+def tiny_text_unet(cross_attention_dim: int = 12, seed: int = 0, channels: int = 1, **extra):
+    """A tiny text-conditioned UNet2DConditionModel (cross-attention at the lower resolution); ``extra`` config keys
+    (e.g. SDXL's added conditions)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=8,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -65,6 +66,7 @@ def tiny_text_unet(cross_attention_dim: int = 12, seed: int = 0):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=4,
         norm_num_groups=4,
+        **extra,
     )
 
 

@@ -75,6 +75,29 @@ def test_captioned_data_is_encoded_once_and_cached(pipelines, tmp_path, monkeypa
     assert torch.equal(again["x0"], first["x0"]) and len(os.listdir(tmp_path / "cache")) == 1
 
 
+def test_caption_shards_give_the_same_batches_as_the_folder(pipelines, tmp_path):
+    """Webdataset-style shards (KEY.png + KEY.txt) of the captioned folder encode to the same latents and prompts."""
+    import tarfile
+
+    pairs = read_captions(pipelines["data"])
+    (tmp_path / "shards").mkdir()
+    for shard, part in enumerate((pairs[:5], pairs[5:])):
+        with tarfile.open(tmp_path / "shards" / f"{shard:05d}.tar", "w") as tar:
+            for path, caption in part:
+                key = os.path.basename(path).split(".")[0]
+                tar.add(path, arcname=f"{key}.png")
+                (tmp_path / f"{key}.txt").write_text(caption)
+                tar.add(tmp_path / f"{key}.txt", arcname=f"{key}.txt")
+    model = load_text_to_image(pipelines["sd15"])
+    folder = encode_captioned_folder(model, pipelines["data"])
+    shards = encode_captioned_folder(model, str(tmp_path / "shards"))
+    assert torch.equal(folder["x0"], shards["x0"]) and torch.equal(folder["text"], shards["text"])
+    with tarfile.open(tmp_path / "shards" / "00002.tar", "w") as tar:  # an image without its caption
+        tar.add(pairs[0][0], arcname="orphan.png")
+    with pytest.raises(ValueError, match="no KEY.txt caption: 'orphan.png'"):
+        read_captions(str(tmp_path / "shards"))
+
+
 def test_bad_captioned_folders_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
         read_captions(str(tmp_path))

@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 import torch
+from conftest import tiny_text_unet
 
 from stepdistill.text import write_clip_tokenizer
 
@@ -53,31 +54,12 @@ def _vae(seed: int):
 
 
 def _unet(cross_attention_dim: int, sdxl: bool, seed: int):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    extra = (
-        {
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 4,
-            "projection_class_embeddings_input_dim": 6 * 4 + cross_attention_dim // 2,
-        }
-        if sdxl
-        else {}
-    )
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=4,
-        norm_num_groups=4,
-        **extra,
-    )
+    sdxl_conditions = {
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 4,
+        "projection_class_embeddings_input_dim": 6 * 4 + cross_attention_dim // 2,
+    }
+    return tiny_text_unet(cross_attention_dim, seed, channels=4, **(sdxl_conditions if sdxl else {}))
 
 
 def _transformer(seed: int):
