@@ -36,11 +36,11 @@ from stepdistill.evaluation import (
     cached_reference,
     generate,
     generate_with_pipeline,
-    read_prompts,
     shard,
 )
 from stepdistill.features import DomainClassifier, InceptionFeatures
 from stepdistill.reporting import plot_metric_vs_steps, results_table
+from stepdistill.text import read_prompt_labels, read_prompts
 
 FD_NAMES = {"domain": "fd_domain", "inception": "fid", "clip": "fd_clip"}
 
@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-checkpoint", default=None, help="local open_clip weights (needed for clip metrics)")
     p.add_argument("--clip-config", default=None, help="JSON config of a custom open_clip architecture")
     p.add_argument("--clip-score", action="store_true", help="report CLIP score against the prompts")
-    p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line), .csv or COCO-style .json")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt file: .txt (one per line), .csv or COCO-style .json; a .csv with a 'label' column also gives "
+        "each prompt's class, for the class accuracy of text-to-image samples",
+    )
     p.add_argument(
         "--reference",
         default=None,
@@ -198,6 +203,7 @@ def main():
     part = shard(args.num_samples, state.process_index, state.num_processes)
     scorers = build_scorers(args, state.device)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    prompt_labels = read_prompt_labels(args.prompts) if args.prompts else None  # a CSV's label column
     os.makedirs(os.path.join(args.out, "grids"), exist_ok=True)
     settings = {k: _portable(v) for k, v in vars(args).items()}  # no machine-specific absolute paths in results
     result = {"settings": {**settings, "processes": state.num_processes, "torch": torch.__version__}, "results": []}
@@ -239,6 +245,8 @@ def main():
         model = load_model(path, state.device, args.trust_remote_code)
         classes = num_classes(model)
         labels = balanced_labels(args.num_samples, classes) if classes else None
+        if labels is None and prompt_labels is not None:  # sample i gets prompt i % len(prompts): its class too
+            labels = prompt_labels[torch.arange(args.num_samples) % len(prompt_labels)]
         for w in args.guidance:
             for steps in model_steps:
                 t0 = time.time()

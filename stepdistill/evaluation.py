@@ -317,39 +317,6 @@ class ClipModel(nn.Module):
         return 100.0 * cos.clamp_min(0)
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a text file (one per line), a CSV (column caption/prompt/text) or a JSON file
-    (a list of strings, or COCO-style ``{"annotations": [{"caption": ...}]}``)."""
-    import csv
-    import json
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Prompt file {path!r} does not exist.")
-    if path.endswith(".json"):
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict) and "annotations" in data:
-            prompts = [a["caption"] for a in data["annotations"]]
-        elif isinstance(data, list) and all(isinstance(p, str) for p in data):
-            prompts = data
-        else:
-            raise ValueError(f"{path!r}: expected a list of strings or COCO-style annotations with captions.")
-    elif path.endswith(".csv"):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            column = next((c for c in ("caption", "prompt", "text") if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise ValueError(f"{path!r}: no 'caption', 'prompt' or 'text' column in {reader.fieldnames}.")
-            prompts = [row[column] for row in reader]
-    else:
-        with open(path) as f:
-            prompts = [line.strip() for line in f if line.strip()]
-    if not prompts:
-        raise ValueError(f"Prompt file {path!r} holds no prompts.")
-    return prompts
-
-
 class Scorers:
     """Every metric of one evaluation setting, accumulated batch by batch and reduced across processes.
 

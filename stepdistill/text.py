@@ -262,15 +262,51 @@ def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
     return pairs
 
 
-def read_prompts(path: str) -> list[str]:
-    """Prompts of a prompt-only set: a text file with one prompt per line (blank lines skipped)."""
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a text file (one per line), a CSV (column caption/prompt/text) or a JSON file
+    (a list of strings, or COCO-style ``{"annotations": [{"caption": ...}]}``)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Prompt file {path!r} does not exist (one prompt per line).")
-    with open(path) as f:
-        prompts = [line.strip() for line in f if line.strip()]
+        raise FileNotFoundError(f"Prompt file {path!r} does not exist.")
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict) and "annotations" in data:
+            prompts = [a["caption"] for a in data["annotations"]]
+        elif isinstance(data, list) and all(isinstance(p, str) for p in data):
+            prompts = data
+        else:
+            raise ValueError(f"{path!r}: expected a list of strings or COCO-style annotations with captions.")
+    elif path.endswith(".csv"):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in ("caption", "prompt", "text") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise ValueError(f"{path!r}: no 'caption', 'prompt' or 'text' column in {reader.fieldnames}.")
+            prompts = [row[column] for row in reader]
+    else:
+        with open(path) as f:
+            prompts = [line.strip() for line in f if line.strip()]
     if not prompts:
         raise ValueError(f"Prompt file {path!r} holds no prompts.")
     return prompts
+
+
+def read_prompt_labels(path: str | os.PathLike) -> Tensor | None:
+    """The class of each prompt of a CSV prompt file with a ``label`` column (class accuracy of text-to-image samples
+    with a domain classifier), else ``None``."""
+    path = os.fspath(path)
+    if not path.endswith(".csv"):
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if "label" not in (reader.fieldnames or []):
+            return None
+        values = [row["label"].strip() for row in reader]
+    bad = next((v for v in values if not v.lstrip("-").isdigit()), None)
+    if bad is not None:
+        raise ValueError(f"{path!r}: label {bad!r} is not an integer class id.")
+    return torch.tensor([int(v) for v in values])
 
 
 def _load_rgb(source: str | tuple, size: int, channels: int) -> Tensor:

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from stepdistill.data import load_fashion_mnist
-from stepdistill.evaluation import ClipModel, FrechetDistance, ReferenceStats, read_prompts, shard
+from stepdistill.evaluation import ClipModel, FrechetDistance, ReferenceStats, shard
 from stepdistill.features import InceptionFeatures
+from stepdistill.text import read_prompts
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd()}
 TINY_CLIP = {

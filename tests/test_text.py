@@ -232,3 +232,17 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     assert result["class"] == expected_class
     assert (result["latents"] - ours).abs().max() < 1e-4
     assert ours.abs().max() > 0.1  # not a degenerate all-zero sample
+
+
+def test_prompt_csv_labels_give_each_prompt_its_class(tmp_path):
+    from stepdistill.text import read_prompt_labels, read_prompts
+
+    (tmp_path / "p.csv").write_text("caption,label\na photo of a bag,8\na sneaker,7\n")
+    assert read_prompts(tmp_path / "p.csv") == ["a photo of a bag", "a sneaker"]
+    assert read_prompt_labels(tmp_path / "p.csv").tolist() == [8, 7]
+    (tmp_path / "q.csv").write_text("caption\na bag\n")
+    (tmp_path / "q.txt").write_text("a bag\n")
+    assert read_prompt_labels(tmp_path / "q.csv") is None and read_prompt_labels(tmp_path / "q.txt") is None
+    (tmp_path / "bad.csv").write_text("caption,label\na bag,bag\n")
+    with pytest.raises(ValueError, match="not an integer class id"):
+        read_prompt_labels(tmp_path / "bad.csv")

@@ -1,0 +1,240 @@
+"""Train the bundled text-to-image teacher: a tiny latent diffusion model of Fashion-MNIST in the
+StableDiffusionPipeline layout (AutoencoderKL, CLIPTextModel + an offline CLIP tokenizer, UNet2DConditionModel
+with cross-attention, DDIM scheduler), captioned from the class names ("a photo of an ankle boot", ...).
+
+    python train/text_teacher.py --data /usr/share/datasets/fashion-mnist --out assets/fashion-text-teacher
+
+Two stages: the VAE learns to reconstruct the images (MSE + a small KL term), then the UNet and the text encoder
+learn the denoising loss (v-prediction, cosine schedule) on the VAE's latents, with 10 % of the captions replaced
+by the empty prompt for classifier-free guidance. No augmentation (Fashion-MNIST is not mirror-symmetric). The
+result loads with ``StableDiffusionPipeline.from_pretrained(OUT)`` and with ``--teacher OUT`` in every train script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from stepdistill.cli import run_cli
+from stepdistill.data import from_uint8, load_fashion_mnist, save_grid
+from stepdistill.denoiser import Condition, Denoiser
+from stepdistill.ema import EMA
+from stepdistill.io import atomic_dir
+from stepdistill.losses import denoising_loss
+from stepdistill.sampling import ddim_sample
+from stepdistill.schedules import Schedule
+from stepdistill.text import write_clip_tokenizer
+from stepdistill.trainer import TrainerConfig, lr_lambda
+
+TEMPLATES = ("a photo of {}", "{}", "an image of {}", "a picture of {}", "a product photo of {}")
+NAMES = (
+    "a T-shirt",
+    "trousers",
+    "a pullover",
+    "a dress",
+    "a coat",
+    "a sandal",
+    "a shirt",
+    "a sneaker",
+    "a bag",
+    "an ankle boot",
+)  # FASHION_CLASSES in caption form, in class order
+
+
+def captions() -> tuple[list[str], torch.Tensor]:
+    """Every caption (template x class) and its class."""
+    pairs = [(t.format(name), c) for c, name in enumerate(NAMES) for t in TEMPLATES]
+    return [p for p, _ in pairs], torch.tensor([c for _, c in pairs])
+
+
+def optimiser(params, lr: float, warmup: int, iterations: int):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    config = TrainerConfig(max_steps=iterations, lr_warmup_steps=warmup, lr_schedule="cosine")
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
+
+
+def batches(n: int, batch_size: int, iterations: int):
+    """Indices of ``iterations`` shuffled batches (a new permutation each epoch)."""
+    order, pos = torch.randperm(n), 0
+    for _ in range(iterations):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def train_vae(data: torch.Tensor, args) -> tuple[AutoencoderKL, torch.Tensor]:
+    """The VAE trained on ``data`` (scaling_factor: 1 / std of its latents) and the scaled latents of ``data``."""
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=tuple(args.vae_channels),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=args.resolution,
+    )
+    opt, sched = optimiser(vae.parameters(), args.lr, args.warmup, args.vae_iterations)
+    bar = tqdm(batches(len(data), args.batch_size, args.vae_iterations), total=args.vae_iterations, desc="vae")
+    for idx in bar:
+        posterior = vae.encode(data[idx]).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = (recon - data[idx]).pow(2).mean() + args.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(data[i : i + 1000]).latent_dist.mode() for i in range(0, len(data), 1000)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae, latents * vae.config.scaling_factor
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files"
+    )
+    parser.add_argument("--out", default="assets/fashion-text-teacher", help="output folder (replaced atomically)")
+    parser.add_argument("--resolution", type=int, default=16, help="image size (latents are half of it)")
+    parser.add_argument("--vae-channels", type=int, nargs="+", default=[32, 64], help="VAE block widths")
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128], help="UNet block widths")
+    parser.add_argument("--text-width", type=int, default=32, help="CLIP text encoder width (2 layers)")
+    parser.add_argument("--vae-iterations", type=int, default=1000)
+    parser.add_argument("--iterations", type=int, default=3000, help="UNet + text encoder iterations")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up iterations")
+    parser.add_argument("--kl-weight", type=float, default=1e-6, help="KL weight of the VAE loss")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--caption-dropout", type=float, default=0.1, help="probability of the empty prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    start = time.time()
+    images, labels = load_fashion_mnist(args.data, "train")
+    data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
+    vae, latents = train_vae(data, args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.text_width,
+        intermediate_size=2 * args.text_width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    unet = UNet2DConditionModel(
+        sample_size=args.resolution // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(args.channels),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=args.text_width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
+    denoiser = Denoiser(unet, Schedule.from_scheduler_config(dict(scheduler.config)), "v")
+    texts, text_class = captions()
+    ids = tokenizer([*texts, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    per_class = torch.stack([torch.nonzero(text_class == c).flatten() for c in range(len(NAMES))])  # [10, T]
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    ema_unet, ema_text = EMA(unet, args.ema_decay), EMA(text_encoder, args.ema_decay)
+    opt, sched = optimiser(params, args.lr, args.warmup, args.iterations)
+    bar = tqdm(batches(len(latents), args.batch_size, args.iterations), total=args.iterations, desc="unet")
+    for idx in bar:
+        # a random template of each sample's class, or the empty prompt (index len(texts))
+        which = per_class[labels[idx], torch.randint(len(TEMPLATES), (len(idx),))]
+        which = torch.where(torch.rand(len(idx)) < args.caption_dropout, len(texts), which)
+        embeddings = text_encoder(ids)[0]  # all captions at once: [T + 1, 77, D]
+        loss = denoising_loss(denoiser, latents[idx], Condition(text=embeddings[which]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema_unet.update(unet)
+        ema_text.update(text_encoder)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema_unet.copy_to(unet)
+    ema_text.copy_to(text_encoder)
+    wall = time.time() - start
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with torch.no_grad():
+        cond = Condition(text=text_encoder(ids[per_class[:, 0].repeat_interleave(8)])[0])
+        denoiser.null_text = text_encoder(ids[-1:])[0]
+        noise = torch.randn(
+            len(cond), 4, args.resolution // 2, args.resolution // 2, generator=torch.Generator().manual_seed(0)
+        )
+        samples = vae.decode(
+            ddim_sample(denoiser.frozen(), noise, cond, num_steps=50, guidance_scale=2.0) / vae.config.scaling_factor
+        ).sample
+    with atomic_dir(args.out) as tmp:
+        pipe.save_pretrained(tmp)
+        save_grid(samples.clamp(-1, 1), os.path.join(tmp, "samples.png"), nrow=8, scale=3)
+        info = {
+            **vars(args),
+            "captions": texts,
+            "augmentation": "none",
+            "num_parameters": {
+                "unet": sum(p.numel() for p in unet.parameters()),
+                "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+                "vae": sum(p.numel() for p in vae.parameters()),
+            },
+            "train_wall_time_s": round(wall, 1),
+            "final_loss": loss.item(),
+            "torch": torch.__version__,
+        }
+        with open(os.path.join(tmp, "training.json"), "w") as f:
+            json.dump(info, f, indent=2)
+        if os.path.isfile(os.path.join(args.out, "README.md")):  # keep the hand-written model card
+            with open(os.path.join(args.out, "README.md")) as src, open(os.path.join(tmp, "README.md"), "w") as dst:
+                dst.write(src.read())
+    print(f"trained in {wall:.0f} s; wrote {args.out}")
+
+
+def cli():
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
