@@ -55,6 +55,13 @@ def captions() -> tuple[list[str], torch.Tensor]:
     return [p for p, _ in pairs], torch.tensor([c for _, c in pairs])
 
 
+def write_prompt_file(path: str) -> None:
+    """The evaluation prompts: the first template for each class, with its label (``eval/evaluate.py --prompts``
+    gives class-balanced samples and their class accuracy from it)."""
+    with open(path, "w") as f:
+        f.write("caption,label\n" + "".join(f"{TEMPLATES[0].format(name)},{c}\n" for c, name in enumerate(NAMES)))
+
+
 def optimiser(params, lr: float, warmup: int, iterations: int):
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     config = TrainerConfig(max_steps=iterations, lr_warmup_steps=warmup, lr_schedule="cosine")
@@ -110,9 +117,9 @@ def main():
     parser.add_argument("--out", default="assets/fashion-text-teacher", help="output folder (replaced atomically)")
     parser.add_argument("--resolution", type=int, default=16, help="image size (latents are half of it)")
     parser.add_argument("--vae-channels", type=int, nargs="+", default=[32, 64], help="VAE block widths")
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128], help="UNet block widths")
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet block widths")
     parser.add_argument("--text-width", type=int, default=32, help="CLIP text encoder width (2 layers)")
-    parser.add_argument("--vae-iterations", type=int, default=1000)
+    parser.add_argument("--vae-iterations", type=int, default=400)
     parser.add_argument("--iterations", type=int, default=3000, help="UNet + text encoder iterations")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
@@ -211,6 +218,7 @@ def main():
     with atomic_dir(args.out) as tmp:
         pipe.save_pretrained(tmp)
         save_grid(samples.clamp(-1, 1), os.path.join(tmp, "samples.png"), nrow=8, scale=3)
+        write_prompt_file(os.path.join(tmp, "prompts.csv"))
         info = {
             **vars(args),
             "captions": texts,
