@@ -53,3 +53,15 @@ def hub_errors(path: str):
             f"Download it where the Hub can be reached (`huggingface-cli download {path} --local-dir DIR`) and pass "
             "the local folder instead (--teacher DIR)."
         ) from err
+
+
+def write_training_record(folder: str, previous: str, record: dict) -> None:
+    """Write ``record`` as ``folder/training.json`` and keep the hand-written model card (``README.md``) of the
+    ``previous`` version of the folder, if any: what the asset-training scripts write inside ``atomic_dir``."""
+    import json
+
+    with open(os.path.join(folder, "training.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    card = os.path.join(previous, "README.md")
+    if os.path.isfile(card):
+        shutil.copyfile(card, os.path.join(folder, "README.md"))

@@ -255,3 +255,20 @@ def test_training_streams_an_image_folder_from_disk(tmp_path):
     )  # fmt: skip
     assert [json.loads(line)["step"] for line in open(out / "log.jsonl")][-1] == 2
     assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_text_teacher_script_smoke(tmp_path):
+    """train/text_teacher.py writes a StableDiffusionPipeline folder the toolkit loads as a text-to-image teacher,
+    with its evaluation prompts and their classes."""
+    from stepdistill.text import load_text_to_image, read_prompt_labels
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (64, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(64) % 10)
+    out = tmp_path / "text-teacher"
+    common = ["--vae-iterations", "2", "--iterations", "2", "--batch-size", "8", "--channels", "8", "16"]
+    run("train/text_teacher.py", "--data", str(tmp_path), "--out", str(out), *common)
+    model = load_text_to_image(str(out))
+    assert model.pipeline_class == "StableDiffusionPipeline" and model.image_size == 16
+    assert read_prompt_labels(str(out / "prompts.csv")).tolist() == list(range(10))
+    assert json.load(open(out / "training.json"))["iterations"] == 2 and (out / "samples.png").is_file()

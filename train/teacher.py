@@ -9,7 +9,6 @@ Writes ``unet/`` and ``scheduler/`` (diffusers format), ``training.json`` and ``
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -21,7 +20,7 @@ from stepdistill.cli import run_cli
 from stepdistill.data import FASHION_CLASSES, from_uint8, load_fashion_mnist, save_grid
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.ema import EMA
-from stepdistill.io import atomic_dir
+from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss, drop_labels
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
@@ -130,11 +129,7 @@ def main():
             "final_loss": loss.item(),
             "torch": torch.__version__,
         }
-        with open(os.path.join(tmp, "training.json"), "w") as f:
-            json.dump(info, f, indent=2)
-        if os.path.isfile(os.path.join(args.out, "README.md")):  # keep the hand-written model card
-            with open(os.path.join(args.out, "README.md")) as src, open(os.path.join(tmp, "README.md"), "w") as dst:
-                dst.write(src.read())
+        write_training_record(tmp, args.out, info)
     print(f"trained {args.iterations} iterations in {wall:.0f} s; wrote {args.out}")
 
 

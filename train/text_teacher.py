@@ -13,7 +13,6 @@ result loads with ``StableDiffusionPipeline.from_pretrained(OUT)`` and with ``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ from stepdistill.cli import run_cli
 from stepdistill.data import from_uint8, load_fashion_mnist, save_grid
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.ema import EMA
-from stepdistill.io import atomic_dir
+from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
@@ -232,11 +231,7 @@ def main():
             "final_loss": loss.item(),
             "torch": torch.__version__,
         }
-        with open(os.path.join(tmp, "training.json"), "w") as f:
-            json.dump(info, f, indent=2)
-        if os.path.isfile(os.path.join(args.out, "README.md")):  # keep the hand-written model card
-            with open(os.path.join(args.out, "README.md")) as src, open(os.path.join(tmp, "README.md"), "w") as dst:
-                dst.write(src.read())
+        write_training_record(tmp, args.out, info)
     print(f"trained in {wall:.0f} s; wrote {args.out}")
 
 
