@@ -145,8 +145,8 @@ def export_pipeline(
     source: str | None = None,
 ) -> str:
     """Write ``denoiser`` as a few-step pipeline folder (atomically): the toolkit's class-conditional pipeline, or
-    for a text-to-image teacher (``source``, an SD 1.x/2.x or SDXL pipeline) the teacher's own pipeline class with
-    the student's UNet and scheduler, which plain diffusers loads without custom code.
+    for a text-to-image teacher (``source``, an SD 1.x/2.x, SDXL or SD3 pipeline) the teacher's own pipeline class
+    with the student's network and scheduler, which plain diffusers loads without custom code.
 
     Args:
         denoiser: the student (its backbone is saved in float32).
@@ -252,9 +252,9 @@ def export_lora(
 
     ``folder/pytorch_lora_weights.safetensors`` holds diffusers' key names under the ``unet.`` prefix (``transformer.``
     for SD3's transformer), the form ``pipe.load_lora_weights`` and ``unet.load_lora_adapter(folder, prefix="unet")``
-    read. A ``scheduler`` (from
-    ``configure_scheduler``) is saved in ``folder/scheduler`` for ``LCMScheduler.from_pretrained(folder,
-    subfolder="scheduler")``: the adapter samples as intended only with the scheduler it was trained for.
+    read. A ``scheduler`` (from ``configure_scheduler``) is saved in ``folder/scheduler`` for
+    ``LCMScheduler.from_pretrained(folder, subfolder="scheduler")``: the adapter samples as intended only with the
+    scheduler it was trained for.
 
     Raises:
         ValueError: if the network has no LoRA adapter of that name.

@@ -72,13 +72,17 @@ def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]
     return [item for item, _ in samples], None if None in labels else np.array(labels)
 
 
-def read_shard_image(item: tuple[str, int, int, str]) -> np.ndarray:
-    """One image of ``list_shard_images`` as ``read_image`` returns it."""
-    shard, offset, size, name = item
+def shard_member(item: tuple[str, int, int, str]) -> io.BytesIO:
+    """The bytes of one shard member of ``index_shards`` (``(shard, offset, size, name)``), read with one seek."""
+    shard, offset, size, _ = item
     with open(shard, "rb") as f:
         f.seek(offset)
-        data = f.read(size)
-    return read_image(io.BytesIO(data), f"{shard}:{name}")
+        return io.BytesIO(f.read(size))
+
+
+def read_shard_image(item: tuple[str, int, int, str]) -> np.ndarray:
+    """One image of ``list_shard_images`` as ``read_image`` returns it."""
+    return read_image(shard_member(item), f"{item[0]}:{item[3]}")
 
 
 class BatchOrder:

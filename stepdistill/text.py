@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
 from .io import hub_errors
-from .streams import index_shards, shard_files
+from .streams import index_shards, shard_files, shard_member
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 TEXT_PIPELINES = tuple(FAMILIES)
@@ -315,11 +314,7 @@ def _load_rgb(source: str | tuple, size: int, channels: int) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    if isinstance(source, tuple):  # (shard, offset, size, name): one seek
-        with open(source[0], "rb") as f:
-            f.seek(source[1])
-            source = io.BytesIO(f.read(source[2]))
-    with Image.open(source) as im:
+    with Image.open(shard_member(source) if isinstance(source, tuple) else source) as im:
         im = im.convert("RGB" if channels == 3 else "L")
         scale = size / min(im.size)
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)

@@ -30,7 +30,7 @@ from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
-from stepdistill.text import write_clip_tokenizer
+from stepdistill.text import LatentCodec, write_clip_tokenizer
 from stepdistill.trainer import TrainerConfig, lr_lambda
 
 TEMPLATES = ("a photo of {}", "{}", "an image of {}", "a picture of {}", "a product photo of {}")
@@ -211,12 +211,12 @@ def main():
         noise = torch.randn(
             len(cond), 4, args.resolution // 2, args.resolution // 2, generator=torch.Generator().manual_seed(0)
         )
-        samples = vae.decode(
-            ddim_sample(denoiser.frozen(), noise, cond, num_steps=50, guidance_scale=2.0) / vae.config.scaling_factor
-        ).sample
+        samples = LatentCodec(vae).decode(
+            ddim_sample(denoiser.frozen(), noise, cond, num_steps=50, guidance_scale=2.0)
+        )
     with atomic_dir(args.out) as tmp:
         pipe.save_pretrained(tmp)
-        save_grid(samples.clamp(-1, 1), os.path.join(tmp, "samples.png"), nrow=8, scale=3)
+        save_grid(samples, os.path.join(tmp, "samples.png"), nrow=8, scale=3)
         write_prompt_file(os.path.join(tmp, "prompts.csv"))
         info = {
             **vars(args),
