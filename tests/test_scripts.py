@@ -272,3 +272,32 @@ def test_text_teacher_script_smoke(tmp_path):
     assert model.pipeline_class == "StableDiffusionPipeline" and model.image_size == 16
     assert read_prompt_labels(str(out / "prompts.csv")).tolist() == list(range(10))
     assert json.load(open(out / "training.json"))["iterations"] == 2 and (out / "samples.png").is_file()
+
+
+def test_captioned_fashion_script_writes_an_imagefolder_of_the_teachers_captions(tmp_path):
+    """train/captioned_fashion.py: the images unchanged (no flip or resize), a caption of each image's own class in one
+    of the text teacher's templates, readable by the captioned-data reader of every train script."""
+    from PIL import Image
+
+    from stepdistill.data import load_fashion_mnist
+    from stepdistill.text import read_captions
+    from train.text_teacher import NAMES, TEMPLATES
+
+    out = tmp_path / "captioned"
+    run("train/captioned_fashion.py", "--data", "assets/fashion-mnist", "--out", str(out), "--limit", "40")
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    pairs = read_captions(str(out))
+    assert len(pairs) == 40
+    for i, (path, caption) in enumerate(pairs):
+        assert np.array_equal(np.asarray(Image.open(path)), images[i])
+        assert caption in [t.format(NAMES[labels[i]]) for t in TEMPLATES]
+    assert len({caption for _, caption in pairs}) > len(set(labels[:40].tolist()))  # the templates vary
+    rows = [json.loads(line) for line in open(out / "metadata.jsonl")]
+    assert [r["label"] for r in rows] == labels[:40].tolist()
+    # --resolution 16: resized as the bundled teachers saw their training images
+    from stepdistill.data import from_uint8, to_uint8
+    from train.captioned_fashion import write_captioned
+
+    write_captioned("assets/fashion-mnist", str(tmp_path / "small"), limit=8, resolution=16)
+    small = np.stack([np.asarray(Image.open(p)) for p, _ in read_captions(str(tmp_path / "small"))])
+    assert np.array_equal(small, to_uint8(from_uint8(images[:8], 16))[:, 0].numpy())
