@@ -19,6 +19,7 @@ from .text import encode_captioned_folder, encode_prompt_set, is_text_to_image, 
 from .trainer import Trainer, TrainerConfig
 
 DATA_FREE_CONDITIONS = 60_000  # one "epoch" of conditions for data-free methods (shuffled per epoch)
+MIN_PROMPT_EPOCH = 4096  # a shorter prompt set is repeated to at least this many conditions per epoch
 
 
 @dataclass
@@ -44,10 +45,12 @@ def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
                 "(one prompt per line) to generate for."
             )
         data = encode_prompt_set(model, model_cfg.prompts, model_cfg.cache_dir)
+        copies = -(-MIN_PROMPT_EPOCH // len(data["text"]))  # whole copies: each prompt equally often per epoch
+        data = {k: v.repeat(copies, *([1] * (v.ndim - 1))) for k, v in data.items()}
     else:
         data = encode_captioned_folder(model, model_cfg.data, model_cfg.data_limit, model_cfg.cache_dir)
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
-    grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})
+    grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})  # (a set of 10 repeats)
     return Setup(model.teacher, data, student, grid, model.codec.decode)
 
 

@@ -246,3 +246,16 @@ def test_prompt_csv_labels_give_each_prompt_its_class(tmp_path):
     (tmp_path / "bad.csv").write_text("caption,label\na bag,bag\n")
     with pytest.raises(ValueError, match="not an integer class id"):
         read_prompt_labels(tmp_path / "bad.csv")
+
+
+def test_a_short_prompt_set_is_repeated_into_whole_batches(pipelines):
+    """Data-free training on a few prompts (the bundled teacher's 10 evaluation prompts): the set is repeated whole,
+    so a batch larger than the set can be drawn and every prompt is drawn equally often per epoch."""
+    from stepdistill.config import ModelConfig
+    from stepdistill.recipes import MIN_PROMPT_EPOCH, load_setup
+
+    setup = load_setup(ModelConfig(teacher=pipelines["sd15"], prompts=pipelines["prompts"]), data_free=True)
+    text = setup.data["text"]
+    assert len(text) >= MIN_PROMPT_EPOCH and len(text) % len(PROMPTS) == 0
+    one = load_text_to_image(pipelines["sd15"]).prompts.encode(PROMPTS).text
+    assert torch.equal(text, one.repeat(len(text) // len(PROMPTS), 1, 1))
