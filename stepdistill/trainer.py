@@ -68,6 +68,14 @@ class TrainerConfig:
     attention: Literal["default", "sdpa", "xformers"] = field(
         default="default", metadata={"help": "attention kernel of diffusers UNets (xformers needs CUDA)"}
     )
+    optimizer: Literal["adamw", "adamw8bit"] = field(
+        default="adamw",
+        metadata={
+            "help": "adamw: the strategies' torch AdamW; adamw8bit: the same hyperparameters in bitsandbytes' 8-bit "
+            "AdamW (moments of tensors with >= 4096 entries kept in 8 bits: about 6 of Adam's 8 bytes a parameter "
+            "saved; needs `pip install bitsandbytes`)"
+        },
+    )
     num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
     max_bad_steps: int = field(
         default=0,
@@ -106,6 +114,22 @@ def lr_lambda(config: TrainerConfig):
         return warm
 
     return factor
+
+
+def to_8bit(optimizer: torch.optim.Optimizer, name: str = "optimizer") -> torch.optim.Optimizer:
+    """The bitsandbytes 8-bit AdamW with ``optimizer``'s parameter groups and hyperparameters (lr, betas, eps,
+    weight decay, decoupled as in AdamW); ``optimizer`` must be a torch ``AdamW`` without amsgrad."""
+    if type(optimizer) is not torch.optim.AdamW or any(g.get("amsgrad") for g in optimizer.param_groups):
+        raise ValueError(f"--optimizer adamw8bit replaces an AdamW optimizer; {name} is {type(optimizer).__name__}.")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:
+        raise ImportError(
+            "--optimizer adamw8bit needs bitsandbytes: `pip install bitsandbytes` (or the stepdistill[8bit] extra), "
+            "or use --optimizer adamw."
+        ) from err
+    keys = ("params", "lr", "betas", "eps", "weight_decay")
+    return bnb.optim.AdamW8bit([{k: g[k] for k in keys} for g in optimizer.param_groups])
 
 
 class Trainer:
@@ -161,6 +185,8 @@ class Trainer:
         self.names = list(modules)
         # LRs are set from the global step (see lr_lambda), not by per-optimizer schedulers: those would count
         # their own optimizer's updates, and accelerate steps them once per process.
+        if config.optimizer == "adamw8bit":
+            optimizers = {n: to_8bit(opt, f"{type(strategy).__name__}.{n}") for n, opt in optimizers.items()}
         self.base_lrs = {n: [g["lr"] for g in optimizers[n].param_groups] for n in self.names}
         self.lr_factor = lr_lambda(config)
         prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names])

@@ -417,3 +417,40 @@ def test_example_accelerate_configs_are_valid(name):
     assert (config.num_processes, config.num_machines) == expected and config.mixed_precision == "bf16"
     if name == "8gpu-fsdp":
         assert config.fsdp_config["fsdp_use_orig_params"] is True
+
+
+def test_8bit_adamw_keeps_the_strategys_hyperparameters_resumes_exactly_and_tracks_adamw(tmp_path):
+    """--optimizer adamw8bit: bitsandbytes' AdamW8bit with the strategy's lr/betas/weight decay, 8-bit moments for the
+    large tensors, exact resume through its state dict, and a trajectory close to the 32-bit AdamW one."""
+    bnb = pytest.importorskip("bitsandbytes")
+    reference, s_reference = make_trainer(tmp_path / "fp32", 6)
+    reference.train()
+    reset_accelerate_state()
+    full, s_full = make_trainer(tmp_path / "full", 6, optimizer="adamw8bit")
+    optimizer = full.optimizers["student"].optimizer
+    assert isinstance(optimizer, bnb.optim.AdamW8bit) and optimizer.param_groups[0]["lr"] == 1e-2
+    full.train()
+    states = [optimizer.state[p] for p in s_full.student.parameters()]
+    assert any(s["state1"].dtype == torch.uint8 for s in states)  # the 128 x 128 layer's moments in 8 bits
+    start = torch.cat([p.detach().flatten() for p in make_trainer(tmp_path / "init", 6)[1].student.parameters()])
+    moved, gap = params(s_reference) - start, params(s_full) - params(s_reference)
+    assert gap.norm() < 0.1 * moved.norm()  # 8-bit moments: the same trajectory, up to quantisation
+    reset_accelerate_state()
+    split, _ = make_trainer(tmp_path / "split", 3, optimizer="adamw8bit", checkpoint_every=3)
+    split.train()
+    reset_accelerate_state()
+    resumed, s_resumed = make_trainer(tmp_path / "split", 6, optimizer="adamw8bit", resume="latest")
+    resumed.train()
+    assert torch.equal(params(s_full), params(s_resumed))
+
+
+def test_8bit_adamw_refuses_other_optimizers_and_a_missing_package(tmp_path, monkeypatch):
+    from stepdistill.trainer import to_8bit
+
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="replaces an AdamW optimizer; toy is SGD"):
+        to_8bit(sgd, "toy")
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)  # as if not installed
+    adamw = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        to_8bit(adamw)
