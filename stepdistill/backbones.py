@@ -7,7 +7,8 @@ registered here, with no change to any strategy.
 
 Families: diffusers ``UNet2DModel`` (class labels only) and ``UNet2DConditionModel`` (class labels, text
 cross-attention, SDXL ``text_embeds``/``time_ids``, ``timestep_cond``), and the SD3 transformer
-``SD3Transformer2DModel`` (``encoder_hidden_states`` + ``pooled_projections``, no convolutional bottleneck).
+``SD3Transformer2DModel`` (``encoder_hidden_states`` + ``pooled_projections``; its bottleneck features are the image
+tokens of its middle joint-attention block, laid out on the patch grid).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ def adapter_for(backbone: nn.Module) -> BackboneAdapter:
 class BackboneAdapter:
     """Maps ``(x_t, timestep, Condition)`` to one family's call and returns its raw output ``[B, C, H, W]``."""
 
-    feature_module: ClassVar[str | None] = "mid_block"  # the bottleneck whose output ``capture_features`` returns
     takes_guidance_embedding: ClassVar[bool] = False
 
     def __call__(
@@ -67,26 +67,46 @@ class BackboneAdapter:
     def condition_kwargs(self, backbone: nn.Module, cond: Condition, dtype: torch.dtype) -> dict:
         raise NotImplementedError
 
+    def feature_module(self, backbone: nn.Module) -> str | None:
+        """The name of the bottleneck whose output ``capture_features`` returns (``None``: there is none)."""
+        return "mid_block" if getattr(backbone, "mid_block", None) is not None else None
+
+    def feature_channels(self, backbone: nn.Module) -> int:
+        """Channels ``C`` of the features ``capture_features`` returns."""
+        return backbone.config.block_out_channels[-1]
+
+    def feature_map(self, backbone: nn.Module, output, x_t: Tensor) -> Tensor:
+        """The output of ``feature_module`` (for a call on ``x_t``) as features ``[B, C, h, w]``."""
+        return output[0] if isinstance(output, tuple) else output
+
     @contextmanager
     def capture_features(self, backbone: nn.Module):
         """Within the block, ``store["features"]`` receives the output ``[B, C, h, w]`` of the bottleneck
-        (``feature_module``) of every call, through a forward hook (no fork of the backbone's code)."""
-        if self.feature_module is None:
+        (``feature_module``) of every call, through forward hooks (no fork of the backbone's code)."""
+        name = self.feature_module(backbone)
+        if name is None:
             raise ValueError(
-                f"{type(backbone).__name__} has no convolutional bottleneck for a GAN head on its features: "
+                f"{type(backbone).__name__} has no bottleneck for a GAN head on its features: "
                 "set both GAN weights to 0."
             )
-        module = backbone.get_submodule(self.feature_module)
+        module = backbone.get_submodule(name)
         store: dict[str, Tensor] = {}
 
-        def hook(_module, _inputs, output):
-            store["features"] = output[0] if isinstance(output, tuple) else output
+        def remember_input(_module, args, kwargs):
+            store["x_t"] = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
 
-        handle = module.register_forward_hook(hook)
+        def hook(_module, _inputs, output):
+            store["features"] = self.feature_map(backbone, output, store["x_t"])
+
+        handles = [
+            backbone.register_forward_pre_hook(remember_input, with_kwargs=True),
+            module.register_forward_hook(hook),
+        ]
         try:
             yield store
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
 
 @register_backbone("UNet2DModel")
@@ -123,7 +143,18 @@ class SD3TransformerAdapter(BackboneAdapter):
     """diffusers ``SD3Transformer2DModel`` (Stable Diffusion 3): joint attention over the prompt's token embeddings
     (``encoder_hidden_states``) and the pooled CLIP embeddings (``pooled_projections``), timestep ``sigma * 1000``."""
 
-    feature_module = None
+    def feature_module(self, backbone):
+        return f"transformer_blocks.{len(backbone.transformer_blocks) // 2}"  # the middle joint-attention block
+
+    def feature_channels(self, backbone):
+        return backbone.config.num_attention_heads * backbone.config.attention_head_dim
+
+    def feature_map(self, backbone, output, x_t):
+        """The middle block's image tokens ``[B, h*w, C]`` (it returns ``(context, image)``) on the patch grid."""
+        tokens = output[1]
+        patch = backbone.config.patch_size
+        h, w = x_t.shape[-2] // patch, x_t.shape[-1] // patch
+        return tokens.transpose(1, 2).reshape(len(tokens), -1, h, w)
 
     def __call__(self, backbone, x_t, timestep, cond, timestep_cond):
         if timestep_cond is not None:

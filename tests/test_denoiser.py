@@ -190,3 +190,22 @@ def test_unet2dmodel_backbone_through_its_adapter():
         den(x, t, Condition(text=torch.zeros(4, 2, 8)))
     with pytest.raises(TypeError, match="Unsupported backbone"):
         Denoiser(torch.nn.Linear(2, 2), den.schedule, "v")
+
+
+def test_sd3_transformer_features_are_its_middle_blocks_image_tokens_on_the_patch_grid():
+    """DMD2's GAN head on an SD3 teacher reads the middle joint-attention block's image tokens as [B, C, h, w]."""
+    from tiny_text import _transformer
+
+    transformer = _transformer(0)
+    den = Denoiser(transformer, Schedule.flow(), "flow").frozen()
+    x, t = torch.randn(2, 4, 8, 8), torch.full((2,), 0.7)
+    cond = Condition(text=torch.randn(2, 5, 32), pooled=torch.randn(2, 32))
+    tokens = {}
+    middle = transformer.transformer_blocks[len(transformer.transformer_blocks) // 2]
+    handle = middle.register_forward_hook(lambda m, i, out: tokens.update(image=out[1]))
+    out, features = den(x, t, cond, return_features=True)
+    handle.remove()
+    torch.testing.assert_close(out, den(x, t, cond))
+    assert features.shape == (2, 16, 4, 4)  # 2 heads x 8 channels on the 8 / 2 patch grid
+    assert torch.equal(features[:, :, 1, 2], tokens["image"][:, 1 * 4 + 2])  # row-major patch order
+    assert not middle._forward_hooks and not transformer._forward_pre_hooks

@@ -17,16 +17,17 @@ from stepdistill.text import encode_captioned_folder, load_text_to_image, read_c
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
-FAMILIES = ("sd15", "sdxl", "sd3")
+FAMILIES = ("sd15", "sdxl", "sd3", "sd3-t5")
 PIPELINE_CLASS = {
     "sd15": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
     "sd3": "StableDiffusion3Pipeline",
+    "sd3-t5": "StableDiffusion3Pipeline",
 }
 
 
 def without_t5(family):
-    """The tiny SD3 pipeline has no T5 encoder; diffusers loads it only when told so."""
+    """The tiny "sd3" pipeline has no T5 encoder ("sd3-t5" has one); diffusers loads it only when told so."""
     return {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
 
 
@@ -35,6 +36,7 @@ def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("t2i")
     folders = {family: build_pipeline(root / family, sdxl=family == "sdxl") for family in ("sd15", "sdxl")}
     folders["sd3"] = build_sd3(root / "sd3")
+    folders["sd3-t5"] = build_sd3(root / "sd3-t5", t5=True)
     folders["data"] = captioned_folder(root / "data")
     with open(root / "prompts.txt", "w") as f:
         f.write("\n".join(PROMPTS) + "\n\n")
@@ -50,10 +52,11 @@ def test_prompt_embeddings_equal_the_pipelines_encode_prompt(pipelines, family):
     model = load_text_to_image(pipelines[family])
     pipe = DiffusionPipeline.from_pretrained(pipelines[family], **without_t5(family))
     cond = model.prompts.encode(PROMPTS[:3])
-    more = {"prompt_2": None, "prompt_3": None} if family == "sd3" else {}
-    out = pipe.encode_prompt(
-        PROMPTS[:3], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, **more
-    )
+    more = {"prompt_2": None, "prompt_3": None} if family.startswith("sd3") else {}
+    with torch.no_grad():  # as in the pipeline's __call__ (T5's attention may take another kernel with autograd)
+        out = pipe.encode_prompt(
+            PROMPTS[:3], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, **more
+        )
     assert torch.equal(out[0], cond.text) and torch.allclose(out[1][:1], model.teacher.null_text, atol=1e-6)
     if family != "sd15":  # pooled text
         assert torch.equal(out[2], cond.pooled) and torch.allclose(out[3][:1], model.teacher.null_pooled, atol=1e-6)
@@ -62,6 +65,9 @@ def test_prompt_embeddings_equal_the_pipelines_encode_prompt(pipelines, family):
     if family == "sd3":  # 77 CLIP tokens, then 256 zero T5 tokens (no T5 encoder); a velocity-predicting flow
         assert cond.text.shape == (3, 77 + 256, 32) and cond.text[:, 77:].abs().max() == 0
         assert model.teacher.prediction == "flow" and model.teacher.schedule.kind == "flow"
+    if family == "sd3-t5":  # the T5 encoder's 256 token embeddings after the CLIP ones, its params frozen too
+        assert cond.text.shape == (3, 77 + 256, 32) and cond.text[:, 77:].abs().min() > 0
+        assert len(model.prompts.encoders) == 3 and not model.prompts.encoders[2].training
     assert model.teacher.backbone.training is False and not any(p.requires_grad for p in model.prompts.parameters())
 
 
@@ -179,6 +185,7 @@ CASES = [
     ),
     ("sd3", "dmd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     ("sd3", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
+    ("sd3-t5", "dmd", ["--preset", "fashion"], "pipeline", "multistep"),
 ]
 
 

@@ -81,8 +81,34 @@ def _transformer(seed: int):
     )
 
 
-def build_sd3(folder, seed: int = 0) -> str:
-    """A tiny SD3-shaped pipeline (rectified-flow transformer, two CLIP encoders, no T5) in hub layout."""
+def t5_tokenizer():
+    """A T5 tokenizer made offline: a SentencePiece-style unigram vocabulary of the words of ``PROMPTS`` (an unknown
+    word maps to ``<unk>``) with T5's special tokens and its ``</s>`` after each prompt."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    words = sorted({w for p in PROMPTS for w in p.split()})
+    tokenizer = Tokenizer(
+        models.Unigram([(t, -1.0) for t in ["<pad>", "</s>", "<unk>", *("\u2581" + w for w in words)]], 2)
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def _t5_encoder(vocab: int, width: int, seed: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab, d_model=width, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    return T5EncoderModel(config)
+
+
+def build_sd3(folder, seed: int = 0, t5: bool = False) -> str:
+    """A tiny SD3-shaped pipeline (rectified-flow transformer, two CLIP encoders, and a T5 encoder if ``t5``) in hub
+    layout."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTokenizer
 
@@ -98,8 +124,8 @@ def build_sd3(folder, seed: int = 0) -> str:
         tokenizer=tokenizer,
         text_encoder_2=_text_encoder(tokenizer, True, 16, seed + 2),
         tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=_t5_encoder(len(t5_tokenizer()), 32, seed + 4) if t5 else None,
+        tokenizer_3=t5_tokenizer() if t5 else None,
     )
     pipe.save_pretrained(os.fspath(folder))
     return os.fspath(folder)

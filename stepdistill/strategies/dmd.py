@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample
@@ -137,9 +138,16 @@ class DMDStrategy(ScoreDistillationStrategy):
     ):
         super().__init__(config, teacher, student, fake_score)
         if config.gan:
-            if self.fake_score.backbone is None:
+            backbone = self.fake_score.backbone
+            if backbone is None:
                 raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
-            self.fake_score.gan_head = GANHead(self.fake_score.backbone.config.block_out_channels[-1])
+            adapter = adapter_for(backbone)
+            if adapter.feature_module(backbone) is None:
+                raise ValueError(
+                    f"The GAN term reads the fake score's bottleneck features, and this {type(backbone).__name__} has "
+                    "no middle block: set --gan-generator-weight 0 --gan-critic-weight 0."
+                )
+            self.fake_score.gan_head = GANHead(adapter.feature_channels(backbone))
         self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")  # [K], times[0] = 1
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
 
