@@ -8,8 +8,9 @@ of one sample, counted with ``torch.autograd.graph.saved_tensors_hooks`` (bf16 a
 kernel, so no attention matrices; no gradient checkpointing). Per strategy and GPU:
 
 * a frozen network costs its bf16 weights (2 bytes a parameter);
-* a trained network costs fp32 weights, gradients and AdamW's two moments (16 bytes a parameter); a LoRA adapter
-  the same per adapter parameter, on a frozen bf16 base it shares with the teacher;
+* a trained network costs fp32 weights, gradients and AdamW's two moments (16 bytes a parameter; 10 with
+  ``--optimizer adamw8bit``, whose moments take a byte each); a LoRA adapter the same per adapter parameter, on a
+  frozen bf16 base it shares with the teacher;
 * activations: the passes that keep a graph in the heaviest step, times the batch (passes without gradient, such as
   the teacher's, keep none);
 * text encoders and VAE: not counted (prompt embeddings and latents are computed once and cached, and the frozen
@@ -108,10 +109,13 @@ def measure(config: dict, text_tokens: int, lora_rank: int = 64) -> dict:
     return {"params": params, "lora_params": adapter, "activation_bytes_per_sample": saved[0] / b}
 
 
-def estimate(m: dict, s: dict, batch: int) -> float:
+TRAINED_BYTES = {"adamw": 16, "adamw8bit": 10}  # fp32 weights + gradients + two moments (fp32, or 8-bit)
+
+
+def estimate(m: dict, s: dict, batch: int, optimizer: str = "adamw") -> float:
     """GiB per GPU for strategy ``s`` on a UNet measured as ``m`` at a per-GPU ``batch``."""
     weights = 2 * m["params"]  # the frozen teacher (for LoRA also the adapters' base) in bf16
-    trained = 16 * (s["full"] * m["params"] + s["lora"] * m["lora_params"]) + 4 * s["copies"] * m["params"]
+    trained = TRAINED_BYTES[optimizer] * (s["full"] * m["params"] + s["lora"] * m["lora_params"]) + 4 * s["copies"] * m["params"]
     activations = s["passes"] * batch * m["activation_bytes_per_sample"]
     return (weights + trained + activations) / GIB
 
@@ -120,12 +124,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="per-GPU batch sizes to tabulate")
     parser.add_argument("--out", default="benchmarks/memory", help="folder for results.json and table.md")
+    parser.add_argument(
+        "--optimizer", choices=sorted(TRAINED_BYTES), default="adamw", help="the train scripts' --optimizer"
+    )
     args = parser.parse_args(argv)
     measured = {name: measure(config, tokens) for name, (config, tokens) in MODELS.items()}
     rows = []
     for name, s in STRATEGIES.items():
         for model, m in measured.items():
-            row = {"strategy": name, "model": model, **{f"batch_{b}": round(estimate(m, s, b), 1) for b in args.batch}}
+            row = {"strategy": name, "model": model, **{f"batch_{b}": round(estimate(m, s, b, args.optimizer), 1) for b in args.batch}}
             rows.append(row)
     lines = [
         "| strategy | model | " + " | ".join(f"GiB/GPU, batch {b}" for b in args.batch) + " |",
@@ -147,7 +154,8 @@ def main(argv=None) -> None:
         for model, m in measured.items()
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"kind": "estimate (see eval/memory.py)", "models": summary, "rows": rows}, f, indent=2)
+        record = {"kind": "estimate (see eval/memory.py)", "optimizer": args.optimizer, "models": summary, "rows": rows}
+        json.dump(record, f, indent=2)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
     print(json.dumps(summary, indent=2))
