@@ -266,3 +266,24 @@ def test_a_short_prompt_set_is_repeated_into_whole_batches(pipelines):
     assert len(text) >= MIN_PROMPT_EPOCH and len(text) % len(PROMPTS) == 0
     one = load_text_to_image(pipelines["sd15"]).prompts.encode(PROMPTS).text
     assert torch.equal(text, one.repeat(len(text) // len(PROMPTS), 1, 1))
+
+
+def test_text_encoders_are_released_once_the_prompts_are_encoded(pipelines):
+    """The training setup keeps the embeddings, the UNet and the VAE decoder (sample grids) but no text encoder: once
+    the captions are encoded, their memory is free (the estimate of the README's memory table leaves them out)."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    from stepdistill.config import ModelConfig
+    from stepdistill.recipes import load_setup
+
+    setup = load_setup(ModelConfig(teacher=pipelines["sdxl"], data=pipelines["data"]))
+    gc.collect()
+    ours = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, PreTrainedModel) and str(o.config._name_or_path).startswith(pipelines["sdxl"])
+    ]
+    assert setup.data["text"].shape[0] == 12 and setup.decode is not None
+    assert not ours, [type(o).__name__ for o in ours]
