@@ -271,6 +271,7 @@ class Trainer:
                 logs.update({k: values[k] for k in values if k.startswith("lr/")})
                 logs["skipped_steps"] = float(self.bad_steps)
                 logs["it_per_s"] = (self.step - start_step) / max(time.time() - start, 1e-9)
+                logs["elapsed_s"] = time.time() - start  # wall time of this process's training so far
                 window = {}
                 self.log(logs)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")})

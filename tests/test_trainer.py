@@ -226,6 +226,7 @@ def test_lr_schedules_follow_the_global_step_and_logs_show_every_loss(tmp_path):
     lines = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
     assert [line["step"] for line in lines] == [10, 20, 30]
     assert all("loss/student" in line and "loss/fake_score" in line for line in lines), lines
+    assert 0 < lines[0]["elapsed_s"] <= lines[1]["elapsed_s"] <= lines[2]["elapsed_s"]  # the run's wall time
 
 
 def test_progressive_lr_anneals_within_each_round(tmp_path):
