@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="real images scored as a 'real data' row (the real-vs-real floor); FOLDER:test for an idx test split",
     )
     p.add_argument(
+        "--autoencoder-floor",
+        default=None,
+        metavar="PIPELINE",
+        help="a latent pipeline folder (or Hub id): also score the --real images after its VAE's encode (posterior "
+        "mean) and decode at the pipeline's resolution, the best its latent students can show",
+    )
+    p.add_argument(
         "--real-resolution",
         type=int,
         default=None,
@@ -122,14 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser, args) -> None:
-    if not args.model and not args.images:
-        parser.error("give at least one --model or --images.")
+    if not args.model and not args.images and not args.autoencoder_floor:
+        parser.error("give at least one --model, --images or --autoencoder-floor.")
     if args.num_samples < 2:
         parser.error("--num-samples must be at least 2 (FD needs a covariance).")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1.")
     if os.path.isfile(args.out):
         parser.error(f"--out {args.out!r} is a file; give a folder.")
+    if args.autoencoder_floor and not args.real:
+        parser.error("--autoencoder-floor reconstructs the --real images: give --real too.")
     if ("clip" in args.features or args.clip_score) and not args.clip_checkpoint:
         parser.error("CLIP features and --clip-score need --clip-checkpoint (a local open_clip weights file).")
     if args.clip_score and not args.prompts:
@@ -182,6 +191,19 @@ def load_real(path: str, limit: int | None, resolution: int | None):
     return images, labels
 
 
+@torch.no_grad()
+def reconstruct(pipeline: str, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+    """uint8 ``images`` through the VAE of a latent pipeline (encode: posterior mean; decode), at the pipeline's
+    resolution (antialiased resize, as the training data): what its students are measured against at best."""
+    from stepdistill.text import load_text_to_image
+
+    model = load_text_to_image(pipeline)
+    codec = model.codec.to(device)
+    x = from_uint8(images, model.image_size)
+    out = [codec.decode(codec.encode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+    return to_uint8(torch.cat(out))
+
+
 def score_images(scorers, images, labels, prompts, batch_size) -> dict:
     scorers.reset()
     for i in range(0, len(images), batch_size):
@@ -221,6 +243,13 @@ def main():
             **score_images(scorers, images[part], None if labels is None else labels[part], None, args.batch_size),
             "source": args.real,
         }
+        if args.autoencoder_floor:
+            recon = reconstruct(args.autoencoder_floor, images[part], state.device, args.batch_size)
+            floor = score_images(scorers, recon, None if labels is None else labels[part], None, args.batch_size)
+            add_row(
+                {"model": f"autoencoder floor ({args.autoencoder_floor})", "steps": None, "guidance": None, **floor},
+                recon,
+            )
     for name, folder in map(parse_named, args.images):
         images, labels = load_images(folder, None)
         if len(images) < 2:

@@ -267,3 +267,21 @@ def test_exported_pipeline_without_model_index_is_refused(tmp_path, scheduler_cl
     proc = run_eval("--model", folder, "--steps", "2", "--num-samples", "4", "--out", str(tmp_path / "eval"))
     assert proc.returncode == 2 and "has no model_index.json" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_autoencoder_floor_scores_the_real_images_through_the_pipelines_vae(tmp_path):
+    """--autoencoder-floor: the real images after the text teacher's VAE, a row above the real-vs-real floor (the VAE
+    loses detail) that keeps the classes recognisable; it needs --real."""
+    out = tmp_path / "floor"
+    args = ["--real", "assets/fashion-mnist", "--num-samples", "300", "--out", str(out)]
+    proc = run_eval(*args, "--autoencoder-floor", "assets/fashion-text-teacher")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(out / "results.json"))
+    (row,) = result["results"]
+    real = result["real_floor"]
+    assert row["model"] == "autoencoder floor (assets/fashion-text-teacher)" and row["n"] == 300
+    assert row["fd_domain"] > real["fd_domain"] + 1.0  # the VAE's reconstructions are measurably worse
+    assert row["accuracy"] > real["accuracy"] - 0.1  # and still the same classes
+    assert (out / "grids" / f"{row['model']}.png").is_file()
+    proc = run_eval("--autoencoder-floor", "assets/fashion-text-teacher", "--out", str(tmp_path / "x"))
+    assert proc.returncode != 0 and "give --real too" in proc.stderr
