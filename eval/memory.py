@@ -115,7 +115,10 @@ TRAINED_BYTES = {"adamw": 16, "adamw8bit": 10}  # fp32 weights + gradients + two
 def estimate(m: dict, s: dict, batch: int, optimizer: str = "adamw") -> float:
     """GiB per GPU for strategy ``s`` on a UNet measured as ``m`` at a per-GPU ``batch``."""
     weights = 2 * m["params"]  # the frozen teacher (for LoRA also the adapters' base) in bf16
-    trained = TRAINED_BYTES[optimizer] * (s["full"] * m["params"] + s["lora"] * m["lora_params"]) + 4 * s["copies"] * m["params"]
+    trained = (
+        TRAINED_BYTES[optimizer] * (s["full"] * m["params"] + s["lora"] * m["lora_params"])
+        + 4 * s["copies"] * m["params"]
+    )
     activations = s["passes"] * batch * m["activation_bytes_per_sample"]
     return (weights + trained + activations) / GIB
 
@@ -132,7 +135,11 @@ def main(argv=None) -> None:
     rows = []
     for name, s in STRATEGIES.items():
         for model, m in measured.items():
-            row = {"strategy": name, "model": model, **{f"batch_{b}": round(estimate(m, s, b, args.optimizer), 1) for b in args.batch}}
+            row = {
+                "strategy": name,
+                "model": model,
+                **{f"batch_{b}": round(estimate(m, s, b, args.optimizer), 1) for b in args.batch},
+            }
             rows.append(row)
     lines = [
         "| strategy | model | " + " | ".join(f"GiB/GPU, batch {b}" for b in args.batch) + " |",
@@ -154,7 +161,12 @@ def main(argv=None) -> None:
         for model, m in measured.items()
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        record = {"kind": "estimate (see eval/memory.py)", "optimizer": args.optimizer, "models": summary, "rows": rows}
+        record = {
+            "kind": "estimate (see eval/memory.py)",
+            "optimizer": args.optimizer,
+            "models": summary,
+            "rows": rows,
+        }
         json.dump(record, f, indent=2)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")

@@ -50,7 +50,7 @@ def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
     else:
         data = encode_captioned_folder(model, model_cfg.data, model_cfg.data_limit, model_cfg.cache_dir)
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
-    grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})  # (a set of 10 repeats)
+    grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})
     return Setup(model.teacher, data, student, grid, model.codec.decode)
 
 
