@@ -445,7 +445,7 @@ def test_8bit_adamw_keeps_the_strategys_hyperparameters_resumes_exactly_and_trac
     assert torch.equal(params(s_full), params(s_resumed))
 
 
-def test_8bit_adamw_refuses_other_optimizers_and_a_missing_package(tmp_path, monkeypatch):
+def test_8bit_adamw_refuses_other_optimizers_and_a_missing_package(tmp_path, monkeypatch, capsys):
     from stepdistill.trainer import to_8bit
 
     sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
@@ -455,3 +455,8 @@ def test_8bit_adamw_refuses_other_optimizers_and_a_missing_package(tmp_path, mon
     adamw = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
         to_8bit(adamw)
+    from stepdistill.cli import run_cli
+
+    with pytest.raises(SystemExit) as stop:  # a train script: one error line, no traceback
+        run_cli(lambda: to_8bit(adamw))
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: --optimizer adamw8bit needs")
