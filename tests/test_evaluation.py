@@ -107,8 +107,41 @@ def test_shards_cover_every_sample_once():
         assert sorted(i for p in parts for i in p) == list(range(n))
 
 
-def run_eval(*args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, "eval/evaluate.py", *args], capture_output=True, text=True, env=ENV, timeout=600)
+def run_eval(*args, launcher=None):
+    """The evaluation command with ``args``: its entry point in this process (the interpreter's start-up would cost
+    more than most of these runs), or the script under ``launcher`` (e.g. torchrun). Returns returncode, stdout and
+    stderr like ``subprocess.run``."""
+    if launcher is not None:
+        command = [*launcher, "eval/evaluate.py", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    import contextlib
+    import io
+    import traceback
+    import types
+
+    from accelerate.state import PartialState
+
+    from eval.evaluate import cli
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, sys.argv = sys.argv, ["eval/evaluate.py", *args]
+    debug = os.environ.pop("STEPDISTILL_DEBUG", None)
+    PartialState._reset_state()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        if debug is not None:
+            os.environ["STEPDISTILL_DEBUG"] = debug
+        PartialState._reset_state()
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):
@@ -174,7 +207,7 @@ def test_unknown_pipeline_type(tmp_path):
 
 def test_two_processes_give_the_single_process_numbers(tmp_path):
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
-    single = run_eval(*args, "--out", str(tmp_path / "one"))
+    single = run_eval(*args, "--out", str(tmp_path / "one"), launcher=(sys.executable,))
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")  # what accelerate runs
     double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)

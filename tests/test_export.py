@@ -39,12 +39,91 @@ torch.save({"images": images, "class": type(pipe).__name__, "timesteps": pipe.sc
 )
 
 
-def run_isolated(script: str, *args, cwd) -> None:
-    """Run ``script`` in ``python -I`` (no cwd, PYTHONPATH or user site on the path) and require success."""
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+# One interpreter serves every export-loading script of the session: started with `python -I` and the block above,
+# it imports torch and diffusers once (the slow part, 10-20 s here) and runs each script in a fresh namespace with
+# its own argv and cwd. It never imports stepdistill, and the remote-code modules a script loads (diffusers'
+# `diffusers_modules.*`) are dropped after it, so each load reads its export's own files, as a new process would.
+WORKER = (
+    BLOCK_STEPDISTILL
+    + r"""
+import json, os, traceback
+import diffusers
+reply = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # what scripts and libraries print goes to the log, not into the replies
+meta_path = list(sys.meta_path)
+for line in sys.stdin:
+    request = json.loads(line)
+    os.chdir(request["cwd"])
+    sys.argv = ["-c", *request["args"]]
+    try:
+        exec(compile(request["script"], "<isolated script>", "exec"), {"__name__": "__main__"})
+        answer = {"ok": True}
+    except BaseException:
+        answer = {"ok": False, "error": traceback.format_exc()}
+    for name in [m for m in sys.modules if m.split(".")[0] in ("diffusers_modules", "transformers_modules")]:
+        del sys.modules[name]
+    sys.meta_path[:] = meta_path
+    reply.write(json.dumps(answer) + "\n")
+    reply.flush()
+"""
+)
+
+
+class _Worker:
+    """The shared ``python -I`` interpreter (started on first use, restarted if a script kills it)."""
+
+    proc = None
+    log = None
+
+    @classmethod
+    def run(cls, script: str, args, cwd, timeout: float) -> None:
+        import atexit
+        import json
+        import select
+        import tempfile
+
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.log = tempfile.TemporaryFile(mode="w+")
+            cls.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", WORKER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=cls.log,
+                text=True,
+            )
+            atexit.register(cls.proc.kill)
+        cls.log.seek(0, 2)
+        start = cls.log.tell()
+        cls.proc.stdin.write(json.dumps({"script": script, "args": list(args), "cwd": str(cwd)}) + "\n")
+        cls.proc.stdin.flush()
+        ready, _, _ = select.select([cls.proc.stdout], [], [], timeout)
+        line = cls.proc.stdout.readline() if ready else ""
+        if not line:  # timed out or died: start a new one next time
+            cls.proc.kill()
+            cls.proc.wait()
+        cls.log.seek(start)
+        printed = cls.log.read()[-3000:]
+        assert line, f"the isolated interpreter {'timed out' if not ready else 'died'}:\n{printed}"
+        answer = json.loads(line)
+        assert answer["ok"], answer["error"][-3000:] + printed
+
+
+def run_isolated(script: str, *args, cwd, timeout: float = 300) -> None:
+    """Run ``script`` (with ``sys.argv[1:]`` = ``args``, in ``cwd``) in an interpreter started with ``python -I``
+    (no cwd, PYTHONPATH or user site on the path) that cannot import stepdistill, and require success."""
+    _Worker.run(script, [str(a) for a in args], cwd, timeout)
+
+
+def test_the_isolated_interpreter_cannot_import_stepdistill(tmp_path):
+    """What the export tests below rely on: their loading scripts run where stepdistill cannot be imported, and a
+    failing script fails the test with its error."""
+    with pytest.raises(AssertionError, match="stepdistill must not be needed"):
+        run_isolated("import stepdistill", cwd=tmp_path)
+    with pytest.raises(AssertionError, match="stepdistill must not be needed"):
+        run_isolated("import pipelines.pipeline_class_conditional", cwd=tmp_path)
+    run_isolated(
+        "import diffusers, sys; assert 'stepdistill' not in sys.modules and sys.argv[1:] == ['a']", "a", cwd=tmp_path
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def student(guidance_dim=None):

@@ -114,10 +114,16 @@ def test_student_teacher_mismatch_fails_before_training(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_train_script_rejects_bad_configs(tmp_path):
+def test_train_script_rejects_bad_configs(tmp_path, monkeypatch, capsys):
+    """One ``error:`` line and exit status 2 from the scripts' entry point (run here; the first case also as a
+    script), before any training starts."""
+    import importlib
     import subprocess
     import sys
 
+    from stepdistill.cli import run_cli
+
+    monkeypatch.delenv("STEPDISTILL_DEBUG", raising=False)
     (tmp_path / "run.yaml").write_text("teacher_steps: 64\nstep_per_round: 10\n")
     for script, args, message in [
         ("progressive", ["--config", str(tmp_path / "run.yaml")], "Did you mean 'steps_per_round'"),
@@ -127,13 +133,20 @@ def test_train_script_rejects_bad_configs(tmp_path):
         ("consistency", ["--phases", "4", "--sample-steps", "2"], "exactly 4 steps"),
         ("consistency", ["--preset", "fashion-lora", "--lora-rank", "64"], "exceeds the width"),
     ]:
-        proc = subprocess.run(
-            [sys.executable, f"train/{script}.py", "--output-dir", str(tmp_path / "o"), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        argv = ["--output-dir", str(tmp_path / "o"), *args]
+        main = importlib.import_module(f"train.{script}").main
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(lambda: main(argv))
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr, (message, stderr[-2000:])
+        assert not (tmp_path / "o" / "checkpoints").exists()
+    proc = subprocess.run(
+        [sys.executable, "train/progressive.py", *argv[:2], "--teacher-steps", "48"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "power of two" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -335,25 +348,35 @@ TWO_PROCESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,variant,options", TWO_PROCESS_CASES)
-def test_every_strategy_trains_on_two_processes_with_identical_ranks(tmp_path, name, variant, options):
-    """DDP on two CPU processes (torchrun, gloo): each registered strategy trains a few steps, every network's
-    parameters change, and after every optimizer step both ranks hold bit-identical parameters."""
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    """One torchrun launch (2 CPU processes, gloo) runs every case of TWO_PROCESS_CASES; its results by case id,
+    or the launch's failure."""
     import json
     import os
     import subprocess
     import sys
 
+    out = tmp_path_factory.mktemp("ddp") / "out.json"
+    cases = {f"{name}-{variant}": [name, options] for name, variant, options in TWO_PROCESS_CASES}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     proc = subprocess.run(
-        [*command, "tests/two_process_worker.py", name, json.dumps(options), str(tmp_path / "out.json")],
+        [*command, "tests/two_process_worker.py", json.dumps(cases), str(out)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300 + 120 * len(cases),
         env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "out.json").read_text())
+    return json.loads(out.read_text()) if proc.returncode == 0 else proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name,variant,options", TWO_PROCESS_CASES)
+def test_every_strategy_trains_on_two_processes_with_identical_ranks(two_process_results, name, variant, options):
+    """DDP on two CPU processes (torchrun, gloo): each registered strategy trains a few steps, every network's
+    parameters change, and after every optimizer step both ranks hold bit-identical parameters."""
+    assert isinstance(two_process_results, dict), two_process_results  # the launch itself failed
+    result = two_process_results[f"{name}-{variant}"]
+    assert "error" not in result, result.get("error")
     assert result["steps"] == [1, 2, 3] and result["changed"], result
     assert result["max_rank_diff"] == [0.0, 0.0, 0.0], result
 

@@ -1,22 +1,25 @@
-"""Run by ``torchrun --nproc_per_node 2`` from test_strategies.py: a few optimizer steps of one strategy on a tiny
-UNet teacher, recording after every step how far the two ranks' parameters are apart.
+"""Run by ``torchrun --nproc_per_node 2`` from test_strategies.py: for each case, a few optimizer steps of one
+strategy on a tiny UNet teacher, recording after every step how far the two ranks' parameters are apart.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/two_process_worker.py NAME OPTIONS_JSON OUT.json
+    python -m torch.distributed.run --nproc_per_node 2 tests/two_process_worker.py CASES_JSON OUT.json
 
-NAME is a registry name, OPTIONS_JSON its config fields. OUT.json (written by rank 0):
-``{"steps": [...], "max_rank_diff": [...], "changed": bool, "networks": [...]}``. One strategy per launch:
-accelerate tears the process group down at the end of training.
+CASES_JSON maps a case id to ``[registry name, config fields]``. OUT.json (written by rank 0) maps each case id to
+``{"steps": [...], "max_rank_diff": [...], "changed": bool, "networks": [...]}``, or to ``{"error": traceback}``.
+All cases share one launch and one process group (the interpreters' start-up is most of a case's cost): the
+trainer's closing ``accelerator.end_training()`` would tear the group down, and a second group cannot be formed on
+torchrun's store, so it is deferred to the end of the launch; accelerate's state is reset between cases.
 """
 
 import json
 import os
 import sys
 import tempfile
+import traceback
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import tiny_scheduler, tiny_unet
+from conftest import reset_accelerate_state, tiny_scheduler, tiny_unet
 
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.distributed import unwrap
@@ -59,12 +62,22 @@ def run(name: str, options: dict, out_dir: str) -> dict:
 
 
 def main():
-    name, options, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(name, options, tmp)
+    from accelerate import Accelerator
+
+    cases, out = json.loads(sys.argv[1]), sys.argv[2]
+    results = {}
+    end_training, Accelerator.end_training = Accelerator.end_training, lambda self: self.wait_for_everyone()
+    for case, (name, options) in cases.items():
+        reset_accelerate_state()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                results[case] = run(name, options, tmp)
+        except Exception:  # the other rank fails the same way (or waits in a collective until the test's timeout)
+            results[case] = {"error": traceback.format_exc()}
+    end_training(Accelerator())
     if int(os.environ.get("RANK", "0")) == 0:
         with open(out, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
