@@ -114,34 +114,11 @@ def run_eval(*args, launcher=None):
     if launcher is not None:
         command = [*launcher, "eval/evaluate.py", *args]
         return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
-    import contextlib
-    import io
-    import traceback
-    import types
-
-    from accelerate.state import PartialState
+    from conftest import run_entry_point
 
     from eval.evaluate import cli
 
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, sys.argv = sys.argv, ["eval/evaluate.py", *args]
-    debug = os.environ.pop("STEPDISTILL_DEBUG", None)
-    PartialState._reset_state()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = argv
-        if debug is not None:
-            os.environ["STEPDISTILL_DEBUG"] = debug
-        PartialState._reset_state()
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return run_entry_point(cli, ["eval/evaluate.py", *args])
 
 
 def test_image_folder_with_clip_metrics_and_labels(tmp_path, tiny_clip):

@@ -107,26 +107,24 @@ def test_evaluate_and_sample_scripts(tmp_path):
         (["--model", "assets/fashion-teacher", "--out", "assets/fashion-mnist/LICENSE"], "is a file"),
     ],
 )
-def test_evaluate_reports_bad_input(tmp_path, monkeypatch, capsys, fresh_accelerate_state, args, message):
+def test_evaluate_reports_bad_input(tmp_path, args, message):
     """One ``error:`` line and exit status 2, no traceback (the command's own entry point, run in this process; the
     first case also as a script)."""
-    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
-    (tmp_path / "one" / "0").mkdir(parents=True)
+    from conftest import run_entry_point
     from PIL import Image
 
     from eval.evaluate import cli
 
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "one" / "0").mkdir(parents=True)
     Image.new("L", (16, 16)).save(tmp_path / "one" / "0" / "a.png")
     swap = {"CORRUPT_NPZ": str(tmp_path / "bad.npz"), "ONE_IMAGE": f"one={tmp_path / 'one'}"}
     args = [swap.get(a, a) for a in args] + ([] if "--out" in args else ["--out", str(tmp_path)])
-    monkeypatch.setattr(sys, "argv", ["eval/evaluate.py", *args])
-    monkeypatch.delenv("STEPDISTILL_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        cli()
-    stderr = capsys.readouterr().err
-    assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr, stderr[-2000:]
+    proc = run_entry_point(cli, ["eval/evaluate.py", *args])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     if message == "does not exist":
-        proc = subprocess.run([sys.executable, "eval/evaluate.py", *args], capture_output=True, text=True, env=ENV)
+        command = [sys.executable, "eval/evaluate.py", *args]
+        proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 

@@ -114,16 +114,17 @@ def test_student_teacher_mismatch_fails_before_training(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_train_script_rejects_bad_configs(tmp_path, monkeypatch, capsys):
+def test_train_script_rejects_bad_configs(tmp_path):
     """One ``error:`` line and exit status 2 from the scripts' entry point (run here; the first case also as a
     script), before any training starts."""
     import importlib
     import subprocess
     import sys
 
+    from conftest import run_entry_point
+
     from stepdistill.cli import run_cli
 
-    monkeypatch.delenv("STEPDISTILL_DEBUG", raising=False)
     (tmp_path / "run.yaml").write_text("teacher_steps: 64\nstep_per_round: 10\n")
     for script, args, message in [
         ("progressive", ["--config", str(tmp_path / "run.yaml")], "Did you mean 'steps_per_round'"),
@@ -133,19 +134,16 @@ def test_train_script_rejects_bad_configs(tmp_path, monkeypatch, capsys):
         ("consistency", ["--phases", "4", "--sample-steps", "2"], "exactly 4 steps"),
         ("consistency", ["--preset", "fashion-lora", "--lora-rank", "64"], "exceeds the width"),
     ]:
-        argv = ["--output-dir", str(tmp_path / "o"), *args]
+        argv = [f"train/{script}.py", "--output-dir", str(tmp_path / "o"), *args]
         main = importlib.import_module(f"train.{script}").main
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(lambda: main(argv))
-        stderr = capsys.readouterr().err
-        assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr, (message, stderr[-2000:])
+        proc = run_entry_point(lambda: run_cli(main), argv)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (
+            message,
+            proc.stderr[-2000:],
+        )
         assert not (tmp_path / "o" / "checkpoints").exists()
-    proc = subprocess.run(
-        [sys.executable, "train/progressive.py", *argv[:2], "--teacher-steps", "48"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "train/progressive.py", "--output-dir", str(tmp_path / "o"), "--teacher-steps", "48"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "power of two" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
