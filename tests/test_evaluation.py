@@ -295,3 +295,27 @@ def test_autoencoder_floor_scores_the_real_images_through_the_pipelines_vae(tmp_
     assert (out / "grids" / f"{row['model']}.png").is_file()
     proc = run_eval("--autoencoder-floor", "assets/fashion-text-teacher", "--out", str(tmp_path / "x"))
     assert proc.returncode != 0 and "give --real too" in proc.stderr
+
+
+def test_gan_probe_sees_a_real_difference_and_no_false_one():
+    """The GAN-signal probe (eval/gan_probe.py): DMD2's head on the bundled teacher's bottleneck separates real
+    images from a darkened copy of other real images (a generator error any critic must see), and stays near chance
+    on two disjoint draws of real images."""
+    sys.path.insert(0, "eval")
+    try:
+        from gan_probe import probe_accuracy
+    finally:
+        sys.path.pop(0)
+    from stepdistill.data import from_uint8, load_images
+    from stepdistill.denoiser import Denoiser
+
+    net = Denoiser.from_pretrained("assets/fashion-teacher").frozen()
+    images, labels = load_images("assets/fashion-mnist", 1024)
+    x = from_uint8(images, net.backbone.config.sample_size)
+    real, other = (x[:512], labels[:512]), (x[512:], labels[512:])
+    darker = (other[0] * 0.6 - 0.4, other[1])
+    kwargs = dict(t_max=0.2, steps=120, lr=1e-3, batch_size=32)
+    assert probe_accuracy(net, real, darker, **kwargs)["accuracy"] > 0.75
+    assert abs(probe_accuracy(net, real, other, **kwargs)["accuracy"] - 0.5) < 0.1
+    with pytest.raises(ValueError, match="at least"):
+        probe_accuracy(net, (x[:20], None), (x[20:40], None), 0.2, batch_size=32)

@@ -72,6 +72,14 @@ class DMDConfig(LoRAOptions):
         default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
     )
     gan_critic_weight: float = field(default=0.0, metadata={"help": "GAN weight in the fake-score loss (DMD2: 1e-2)"})
+    gan_t_max: float = field(
+        default=1.0,
+        metadata={
+            "help": "highest noise level of the GAN term, of [0, 1]: below 1 the critic and the generator's GAN loss "
+            "see images noised to uniform training indices under gan_t_max * T (DMD2's diffusion_gan_max_timestep / "
+            "T), where fine texture is still visible; 1 keeps the fake score's noise levels"
+        },
+    )
     regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
     regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
     regression_teacher_steps: int = field(default=50, metadata={"help": "teacher DDIM steps making those pairs"})
@@ -89,6 +97,8 @@ class DMDConfig(LoRAOptions):
             raise ValueError(f"DMDConfig.time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}.")
         if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
             raise ValueError("DMDConfig loss weights must be >= 0.")
+        if not 0 < self.gan_t_max <= 1:
+            raise ValueError(f"DMDConfig.gan_t_max must be in (0, 1], got {self.gan_t_max}.")
         if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
@@ -201,7 +211,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             loss = loss + cfg.regression_weight * regression
             logs["log/regression"] = regression.detach()
         if cfg.gan:
-            t_gan = self._score_times(b, x_gen)
+            t_gan = self._gan_times(b, x_gen)
             x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t_gan))
             with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
                 _, features = fake(x_t_gan, t_gan, cond, return_features=True)
@@ -222,23 +232,31 @@ class DMDStrategy(ScoreDistillationStrategy):
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x_gen, eps, alpha, sigma)
         target = combine(x_gen, eps, kind, alpha, sigma)
-        t_real = self._score_times(b, x_gen)
-        x_t_real = add_noise(x0_real, torch.randn_like(x0_real), *schedule.alpha_sigma(t_real))
-        pred, features = self.fake_score(
-            torch.cat([x_t, x_t_real]),
-            torch.cat([t, t_real]),
-            cat_conditions(cond, cond),
-            kind=kind,
-            return_features=True,
-        )
+        # the critic's generated half reuses the denoising batch when the GAN shares its noise levels; with its own
+        # range it gets its own noisy copy, so that real and generated images reach the critic at the same levels
+        inputs, times = [x_t], [t]
+        separate = cfg.gan_t_max < 1
+        for x in (x_gen, x0_real) if separate else (x0_real,):
+            t_gan = self._gan_times(b, x_gen)
+            inputs.append(add_noise(x, torch.randn_like(x), *schedule.alpha_sigma(t_gan)))
+            times.append(t_gan)
+        n = len(inputs)
+        conds = None if cond is None else cond.map(lambda v: torch.cat([v] * n))
+        pred, features = self.fake_score(torch.cat(inputs), torch.cat(times), conds, kind=kind, return_features=True)
         denoising = (pred[:b] - target).float().pow(2).mean()
-        logits = net.gan_head(features)  # [2B]: generated, then real
-        critic = gan_critic_loss(logits[b:], logits[:b])
+        logits = net.gan_head(features[b:] if separate else features)  # [2B]: generated, then real
+        critic = gan_critic_loss(logits[-b:], logits[-2 * b : -b])
         return {
             "fake_score": denoising + cfg.gan_critic_weight * critic,
             "log/denoising": denoising.detach(),
             "log/gan_critic": critic.detach(),
         }
+
+    def _gan_times(self, b: int, like: Tensor) -> Tensor:
+        """``[B]`` noise levels of the GAN term: the fake score's, or uniform training indices under ``gan_t_max``."""
+        if self.config.gan_t_max < 1:
+            return self._uniform_index_times(b, like, [0.0, self.config.gan_t_max])
+        return self._score_times(b, like)
 
     def _score_times(self, b: int, like: Tensor) -> Tensor:
         """``[B]`` noise levels of the fake score's denoising loss and of the GAN term: uniform ``t`` (the schedule's

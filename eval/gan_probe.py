@@ -1,0 +1,160 @@
+"""Can DMD2's GAN head tell real images from a generator's samples? A probe of the GAN term's signal.
+
+    python eval/gan_probe.py --trust-remote-code --model cd-4step=outputs/cd-fashion/pipeline@4 \\
+        --real assets/fashion-mnist --t-max 0.2 1.0 --out benchmarks/dmd/gan-probe
+
+DMD2's GAN term trains a small classifier head on the fake score's bottleneck features (a copy of the teacher at
+the start) to tell noisy real images from noisy generated ones, and moves the generator along its gradient. When
+that head cannot separate the two, the term gives the generator no signal. This probe measures how separable they
+are at all: it draws N samples from each --model (as the evaluation command does), takes N real images, and trains
+DMD2's head (``strategies.dmd.GANHead``, freshly initialised, AdamW) on the frozen bottleneck features of
+--features-from (default: the bundled teacher) at noise levels uniform over the training indices under --t-max
+(DMD2's ``gan_t_max``). It reports the accuracy on held-out images (a quarter of each side), averaged over the last
+quarter of the probe's evaluations: 0.5 is chance. As a control, --real against a second, disjoint draw of real
+images must stay near 0.5. Writes results.json in --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+from tqdm import tqdm
+
+from stepdistill import ASSETS
+from stepdistill.backbones import adapter_for
+from stepdistill.cli import run_cli
+from stepdistill.data import from_uint8
+from stepdistill.denoiser import Condition, Denoiser
+from stepdistill.evaluation import balanced_labels
+from stepdistill.losses import gan_critic_loss
+from stepdistill.schedules import add_noise
+from stepdistill.strategies.dmd import GANHead
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", action="append", default=[], help="NAME=PATH@STEPS of a pipeline or model folder (repeatable)"
+    )
+    parser.add_argument("--real", required=True, help="real images: a Fashion-MNIST folder or an image folder")
+    parser.add_argument(
+        "--features-from",
+        default=os.path.join(ASSETS, "fashion-teacher"),
+        help="the network whose bottleneck the head reads (the fake score's initialisation: the teacher)",
+    )
+    parser.add_argument("--t-max", type=float, nargs="+", default=[1.0], help="highest noise level(s), of [0, 1]")
+    parser.add_argument("--num-samples", type=int, default=4096, help="generated (and real) images per probe")
+    parser.add_argument("--probe-steps", type=int, default=400, help="optimizer steps of the head")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the head")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the code an exported pipeline carries")
+    parser.add_argument("--out", required=True, help="output folder (results.json)")
+    return parser
+
+
+def bottleneck_features(net: Denoiser, images: torch.Tensor, labels, t: torch.Tensor) -> torch.Tensor:
+    """``net``'s bottleneck features of ``images`` (in [-1, 1]) noised to ``t``, without gradient."""
+    x_t = add_noise(images, torch.randn_like(images), *net.schedule.alpha_sigma(t))
+    cond = None if labels is None else Condition(labels=labels)
+    with torch.no_grad():
+        return net(x_t, t, cond, return_features=True)[1]
+
+
+def probe_accuracy(
+    net: Denoiser,
+    real: tuple[torch.Tensor, torch.Tensor | None],
+    fake: tuple[torch.Tensor, torch.Tensor | None],
+    t_max: float,
+    steps: int = 400,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Train a fresh ``GANHead`` on ``net``'s bottleneck features to tell ``real`` from ``fake`` (each ``(images in
+    [-1, 1], labels or None)``, the same count) at noise levels under ``t_max``; return its held-out accuracy.
+
+    The last quarter of each side is held out; accuracy is evaluated every ``steps // 8`` steps on it (noise levels
+    and noise drawn afresh) and the returned ``accuracy`` averages the last quarter of those evaluations."""
+    n = min(len(real[0]), len(fake[0]))
+    split = n * 3 // 4
+    if split < batch_size or n - split < 2:
+        raise ValueError(f"The probe needs at least {4 * batch_size // 3 + 2} images per side, got {n}.")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = GANHead(adapter_for(net.backbone).feature_channels(net.backbone))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    big_t = net.schedule.num_train_timesteps
+    top = max(1, int(t_max * big_t))
+
+    def times(b):
+        return (torch.randint(0, top, (b,), generator=generator) + 1).float() / big_t
+
+    def logits(side, index):
+        images, labels = side
+        return head(
+            bottleneck_features(net, images[index], None if labels is None else labels[index], times(len(index)))
+        )
+
+    held_out = torch.arange(split, n)
+    history = []
+    for step in tqdm(range(1, steps + 1), desc=f"probe t_max={t_max:g}", disable=not progress, leave=False):
+        index = torch.randint(0, split, (batch_size,), generator=generator)
+        loss = gan_critic_loss(logits(real, index), logits(fake, index))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % max(1, steps // 8) == 0:
+            with torch.no_grad():
+                correct = (logits(real, held_out) > 0).float().mean() + (logits(fake, held_out) < 0).float().mean()
+            history.append({"step": step, "loss": loss.item(), "accuracy": correct.item() / 2})
+    last = history[-max(1, len(history) // 4) :]
+    return {"accuracy": sum(h["accuracy"] for h in last) / len(last), "history": history}
+
+
+def main(argv=None):
+    from stepdistill_eval.evaluate import _portable, load_model, load_real, num_classes, parse_model, sample
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not all(0 < t <= 1 for t in args.t_max):
+        parser.error(f"--t-max values must be in (0, 1], got {args.t_max}.")
+    if not args.model:
+        parser.error("Give at least one --model NAME=PATH@STEPS to probe against the real images.")
+    net = Denoiser.from_pretrained(args.features_from).frozen()
+    # real images: the probe's share and a disjoint control draw of the same size
+    images, labels = load_real(args.real, 2 * args.num_samples, net.backbone.config.sample_size)
+    if len(images) < 2 * args.num_samples:
+        parser.error(f"--real {args.real!r} has {len(images)} images; the probe needs 2 x --num-samples.")
+    real = (from_uint8(images[: args.num_samples]), None if labels is None else labels[: args.num_samples])
+    control = (from_uint8(images[args.num_samples :]), None if labels is None else labels[args.num_samples :])
+    candidates = [("real (control)", None, control)]
+    for name, path, model_steps in (parse_model(spec, [1]) for spec in args.model):
+        model = load_model(path, "cpu", args.trust_remote_code)
+        classes = num_classes(model)
+        gen_labels = balanced_labels(args.num_samples, classes) if classes else None
+        for steps in model_steps:
+            sampling_args = argparse.Namespace(num_samples=args.num_samples, seed=args.seed, batch_size=500)
+            x = sample(model, sampling_args, steps, 1.0, gen_labels, None, slice(0, args.num_samples), name)
+            candidates.append((name, steps, (from_uint8(x), gen_labels)))
+    rows = []
+    for name, steps, fake in candidates:
+        for t_max in args.t_max:
+            out = probe_accuracy(net, real, fake, t_max, args.probe_steps, args.lr, args.batch_size, args.seed, True)
+            rows.append({"model": name, "steps": steps, "t_max": t_max, **out})
+            print(f"{name} ({steps or '-'} steps), t_max {t_max:g}: held-out accuracy {out['accuracy']:.3f}")
+    os.makedirs(args.out, exist_ok=True)
+    settings = {k: _portable(v) for k, v in vars(args).items()}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"settings": settings, "results": rows}, f, indent=2)
+    lines = ["| images vs real | steps | t_max | held-out accuracy |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['steps'] or ''} | {r['t_max']:g} | {r['accuracy']:.3f} |" for r in rows]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    run_cli(main)
