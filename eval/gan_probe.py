@@ -11,7 +11,7 @@ DMD2's head (``strategies.dmd.GANHead``, freshly initialised, AdamW) on the froz
 --features-from (default: the bundled teacher) at noise levels uniform over the training indices under --t-max
 (DMD2's ``gan_t_max``). It reports the accuracy on held-out images (a quarter of each side), averaged over the last
 quarter of the probe's evaluations: 0.5 is chance. As a control, --real against a second, disjoint draw of real
-images must stay near 0.5. Writes results.json in --out and prints a table.
+images must stay near 0.5. Writes results.json and table.md in --out and prints the table.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trust-remote-code", action="store_true", help="run the code an exported pipeline carries")
-    parser.add_argument("--out", required=True, help="output folder (results.json)")
+    parser.add_argument("--out", required=True, help="output folder (results.json, table.md)")
     return parser
 
 
@@ -151,9 +151,17 @@ def main(argv=None):
     settings = {k: _portable(v) for k, v in vars(args).items()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"settings": settings, "results": rows}, f, indent=2)
+    table = probe_table(rows)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+def probe_table(rows: list[dict]) -> str:
+    """The probe's results as a markdown table."""
     lines = ["| images vs real | steps | t_max | held-out accuracy |", "|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['steps'] or ''} | {r['t_max']:g} | {r['accuracy']:.3f} |" for r in rows]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
