@@ -32,6 +32,7 @@ from stepdistill.evaluation import balanced_labels
 from stepdistill.losses import gan_critic_loss
 from stepdistill.schedules import add_noise
 from stepdistill.strategies.dmd import GANHead
+from stepdistill.strategies.score_distillation import uniform_index_times
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +89,10 @@ def probe_accuracy(
     torch.manual_seed(seed)
     head = GANHead(adapter_for(net.backbone).feature_channels(net.backbone))
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
-    big_t = net.schedule.num_train_timesteps
-    top = max(1, int(t_max * big_t))
+    like = torch.zeros(())
 
-    def times(b):
-        return (torch.randint(0, top, (b,), generator=generator) + 1).float() / big_t
+    def times(b):  # the GAN term's noise levels under t_max, as DMDStrategy draws them
+        return uniform_index_times(net.schedule, b, like, [0.0, t_max], generator)
 
     def logits(side, index):
         images, labels = side
@@ -133,12 +133,12 @@ def main(argv=None):
     real = (from_uint8(images[: args.num_samples]), None if labels is None else labels[: args.num_samples])
     control = (from_uint8(images[args.num_samples :]), None if labels is None else labels[args.num_samples :])
     candidates = [("real (control)", None, control)]
+    sampling_args = argparse.Namespace(num_samples=args.num_samples, seed=args.seed, batch_size=500)  # for sample()
     for name, path, model_steps in (parse_model(spec, [1]) for spec in args.model):
         model = load_model(path, "cpu", args.trust_remote_code)
         classes = num_classes(model)
         gen_labels = balanced_labels(args.num_samples, classes) if classes else None
         for steps in model_steps:
-            sampling_args = argparse.Namespace(num_samples=args.num_samples, seed=args.seed, batch_size=500)
             x = sample(model, sampling_args, steps, 1.0, gen_labels, None, slice(0, args.num_samples), name)
             candidates.append((name, steps, (from_uint8(x), gen_labels)))
     rows = []

@@ -101,12 +101,8 @@ class ScoreDistillationStrategy(Strategy):
         return multistep_sample(self.student, noise, cond, self.times, until=k)
 
     def _uniform_index_times(self, b: int, like: Tensor, t_range: list[float]) -> Tensor:
-        """``[B]`` times uniform over the training indices in ``t_range`` (a fraction of them, e.g. [0.02, 0.98] for
-        DMD2's and SiD-LSG's indices 20-980), as ``t = (index + 1) / T`` in ``like``'s dtype."""
-        big_t = self.teacher.schedule.num_train_timesteps
-        lo, hi = int(t_range[0] * big_t), int(t_range[1] * big_t)
-        index = torch.randint(lo, max(hi, lo + 1), (b,), device=like.device)
-        return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
+        """``uniform_index_times`` on the teacher's schedule."""
+        return uniform_index_times(self.teacher.schedule, b, like, t_range)
 
     def _loss_times(self, b: int, like: Tensor, sampling: str, t_range: list[float]) -> Tensor:
         """``[B]`` noise levels of the score losses: uniform training indices in ``t_range`` (``"uniform"``), or EDM's
@@ -153,6 +149,18 @@ class ScoreDistillationStrategy(Strategy):
                 f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
             )
         return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+def uniform_index_times(
+    schedule, b: int, like: Tensor, t_range: list[float], generator: torch.Generator | None = None
+) -> Tensor:
+    """``[B]`` times uniform over ``schedule``'s training indices in ``t_range`` (a fraction of them, e.g. [0.02, 0.98]
+    for DMD2's and SiD-LSG's indices 20-980, [0, gan_t_max] for DMD2's GAN term), as ``t = (index + 1) / T`` in
+    ``like``'s dtype; drawn from ``generator`` if given."""
+    big_t = schedule.num_train_timesteps
+    lo, hi = int(t_range[0] * big_t), int(t_range[1] * big_t)
+    index = torch.randint(lo, max(hi, lo + 1), (b,), device=like.device, generator=generator)
+    return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
 
 
 def cat_conditions(a: Condition | None, b: Condition | None) -> Condition | None:
