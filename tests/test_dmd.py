@@ -189,20 +189,22 @@ def test_lora_generator_shares_the_teachers_weights():
     assert torch.isfinite(losses["student"]) and torch.isfinite(losses["fake_score"])
 
 
-@pytest.mark.parametrize("steps", [1, 4])
-def test_exported_generator_matches_the_toolkit_sampler_in_fresh_process(tmp_path, steps):
-    """The exported pipeline (LCMScheduler with identity boundary scalings at the generator's times) reproduces the
-    toolkit's multistep sampler, re-noising included, in plain diffusers without stepdistill."""
+@pytest.mark.parametrize("steps,init_timestep", [(1, None), (4, None), (1, 755), (4, 755)])
+def test_exported_generator_matches_the_toolkit_sampler_in_fresh_process(tmp_path, steps, init_timestep):
+    """The exported pipeline (LCMScheduler with identity boundary scalings at the generator's times; one step below
+    the top time: DDIM offset to it) reproduces the toolkit's multistep sampler, re-noising included, in plain
+    diffusers without stepdistill, from the top time and from ``init_timestep``."""
     from test_export import LOAD_SCRIPT, run_isolated
 
     from stepdistill.export import export_student
 
-    strategy = DMDStrategy(DMDConfig(generator_steps=steps), unet_teacher())
+    strategy = DMDStrategy(DMDConfig(generator_steps=steps, init_timestep=init_timestep), unet_teacher())
     folders = export_student(strategy.student.frozen(), tmp_path, steps, 1.0, "# t\n", {}, strategy.scheduler_spec())
     out = tmp_path / "out.pt"
     run_isolated(LOAD_SCRIPT, folders[-1], str(steps), "1.0", str(out), cwd=tmp_path)
     result = torch.load(out)
-    assert result["timesteps"] == [999, 749, 499, 249][:steps] if steps == 4 else result["timesteps"] == [999]
+    expected = {(1, None): [999], (4, None): [999, 749, 499, 249], (1, 755): [755], (4, 755): [755, 566, 377, 188]}
+    assert result["timesteps"] == expected[steps, init_timestep]
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 1, 8, 8, generator=g)
     ours = strategy.sample(noise, Condition(labels=torch.tensor([0, 1, 2, 0])), generator=g)

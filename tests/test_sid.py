@@ -11,6 +11,7 @@ from test_dmd import TWO_MODES, moments_error, shifted, unet_teacher
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import Condition
 from stepdistill.losses import score_identity_loss
+from stepdistill.sampling import multistep_sample
 from stepdistill.schedules import Schedule, add_noise
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
@@ -140,11 +141,13 @@ def test_one_step_generator_learns_the_mixture_data_free(tmp_path):
 
 
 def test_few_step_generator_trains_one_step_on_its_own_earlier_steps():
-    """K = 4 from the top index: times 999/749/499/249; every step gets drawn over iterations; step k's input is
-    the generator's own first k steps without gradient, so only step k's forward reaches the generator's weights.
-    A few-step generator below the top time is refused."""
+    """K = 4 from the top index: times 999/749/499/249 (from SiD's sigma_init: 755/566/377/188); every step gets
+    drawn over iterations; step k's input is the generator's own first k steps without gradient, so only step k's
+    forward reaches the generator's weights. A few-step generator from the lower half of the indices is refused."""
     strategy = SiDStrategy(SiDConfig(generator_steps=4, init_timestep=999), unet_teacher())
     assert [round(float(t) * 1000) - 1 for t in strategy.times] == [999, 749, 499, 249]
+    below = SiDStrategy(SiDConfig(generator_steps=4), unet_teacher())
+    assert [round(float(t) * 1000) - 1 for t in below.times] == [755, 566, 377, 188]
     assert {strategy._draw_step(s) for s in range(40)} == {0, 1, 2, 3}
     cond = Condition(labels=LABELS["labels"])
     x_in = strategy._simulated_input(torch.randn(8, 1, 8, 8), cond, 3)
@@ -152,8 +155,8 @@ def test_few_step_generator_trains_one_step_on_its_own_earlier_steps():
     losses = strategy.losses(LABELS, next(s for s in range(1, 99, 2) if strategy._draw_step(s) == 3))
     losses["student"].backward()
     assert all(p.grad is not None for p in strategy.student.parameters() if p.requires_grad)
-    with pytest.raises(ValueError, match="starts at the top training index 999"):
-        SiDStrategy(SiDConfig(generator_steps=2, init_timestep=625), unet_teacher())
+    with pytest.raises(ValueError, match="must start above the middle training index .* not at 499"):
+        SiDStrategy(SiDConfig(generator_steps=2, init_timestep=499), unet_teacher())
 
 
 @pytest.mark.parametrize(
@@ -183,26 +186,32 @@ def test_guidance_options_reach_the_fake_score(options, train_call, eval_call):
 
 
 def test_exported_generators_match_the_toolkit_sampler_in_fresh_process(tmp_path):
-    """1 step at SiD's sigma_init (a DDIM scheduler offset to its timestep) and 4 steps from the top (LCMScheduler):
-    plain diffusers without stepdistill reproduces the toolkit's sampler to 1e-4; a LoRA generator exports an
-    adapter that reproduces it inside the teacher's pipeline."""
+    """1 step at SiD's sigma_init (a DDIM scheduler offset to its timestep), 4 steps from the top and from sigma_init
+    (LCMScheduler; also 2 steps of the 4-step generator there): plain diffusers without stepdistill reproduces the
+    toolkit's sampler to 1e-4; a LoRA generator exports an adapter that reproduces it inside the teacher's
+    pipeline."""
     from test_export import LOAD_SCRIPT, LORA_LOAD_SCRIPT, run_isolated
 
     from stepdistill.export import export_pipeline, export_student
 
     labels = Condition(labels=torch.tensor([0, 1, 2, 0]))
-    for steps, options in ((1, {}), (4, {"init_timestep": 999})):
+    cases = {"1": (1, {}, 1, [755]), "4top": (4, {"init_timestep": 999}, 4, [999, 749, 499, 249])}
+    cases.update({"4": (4, {}, 4, [755, 566, 377, 188]), "4at2": (4, {}, 2, [755, 377])})
+    for name, (steps, options, run_steps, expected) in cases.items():
         strategy = SiDStrategy(SiDConfig(generator_steps=steps, **options), unet_teacher())
-        folder = tmp_path / f"sid{steps}"
+        folder = tmp_path / f"sid{name}"
         export_student(strategy.student.frozen(), folder, steps, 1.0, "# t\n", {}, strategy.scheduler_spec())
-        out = tmp_path / f"out{steps}.pt"
-        run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(steps), "1.0", str(out), cwd=tmp_path)
+        out = tmp_path / f"out{name}.pt"
+        run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(run_steps), "1.0", str(out), cwd=tmp_path)
         result = torch.load(out)
-        expected = [round(float(t) * 1000) - 1 for t in strategy.times]
-        assert result["timesteps"] == expected and (expected == [755] if steps == 1 else expected[0] == 999)
+        assert result["timesteps"] == expected, name
+        times = torch.tensor(expected, dtype=torch.float64).add(1).div(1000)
+        if run_steps == steps:  # the generator's own times (its pipeline's num_inference_steps default)
+            assert torch.equal(times, strategy.times), name
         g = torch.Generator().manual_seed(0)
-        ours = strategy.sample(torch.randn(4, 1, 8, 8, generator=g), labels, generator=g)
-        assert (result["images"] - ours).abs().max() < 1e-4
+        noise = torch.randn(4, 1, 8, 8, generator=g)
+        ours = multistep_sample(strategy.student, noise, labels, times, generator=g)
+        assert (result["images"] - ours).abs().max() < 1e-4, name
     teacher = unet_teacher()
     base = export_pipeline(teacher.frozen(), tmp_path / "teacher", 4)
     strategy = SiDStrategy(SiDConfig(lora_rank=4), teacher)

@@ -133,6 +133,8 @@ def test_train_script_rejects_bad_configs(tmp_path):
         ("consistency", ["--preset", "fashion-lora", "--lora-target-modules", "to_q", "bogus"], "['bogus'] do not"),
         ("consistency", ["--phases", "4", "--sample-steps", "2"], "exactly 4 steps"),
         ("consistency", ["--preset", "fashion-lora", "--lora-rank", "64"], "exceeds the width"),
+        ("sid", ["--generator-steps", "4", "--init-timestep", "400"], "must start above the middle training index"),
+        ("dmd", ["--regression-weight", "1", "--regression-pairs", "8", "--init-timestep", "755"], "drop init_"),
     ]:
         argv = [f"train/{script}.py", "--output-dir", str(tmp_path / "o"), *args]
         main = importlib.import_module(f"train.{script}").main

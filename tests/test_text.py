@@ -163,6 +163,7 @@ CASES = [
         "ddim",
     ),
     ("sd15", "consistency", ["--sample-steps", "2"], "pipeline", "lcm"),
+    ("sd15", "consistency", ["--phases", "2", "--sample-steps", "2"], "pipeline", "phased"),
     ("sd15", "dmd", ["--preset", "fashion", "--generator-steps", "2"], "pipeline", "multistep"),
     ("sd15", "dmd", ["--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     ("sd15", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
@@ -202,10 +203,14 @@ def _toolkit_sample(folder, sampler, noise, cond, saved):
         return ddim_sample(den, noise, cond, guidance_scale=w, times=times)
     if sampler == "lcm":
         return consistency_sample(den, noise, cond, len(times), guidance_scale=w, times=times, generator=g)
+    if sampler == "phased":  # the toolkit's own edge-to-edge jumps; diffusers steps at the exported timesteps
+        return consistency_sample(den, noise, cond, len(times), guidance_scale=w, phases=len(times))
     return multistep_sample(den, noise, cond, times, generator=g)
 
 
-@pytest.mark.parametrize("family,script,flags,export,sampler", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}" for c in CASES])
+@pytest.mark.parametrize(
+    "family,script,flags,export,sampler", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}-{c[4]}" for c in CASES]
+)
 def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     pipelines, tmp_path, family, script, flags, export, sampler
 ):

@@ -15,6 +15,9 @@ level (``losses.distribution_matching_loss``). DMD2's additions, all options:
 * multi-step generators at the trailing grid of ``generator_steps`` times (999/749/499/249 for 4), trained with
   backward simulation: step ``k``'s input comes from running the generator's own first ``k`` steps.
 
+Option: ``init_timestep`` starts the generator below the top time, as SiD does (its ``sigma_init``), with the steps
+evenly spaced below it (``score_distillation.generator_times``).
+
 DMD's regression loss on teacher noise-image pairs (generated once with the teacher's DDIM and kept) is an
 option for one-step generators. Deviations: the regression distance is MSE (the paper's LPIPS needs VGG
 weights); the GAN head pools globally instead of a second strided convolution, so that any bottleneck size
@@ -35,7 +38,13 @@ from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss
 from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
-from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, cat_conditions
+from .score_distillation import (
+    TIME_SAMPLINGS,
+    LoRAOptions,
+    ScoreDistillationStrategy,
+    cat_conditions,
+    generator_times,
+)
 
 
 @dataclass
@@ -44,6 +53,13 @@ class DMDConfig(LoRAOptions):
 
     generator_steps: int = field(
         default=1, metadata={"help": "generator sampling steps (trailing grid: 4 -> 999/749/499/249)"}
+    )
+    init_timestep: int | None = field(
+        default=None,
+        metadata={
+            "help": "training index of the generator's input time (default: the top index; SiD's sigma_init 2.5 is "
+            "755 on the bundled teacher); K steps go evenly below it"
+        },
     )
     backward_simulation: bool = field(
         default=True,
@@ -103,6 +119,11 @@ class DMDConfig(LoRAOptions):
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
             raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
+        if self.regression_weight and self.init_timestep is not None:
+            raise ValueError(
+                "The regression loss pairs the teacher's DDIM from pure noise at the top time with the generator's "
+                "input: drop init_timestep or the regression loss."
+            )
 
     @property
     def gan(self) -> bool:
@@ -158,7 +179,10 @@ class DMDStrategy(ScoreDistillationStrategy):
                     "no middle block: set --gan-generator-weight 0 --gan-critic-weight 0."
                 )
             self.fake_score.gan_head = GANHead(adapter.feature_channels(backbone))
-        self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")  # [K], times[0] = 1
+        if config.init_timestep is None:  # [K], times[0] = 1
+            self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")
+        else:
+            self.times = generator_times(teacher.schedule, config.generator_steps, config.init_timestep)
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
 
     # ------------------------------------------------------------------------------------------ losses

@@ -121,15 +121,23 @@ class ScoreDistillationStrategy(Strategy):
 
     # --------------------------------------------------------------------------------------- sampling
     def scheduler_spec(self) -> dict:
-        """``export.configure_scheduler`` arguments reproducing ``sample``: diffusers' LCMScheduler at the
-        generator's times (its ``original_inference_steps`` grid is exactly the trailing grid), with the boundary
-        scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step takes the
-        generator's x0 and re-noises it with fresh noise."""
+        """``export.configure_scheduler`` arguments reproducing ``sample``. From the top time: diffusers' LCMScheduler
+        at the generator's times (its ``original_inference_steps`` grid is exactly the trailing grid), with the
+        boundary scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step
+        takes the generator's x0 and re-noises it with fresh noise. From a lower input time (``generator_times``):
+        one step is diffusers' DDIMScheduler with ``leading`` spacing offset to that timestep (one DDIM step from
+        there to the clean end returns the x0); several steps are the same LCMScheduler with a grid of every index
+        up to the input time, which ``num_inference_steps=K`` subsamples to exactly the generator's times."""
+        big_t = self.teacher.schedule.num_train_timesteps
+        top = round(float(self.times[0]) * big_t) - 1
+        if len(self.times) == 1 and top < big_t - 1:
+            options = {"timestep_spacing": "leading", "steps_offset": top}
+            return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
         return {
             "scheduler_class": "LCMScheduler",
             "times": self.times,
             "scheduler_options": {
-                "original_inference_steps": len(self.times),
+                "original_inference_steps": len(self.times) if top == big_t - 1 else top + 1,
                 "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
             },
         }
@@ -149,6 +157,23 @@ class ScoreDistillationStrategy(Strategy):
                 f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
             )
         return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+def generator_times(schedule, steps: int, top: int) -> Tensor:
+    """``[steps]`` input times of a generator whose first step starts at training index ``top``: the indices
+    ``top - floor(i (top + 1) / steps)``, as ``t = (index + 1) / T``. That is the grid of diffusers' LCMScheduler with
+    ``original_inference_steps = top + 1`` (``ScoreDistillationStrategy.scheduler_spec``): the trailing grid
+    999/749/499/249 from the top index, 755/566/377/188 from index 755 (EDM sigma 2.5 on the bundled teacher)."""
+    big_t = schedule.num_train_timesteps
+    if not 0 <= top < big_t:
+        raise ValueError(f"The generator's input time must be a training index in [0, {big_t - 1}], got {top}.")
+    if steps > 1 and 2 * (top + 1) <= big_t:
+        raise ValueError(
+            f"A {steps}-step generator must start above the middle training index (the exported LCMScheduler steps "
+            f"on every index below its input time only from there), not at {top}: raise its input time."
+        )
+    index = torch.tensor([top - (i * (top + 1)) // steps for i in range(steps)], dtype=torch.float64)
+    return (index + 1) / big_t
 
 
 def uniform_index_times(

@@ -9,9 +9,9 @@ guidance ``fake_train_guidance``, kappa_1); on odd steps the generator follows t
 inputs into the samples while their parameters stay frozen (``Strategy.frozen``), so they are bit-identical after it.
 
 The generator takes unit Gaussian noise at the time ``times[0]`` (EDM noise level ``init_sigma``, or the training
-index ``init_timestep``) and returns x0. A K-step generator re-noises each x0 to the next of the times
-``times[0] * (K - k) / K`` with fresh noise; training draws a step k per iteration (the same on every rank), runs
-steps before k without gradient and feeds step k's output to both losses (a uniform mixture over steps).
+index ``init_timestep``) and returns x0. A K-step generator re-noises each x0 with fresh noise to the next of K
+evenly spaced times from there (``_generator_times``); training draws a step k per iteration (the same on every
+rank), runs steps before k without gradient and feeds step k's output to both losses (a uniform mixture over steps).
 
 Options from few-step SiD: ``zero_cfg`` (teacher unguided, fake score without the condition: trained and evaluated
 on the null class / empty prompt) and ``anti_cfg`` (the fake score evaluated at guidance ``-fake_eval_guidance``).
@@ -31,7 +31,7 @@ from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, score_identity_loss
 from ..schedules import add_noise, time_at_edm_sigma
 from .base import register, unwrap
-from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy
+from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, generator_times
 
 
 @dataclass
@@ -121,24 +121,13 @@ class SiDStrategy(ScoreDistillationStrategy):
         self.times = self._generator_times()
 
     def _generator_times(self) -> Tensor:
-        """``[K]`` times: the input time (``init_timestep``, or the training index nearest ``init_sigma``) and its
-        fractions ``(K - k) / K`` on the training index grid, ``t = (index + 1) / T``."""
+        """``[K]`` times from the input time (``init_timestep``, or the training index nearest ``init_sigma``):
+        ``score_distillation.generator_times``."""
         cfg, schedule = self.config, self.teacher.schedule
-        big_t = schedule.num_train_timesteps
-        if cfg.init_timestep is not None:
-            top = cfg.init_timestep
-        else:
-            top = round(float(time_at_edm_sigma(schedule, cfg.init_sigma)) * big_t - 1)
-        if not 0 <= top < big_t:
-            raise ValueError(f"init_timestep must be a training index in [0, {big_t - 1}], got {top}.")
-        k = cfg.generator_steps
-        if k > 1 and top != big_t - 1:
-            raise ValueError(
-                f"A {k}-step SiD generator starts at the top training index {big_t - 1} (few-step SiD's setting; "
-                f"the exported LCMScheduler starts there), not {top}: set init_timestep {big_t - 1}."
-            )
-        index = torch.tensor([int(top * (1 - i / k)) for i in range(k)], dtype=torch.float64)
-        return (index + 1) / big_t
+        top = cfg.init_timestep
+        if top is None:
+            top = round(float(time_at_edm_sigma(schedule, cfg.init_sigma)) * schedule.num_train_timesteps - 1)
+        return generator_times(schedule, cfg.generator_steps, top)
 
     def check_compatible(self) -> None:
         super().check_compatible()
@@ -188,15 +177,3 @@ class SiDStrategy(ScoreDistillationStrategy):
         loss = score_identity_loss(x_gen, x0_real, x0_fake, cfg.alpha)
         gap = (x0_real - x0_fake).detach().float().pow(2).mean()
         return {"student": loss, "log/score_gap": gap}
-
-    # --------------------------------------------------------------------------------------- sampling
-    def scheduler_spec(self) -> dict:
-        """One step below the top time: diffusers' DDIMScheduler with ``leading`` spacing offset to the generator's
-        timestep (one DDIM step from there to the clean end returns the x0). Otherwise the LCMScheduler of
-        ``ScoreDistillationStrategy``."""
-        big_t = self.teacher.schedule.num_train_timesteps
-        top = round(float(self.times[0]) * big_t) - 1
-        if len(self.times) > 1 or top == big_t - 1:
-            return super().scheduler_spec()
-        options = {"timestep_spacing": "leading", "steps_offset": top}
-        return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
