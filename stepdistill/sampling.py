@@ -134,7 +134,7 @@ def consistency_sample(
     def denoise(x, t):
         return consistency_function(student, x, t, cond, **scalings)
 
-    return _renoising_loop(denoise, noise, times, schedule, generator)
+    return renoising_loop(denoise, noise, times, schedule, generator)
 
 
 @torch.no_grad()
@@ -163,10 +163,10 @@ def multistep_sample(
     def denoise(x, t):
         return net(x, t, cond, guidance_scale=guidance_scale)
 
-    return _renoising_loop(denoise, noise, times, net.schedule, generator, until)
+    return renoising_loop(denoise, noise, times, net.schedule, generator, until)
 
 
-def _renoising_loop(
+def renoising_loop(
     denoise, noise: Tensor, times: Tensor, schedule, generator=None, until: int | None = None
 ) -> Tensor:
     """Denoise at each of ``times`` with ``denoise(x, t) -> x0`` and re-noise the result to the next time with

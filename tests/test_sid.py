@@ -159,6 +159,29 @@ def test_few_step_generator_trains_one_step_on_its_own_earlier_steps():
         SiDStrategy(SiDConfig(generator_steps=2, init_timestep=499), unet_teacher())
 
 
+def test_unrolled_few_step_generator_trains_the_whole_sampler_on_its_last_output():
+    """``unroll``: the fake score learns on the K-step sampler's final samples (the very draws of the sampler), and
+    the generator's gradient runs back through every step to the input noise; with one step it is refused."""
+    strategy = SiDStrategy(SiDConfig(generator_steps=4, init_timestep=999, unroll=True), unet_teacher())
+    cond, shape = Condition(labels=LABELS["labels"]), (8, *strategy.sample_shape)
+    seen = []
+    strategy._fake_score_loss = lambda x_gen, c: seen.append(x_gen) or x_gen.sum()
+    torch.manual_seed(5)
+    strategy.losses(LABELS, 0)
+    torch.manual_seed(5)
+    noise = torch.randn(shape)
+    assert torch.equal(seen[0], multistep_sample(strategy.student, noise, cond, strategy.times))
+    x = noise.clone().requires_grad_(True)
+    torch.manual_seed(6)
+    out = strategy._unrolled_sample(x, cond)
+    torch.manual_seed(6)
+    assert torch.allclose(out, multistep_sample(strategy.student, noise, cond, strategy.times), atol=1e-6)
+    out.pow(2).sum().backward()  # through all four steps and the re-noising back to the input
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="set generator_steps > 1"):
+        SiDConfig(unroll=True)
+
+
 @pytest.mark.parametrize(
     "options,train_call,eval_call",
     [

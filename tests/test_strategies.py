@@ -339,6 +339,7 @@ TWO_PROCESS_VARIANTS = {
     "sid": {
         "lsg": {"lr": 1e-3, "real_guidance_scale": 2.0, "fake_train_guidance": 2.0, "fake_eval_guidance": 2.0},
         "lora-4step": {"generator_steps": 4, "init_timestep": 999, "lora_rank": 4, "fake_lora_rank": 4, "lr": 1e-3},
+        "unroll-4step": {"generator_steps": 4, "init_timestep": 999, "unroll": True, "lr": 1e-3},
     },
 }
 TWO_PROCESS_CASES = [

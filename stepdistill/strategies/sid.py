@@ -12,6 +12,10 @@ The generator takes unit Gaussian noise at the time ``times[0]`` (EDM noise leve
 index ``init_timestep``) and returns x0. A K-step generator re-noises each x0 with fresh noise to the next of K
 evenly spaced times from there (``_generator_times``); training draws a step k per iteration (the same on every
 rank), runs steps before k without gradient and feeds step k's output to both losses (a uniform mixture over steps).
+Measured here, the mixture's weak spot: the fake score learns the mixture of the K steps' outputs, so the loss is
+zero once that mixture matches the data, whatever each step does, and the last step (the sample) may stay off.
+``unroll`` (not in the papers) trains the sampler as one generator instead: both losses see only the last step's
+output, and the generator's gradient runs back through every step and re-noising (K times the activations).
 
 Options from few-step SiD: ``zero_cfg`` (teacher unguided, fake score without the condition: trained and evaluated
 on the null class / empty prompt) and ``anti_cfg`` (the fake score evaluated at guidance ``-fake_eval_guidance``).
@@ -29,6 +33,7 @@ from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, score_identity_loss
+from ..sampling import multistep_sample, renoising_loop
 from ..schedules import add_noise, time_at_edm_sigma
 from .base import register, unwrap
 from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, generator_times
@@ -67,6 +72,13 @@ class SiDConfig(LoRAOptions):
     anti_cfg: bool = field(
         default=False, metadata={"help": "few-step SiD's Anti-CFG: the fake score at guidance -fake_eval_guidance"}
     )
+    unroll: bool = field(
+        default=False,
+        metadata={
+            "help": "few-step generators: train the K-step sampler end to end (both losses on the last step's output, "
+            "the generator's gradient through every step) instead of few-step SiD's uniform mixture over steps"
+        },
+    )
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the generator (SiD CIFAR-10: 1e-5)"})
     fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={"help": "Adam betas (SiD: 0 0.999)"})
@@ -87,6 +99,8 @@ class SiDConfig(LoRAOptions):
             raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
         if self.zero_cfg and (self.real_guidance_scale != 1 or self.anti_cfg):
             raise ValueError("zero_cfg runs the teacher unguided: drop real_guidance_scale / anti_cfg.")
+        if self.unroll and self.generator_steps == 1:
+            raise ValueError("unroll trains a few-step sampler end to end: set generator_steps > 1 or drop unroll.")
 
 
 @register("sid")
@@ -143,6 +157,12 @@ class SiDStrategy(ScoreDistillationStrategy):
         b = len(cond) if cond is not None else len(next(iter(batch.values())))
         device = next(iter(batch.values())).device
         noise = torch.randn((b, *self.sample_shape), device=device)
+        if self.config.unroll:
+            if step % 2 == 0:
+                with torch.no_grad():
+                    x_gen = multistep_sample(self.student, noise, cond, self.times)
+                return {"fake_score": self._fake_score_loss(x_gen, cond)}
+            return self._generator_loss(self._unrolled_sample(noise, cond), cond)
         k = self._draw_step(step)
         x_in = self._simulated_input(noise, cond, k)
         t_in = self.times[k].to(noise).expand(b)
@@ -151,6 +171,16 @@ class SiDStrategy(ScoreDistillationStrategy):
                 x_gen = unwrap(self.student)(x_in, t_in, cond)
             return {"fake_score": self._fake_score_loss(x_gen, cond)}
         return self._generator_loss(self.student(x_in, t_in, cond), cond)
+
+    def _unrolled_sample(self, noise: Tensor, cond: Condition | None) -> Tensor:
+        """The K-step sampler with gradient through every step (``unroll``). The earlier steps call the bare
+        generator and the last one its distributed wrapper: each weight's gradient is the sum over all K calls,
+        reduced once when backward reaches it."""
+        last = len(self.times) - 1
+        x_in = renoising_loop(
+            lambda x, t: unwrap(self.student)(x, t, cond), noise, self.times, self.teacher.schedule, until=last
+        )
+        return self.student(x_in, self.times[last].to(noise).expand(len(noise)), cond)
 
     def _fake_cond(self, cond: Condition | None) -> Condition | None:
         """The fake score's condition: none of it under Zero-CFG (the null class / empty prompt)."""
