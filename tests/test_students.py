@@ -54,3 +54,36 @@ def test_student_loads_with_plain_diffusers_and_beats_the_teachers_sampler(folde
     assert student["accuracy"] >= 0.8, student
     # the pixel benchmark's margin: at most half the teacher's FD at the same step count
     assert student["fd_domain"] <= 0.5 * own["fd_domain"], (student, own)
+
+
+def test_step_outputs_scores_each_step_of_the_students_own_sampler():
+    """eval/step_outputs.py (the README's per-step table): its last step is exactly the sample of the toolkit's
+    K-step sampler with the same seeds, across batches, and its earlier steps are the intermediate predictions."""
+    import sys
+
+    sys.path.insert(0, "eval")
+    try:
+        from step_outputs import step_outputs
+    finally:
+        sys.path.pop(0)
+    from stepdistill.denoiser import Condition
+    from stepdistill.sampling import multistep_sample
+
+    folder = Path("benchmarks/students/sid-4step-unroll")
+    meta = json.loads((folder / "stepdistill.json").read_text())
+    net = Denoiser.from_pretrained(folder).frozen()
+    times = (torch.tensor(meta["timesteps"], dtype=torch.float32) + 1) / 1000
+    labels = balanced_labels(10, 10)
+    outs = step_outputs(net, times, labels, num_samples=10, batch_size=4, seed=3)
+    assert len(outs) == len(times) and all(o.shape == (10, 1, 16, 16) and o.dtype == torch.uint8 for o in outs)
+    noise_gen, renoise_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    expected = []
+    for start in range(0, 10, 4):
+        b = min(4, 10 - start)
+        noise = torch.randn((b, 1, 16, 16), generator=noise_gen)
+        with torch.no_grad():
+            cond = Condition(labels=labels[start : start + b])
+            expected.append(to_uint8(multistep_sample(net, noise, cond, times, generator=renoise_gen)))
+    assert torch.equal(outs[-1], torch.cat(expected))
+    # the first step's prediction from pure noise is far from the last (this student's step 0 is no image at all)
+    assert (outs[0].float() - outs[-1].float()).abs().mean() > 10
