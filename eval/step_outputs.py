@@ -1,14 +1,14 @@
 """Each step of a few-step generator scored on its own: what the mixture over steps hides.
 
     python eval/step_outputs.py benchmarks/students/sid-4step benchmarks/students/sid-4step-unroll \\
-        --num-samples 1000 --out benchmarks/sid/step-outputs
+        --num-samples 1000 --out benchmarks/step-outputs
 
 A K-step generator predicts ``x0`` at each of its K times and re-noises it to the next one; only the last ``x0`` is
-the sample. Few-step SiD (and DMD2 without backward simulation) train a fake score on the outputs of all K steps
-together, so the loss sees their pool, not the last step. This command runs each --student folder's own sampler
-(its ``stepdistill.json`` timesteps, class-balanced labels, seeded noise) and scores every step's ``x0`` apart, and
-all K pooled: mean grey level (0-255, against the real images'), domain FD and class accuracy from the bundled
-Fashion-MNIST classifier. Writes results.json and table.md in --out and prints the table.
+the sample. Few-step SiD and DMD2's multi-step generators draw the step to train at random and train one fake score
+on the outputs of all K steps together, so the loss sees their pool, not the last step. This command runs each
+--student folder's own sampler (its ``stepdistill.json`` timesteps, class-balanced labels, seeded noise) and scores
+every step's ``x0`` apart, and all K pooled: mean grey level (0-255, against the real images'), domain FD and class
+accuracy from the bundled Fashion-MNIST classifier. Writes results.json and table.md in --out and prints the table.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def step_outputs(
     return [torch.cat(chunks) for chunks in per_step]
 
 
-def score(images: torch.Tensor, labels: torch.Tensor | None, classifier: str) -> dict:
-    scorers = domain_scorers(classifier)
+def score(scorers, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Mean grey level, domain FD and class accuracy of uint8 ``images`` (``scorers`` from ``domain_scorers``)."""
+    scorers.reset()
     scorers.update(images, labels)
     out = scorers.compute()
     return {"mean_grey": float(images.float().mean()), "fd_domain": out["fd_domain"], "accuracy": out.get("accuracy")}
@@ -78,8 +79,9 @@ def _blank(value, spec: str = "") -> str:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from stepdistill_eval.evaluate import _portable, load_real
+    from stepdistill_eval.evaluate import _portable, load_real, num_classes
 
+    scorers = domain_scorers(args.classifier)
     rows = []
     for folder in args.student:
         meta_path = os.path.join(folder, "stepdistill.json")
@@ -90,19 +92,19 @@ def main(argv=None):
         net = Denoiser.from_pretrained(folder).frozen()
         if not rows:  # the reference: real images at the students' resolution
             real, real_labels = load_real(args.real, args.num_samples, net.backbone.config.sample_size)
-            rows.append({"student": "real data", "step": None, "t": None, **score(real, real_labels, args.classifier)})
+            rows.append({"student": "real data", "step": None, "t": None, **score(scorers, real, real_labels)})
         times = (torch.tensor(timesteps, dtype=torch.float32) + 1) / net.schedule.num_train_timesteps
-        classes = (getattr(net.backbone.config, "num_class_embeds", None) or 1) - 1  # the last one is the null class
+        classes = num_classes(net)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         outs = step_outputs(net, times, labels, args.num_samples, args.batch_size, args.seed)
         name = os.path.basename(os.path.normpath(folder))
         for k, (t, images) in enumerate(zip(timesteps, outs)):
-            rows.append({"student": name, "step": k, "t": t, **score(images, labels, args.classifier)})
+            rows.append({"student": name, "step": k, "t": t, **score(scorers, images, labels)})
             r = rows[-1]
             print(f"{name} step {k} (t {t}): mean grey {r['mean_grey']:.1f}, FD {r['fd_domain']:.2f}", flush=True)
         pooled = torch.cat(outs)
         pooled_labels = None if labels is None else labels.repeat(len(outs))
-        rows.append({"student": name, "step": "pooled", "t": None, **score(pooled, pooled_labels, args.classifier)})
+        rows.append({"student": name, "step": "pooled", "t": None, **score(scorers, pooled, pooled_labels)})
     table = "\n".join(
         ["| student | step | input t | mean grey | FD (domain) | class accuracy |", "|---|---:|---:|---:|---:|---:|"]
         + [
