@@ -10,6 +10,7 @@ from conftest import mlp_student, reset_accelerate_state, tiny_scheduler, tiny_u
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.losses import distribution_matching_loss
+from stepdistill.sampling import multistep_sample
 from stepdistill.schedules import Schedule, add_noise
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
 from stepdistill.trainer import Trainer, TrainerConfig
@@ -160,6 +161,39 @@ def test_backward_simulation_builds_inputs_from_the_generator_not_the_data(simul
         torch.manual_seed(0)
         inputs.append(strategy._generator_input(x0, cond, 2))
     assert torch.equal(inputs[0], inputs[1]) == simulate
+
+
+def test_unrolled_generator_trains_the_whole_sampler_on_its_last_output():
+    """``unroll``: on every step the fake score learns on the K-step sampler's final samples (the very draws of the
+    sampler, not one step of it); on generator steps all K generator calls are in the graph (one with backward
+    simulation), the generator alone gets gradient, and the options that contradict it are refused."""
+    config = DMDConfig(generator_steps=4, unroll=True, fake_updates_per_generator=2)
+    strategy = DMDStrategy(config, unet_teacher())
+    cond, seen, calls = Condition(labels=BATCH["labels"]), [], []
+    strategy._fake_score_losses = lambda x_gen, x0, c: seen.append(x_gen) or {"fake_score": x_gen.sum()}
+    forward = strategy.student.forward
+    strategy.student.forward = lambda *a, **k: calls.append(torch.is_grad_enabled()) or forward(*a, **k)
+    for step in (0, 1):
+        torch.manual_seed(5)
+        losses = strategy.losses(BATCH, step)
+        assert ("student" in losses) == (step == 0)
+        torch.manual_seed(5)
+        expected = multistep_sample(strategy.student, torch.randn_like(BATCH["x0"]), cond, strategy.times)
+        assert torch.allclose(seen[step], expected, atol=1e-6)
+        if step == 0:
+            assert calls[:4] == [True] * 4
+            losses["student"].backward()
+            assert grads(strategy.student) and not grads(strategy.fake_score) and not grads(strategy.teacher)
+        calls.clear()
+    simulated = DMDStrategy(DMDConfig(generator_steps=4), unet_teacher())
+    forward_sim = simulated.student.forward
+    simulated.student.forward = lambda *a, **k: calls.append(torch.is_grad_enabled()) or forward_sim(*a, **k)
+    simulated.losses(BATCH, next(s for s in range(0, 99, 5) if simulated._draw_step(s) == 3))
+    assert calls[:4] == [False, False, False, True]
+    with pytest.raises(ValueError, match="set generator_steps > 1"):
+        DMDConfig(unroll=True)
+    with pytest.raises(ValueError, match="keep backward simulation on"):
+        DMDConfig(generator_steps=4, unroll=True, backward_simulation=False)
 
 
 def test_regression_pairs_come_from_the_teacher_once():

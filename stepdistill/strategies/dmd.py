@@ -13,7 +13,9 @@ level (``losses.distribution_matching_loss``). DMD2's additions, all options:
   mid block, ``Denoiser.forward(return_features=True)``) learns real vs generated noisy images, and the generator
   gets the non-saturating loss through the frozen fake score;
 * multi-step generators at the trailing grid of ``generator_steps`` times (999/749/499/249 for 4), trained with
-  backward simulation: step ``k``'s input comes from running the generator's own first ``k`` steps.
+  backward simulation: step ``k``'s input comes from running the generator's own first ``k`` steps. The option
+  ``unroll`` (not in the papers, as in SiD) trains the K-step sampler end to end instead: the losses and the fake
+  score see only the last step's output, and the generator's gradient runs back through every step.
 
 Option: ``init_timestep`` starts the generator below the top time, as SiD does (its ``sigma_init``), with the steps
 evenly spaced below it (``score_distillation.generator_times``).
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
-from ..sampling import ddim_sample
+from ..sampling import ddim_sample, multistep_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
 from .score_distillation import (
@@ -64,6 +66,14 @@ class DMDConfig(LoRAOptions):
     backward_simulation: bool = field(
         default=True,
         metadata={"help": "multi-step: step k's input from the generator's own first k steps (else noised data)"},
+    )
+    unroll: bool = field(
+        default=False,
+        metadata={
+            "help": "multi-step (not in the papers; as SiD's --unroll): train the K-step sampler end to end, the DM "
+            "and GAN losses and the fake score on the last step's output and the generator's gradient through "
+            "every step, instead of backward simulation's one step at a time"
+        },
     )
     real_guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of the real score (SD1.5: 1.75)"})
     lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate of the generator (DMD2: 2e-6)"})
@@ -119,6 +129,11 @@ class DMDConfig(LoRAOptions):
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
             raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
+        if self.unroll and (self.generator_steps == 1 or not self.backward_simulation):
+            raise ValueError(
+                "unroll trains a few-step sampler on its own outputs end to end: set generator_steps > 1 and keep "
+                "backward simulation on, or drop unroll."
+            )
         if self.regression_weight and self.init_timestep is not None:
             raise ValueError(
                 "The regression loss pairs the teacher's DDIM from pure noise at the top time with the generator's "
@@ -187,18 +202,31 @@ class DMDStrategy(ScoreDistillationStrategy):
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Every step: the fake score's losses on generated samples; every ``fake_updates_per_generator``-th step
+        also the generator's, from the same samples. The samples are one step ``k`` of the generator (drawn per step,
+        its input from backward simulation) or, with ``unroll``, the whole K-step sampler's output."""
         x0 = batch["x0"]
         cond = Condition.from_batch(batch)
-        k = self._draw_step(step)
-        x_in = self._generator_input(x0, cond, k)
-        t_in = self.times[k].to(x0).expand(len(x0))
+        generator_step = step % self.config.fake_updates_per_generator == 0
         out: dict[str, Tensor] = {}
-        if step % self.config.fake_updates_per_generator == 0:
-            generator_losses, x_gen = self._generator_losses(x_in, t_in, cond)
-            out.update(generator_losses)
+        if self.config.unroll:
+            noise = torch.randn_like(x0)
+            if generator_step:
+                x_gen = self._unrolled_sample(noise, cond)
+                out.update(self._matching_losses(x_gen, cond))
+            else:
+                with torch.no_grad():
+                    x_gen = multistep_sample(self.student, noise, cond, self.times)
         else:
-            with torch.no_grad():
-                x_gen = unwrap(self.student)(x_in, t_in, cond)
+            k = self._draw_step(step)
+            x_in = self._generator_input(x0, cond, k)
+            t_in = self.times[k].to(x0).expand(len(x0))
+            if generator_step:
+                generator_losses, x_gen = self._generator_losses(x_in, t_in, cond)
+                out.update(generator_losses)
+            else:
+                with torch.no_grad():
+                    x_gen = unwrap(self.student)(x_in, t_in, cond)
         out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
         return out
 
@@ -213,8 +241,8 @@ class DMDStrategy(ScoreDistillationStrategy):
     def _generator_losses(
         self, x_in: Tensor, t_in: Tensor, cond: Condition | None
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """The generator's distribution-matching loss (+ GAN and regression terms) from one forward of the
-        generator, and its samples ``x_gen`` (with gradient)."""
+        """The generator's losses (``_matching_losses``, + DMD's regression term) from one forward of the generator
+        at ``(x_in, t_in)``, and its samples ``x_gen`` (with gradient)."""
         cfg, b = self.config, len(x_in)
         if cfg.regression_weight:  # DMD: the pairs ride in the same forward (one forward per backward under DDP)
             pairs = self._regression_pairs(x_in)
@@ -222,7 +250,17 @@ class DMDStrategy(ScoreDistillationStrategy):
             x_in, t_in = torch.cat([x_in, pairs["noise"][pick]]), torch.cat([t_in, t_in])
             cond = cat_conditions(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
         out_all = self.student(x_in, t_in, cond)
-        x_gen, cond = out_all[:b], None if cond is None else cond.map(lambda v: v[:b])
+        x_gen = out_all[:b]
+        out = self._matching_losses(x_gen, None if cond is None else cond.map(lambda v: v[:b]))
+        if cfg.regression_weight:
+            regression = (out_all[b:].float() - pairs["images"][pick].float()).pow(2).mean()
+            out["student"] = out["student"] + cfg.regression_weight * regression
+            out["log/regression"] = regression.detach()
+        return out, x_gen
+
+    def _matching_losses(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+        """The distribution-matching loss (+ the GAN term) of generator samples ``x_gen`` (with gradient)."""
+        cfg, b = self.config, len(x_gen)
         t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.dm_t_range)  # DMD2: indices 20-980
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         with torch.no_grad():
@@ -230,10 +268,6 @@ class DMDStrategy(ScoreDistillationStrategy):
             x0_fake = unwrap(self.fake_score)(x_t, t, cond)
         dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
         loss, logs = dm, {"log/dm": dm.detach()}
-        if cfg.regression_weight:
-            regression = (out_all[b:].float() - pairs["images"][pick].float()).pow(2).mean()
-            loss = loss + cfg.regression_weight * regression
-            logs["log/regression"] = regression.detach()
         if cfg.gan:
             t_gan = self._gan_times(b, x_gen)
             x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t_gan))
@@ -242,7 +276,7 @@ class DMDStrategy(ScoreDistillationStrategy):
                 gan = gan_generator_loss(fake.gan_head(features))
             loss = loss + cfg.gan_generator_weight * gan
             logs["log/gan_generator"] = gan.detach()
-        return {"student": loss, **logs}, x_gen
+        return {"student": loss, **logs}
 
     def _fake_score_losses(self, x_gen: Tensor, x0_real: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""

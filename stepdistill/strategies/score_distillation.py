@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..export import IDENTITY_TIMESTEP_SCALING
-from ..sampling import multistep_sample
+from ..sampling import multistep_sample, renoising_loop
 from ..schedules import karras_sigma, time_at_edm_sigma
 from .base import Strategy, unwrap
 
@@ -99,6 +99,17 @@ class ScoreDistillationStrategy(Strategy):
         if k == 0:
             return noise
         return multistep_sample(self.student, noise, cond, self.times, until=k)
+
+    def _unrolled_sample(self, noise: Tensor, cond: Condition | None) -> Tensor:
+        """The K-step sampler with gradient through every step and re-noising (the ``unroll`` option of SiD and
+        DMD): the generator trained as one network from noise to its last step's output. The earlier steps call the
+        bare generator and the last one its distributed wrapper: each weight's gradient is the sum over all K calls,
+        reduced once when backward reaches it."""
+        last = len(self.times) - 1
+        x_in = renoising_loop(
+            lambda x, t: unwrap(self.student)(x, t, cond), noise, self.times, self.teacher.schedule, until=last
+        )
+        return self.student(x_in, self.times[last].to(noise).expand(len(noise)), cond)
 
     def _uniform_index_times(self, b: int, like: Tensor, t_range: list[float]) -> Tensor:
         """``uniform_index_times`` on the teacher's schedule."""

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
 from ..losses import denoising_loss, score_identity_loss
-from ..sampling import multistep_sample, renoising_loop
+from ..sampling import multistep_sample
 from ..schedules import add_noise, time_at_edm_sigma
 from .base import register, unwrap
 from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, generator_times
@@ -171,16 +171,6 @@ class SiDStrategy(ScoreDistillationStrategy):
                 x_gen = unwrap(self.student)(x_in, t_in, cond)
             return {"fake_score": self._fake_score_loss(x_gen, cond)}
         return self._generator_loss(self.student(x_in, t_in, cond), cond)
-
-    def _unrolled_sample(self, noise: Tensor, cond: Condition | None) -> Tensor:
-        """The K-step sampler with gradient through every step (``unroll``). The earlier steps call the bare
-        generator and the last one its distributed wrapper: each weight's gradient is the sum over all K calls,
-        reduced once when backward reaches it."""
-        last = len(self.times) - 1
-        x_in = renoising_loop(
-            lambda x, t: unwrap(self.student)(x, t, cond), noise, self.times, self.teacher.schedule, until=last
-        )
-        return self.student(x_in, self.times[last].to(noise).expand(len(noise)), cond)
 
     def _fake_cond(self, cond: Condition | None) -> Condition | None:
         """The fake score's condition: none of it under Zero-CFG (the null class / empty prompt)."""
