@@ -76,6 +76,16 @@ PRESETS = {
     },
     # Few-step SiD: 4 steps from the top time (999/749/499/249), a uniform mixture over the steps.
     "fashion-4step": {**FASHION, "generator_steps": 4, "init_timestep": 999},
+    # The README's best 4-step student (FD 1.95, 0.91x the teacher's 50 steps; 53 min alone on 2 CPU cores): the
+    # sampler unrolled end to end instead of the mixture, 4,000 steps, EMA decay 0.999.
+    "fashion-4step-unroll": {
+        **FASHION,
+        "generator_steps": 4,
+        "init_timestep": 999,
+        "unroll": True,
+        "max_steps": 4000,
+        "ema_decay": 0.999,
+    },
 }
 
 
