@@ -271,7 +271,11 @@ def main():
         )
         add_row({"model": name, "steps": None, "guidance": None, **row}, images)
     for name, path, model_steps in (parse_model(spec, args.steps) for spec in args.model):
-        model = load_model(path, state.device, args.trust_remote_code)
+        # one process at a time: diffusers copies a folder's pipeline code into one shared modules cache, and a
+        # process importing it while another rewrites it fails (seen on two processes with --trust-remote-code)
+        with state.main_process_first():
+            model = load_model(path, state.device, args.trust_remote_code)
+        state.wait_for_everyone()
         classes = num_classes(model)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         if labels is None and prompt_labels is not None:  # sample i gets prompt i % len(prompts): its class too
