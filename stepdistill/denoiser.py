@@ -219,7 +219,10 @@ class Denoiser(nn.Module):
         """
         old = self.backbone
         if type(old).__name__ != "UNet2DConditionModel":
-            raise TypeError(f"A guidance embedding needs a UNet2DConditionModel, not {type(old).__name__}.")
+            raise TypeError(
+                f"A guidance embedding needs a UNet2DConditionModel, not {type(old).__name__}: train this student "
+                "at one fixed guidance scale instead (--guidance-embedding-dim none)."
+            )
         param = next(old.parameters())
         new = type(old).from_config({**old.config, "time_cond_proj_dim": dim}).to(param.device, param.dtype)
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)

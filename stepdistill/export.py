@@ -71,7 +71,7 @@ def configure_scheduler(
 
     schedule = denoiser.schedule
     if schedule.kind == "flow":
-        return _flow_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
+        return _flow_scheduler(denoiser, num_steps, scheduler_class, times)
     if schedule.kind != "discrete":
         raise ValueError("Pipeline export supports discrete-schedule (diffusers DDPM-family) and flow students only.")
     if times is None:
@@ -101,19 +101,16 @@ def configure_scheduler(
     return scheduler
 
 
-def _flow_scheduler(denoiser: Denoiser, num_steps: int, scheduler_class: str, times, scheduler_options):
+def _flow_scheduler(denoiser: Denoiser, num_steps: int, scheduler_class: str, times):
     """A rectified-flow student's ``FlowMatchEulerDiscreteScheduler`` (no shift) at its times, given to the pipeline
-    as ``sigmas=``: deterministic Euler steps for a ``DDIMScheduler`` spec (PD; for a flow these are DDIM's steps),
-    or, for the identity-scaled ``LCMScheduler`` of few-step generators (DMD, SiD), ``stochastic_sampling``, which
-    re-noises each x0 to the next time with fresh noise as the toolkit's sampler does."""
+    as ``sigmas=``: deterministic Euler steps for a ``DDIMScheduler`` spec (PD and phased consistency; for a flow
+    these are DDIM's steps), or for an ``LCMScheduler`` spec (consistency students, DMD's and SiD's few-step
+    generators) ``stochastic_sampling``, which takes the network's x0 at each time and re-noises it to the next with
+    fresh noise, as the toolkit's sampler does. LCM's scheduler options do not apply: a flow's consistency function
+    has no boundary scalings (``schedules.boundary_scalings``) and the times are given as they are."""
     import diffusers
 
     stochastic = scheduler_class == "LCMScheduler"
-    if stochastic and (scheduler_options or {}).get("timestep_scaling") != IDENTITY_TIMESTEP_SCALING:
-        raise ValueError(
-            "diffusers has no flow-matching scheduler with LCM's boundary scalings: consistency students of a flow "
-            "teacher cannot be exported as a pipeline yet."
-        )
     if times is None:
         times = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
     source = {k: v for k, v in (denoiser.schedule.scheduler_config or {}).items() if not k.startswith("_")}

@@ -313,7 +313,15 @@ def boundary_scalings(
     ``tau = timestep_scaling * timestep``, ``c_skip = sigma_data^2 / (tau^2 + sigma_data^2)`` and
     ``c_out = tau / sqrt(tau^2 + sigma_data^2)``; ``timestep`` is the backbone's value at ``t`` (0 at the clean
     end, where ``f(x) = x``).
+
+    A rectified flow needs none: its ``x0 = x_t - t * flow`` already equals ``x_t`` at ``t = 0``, so its consistency
+    function is the network's ``x0`` (``c_skip = 0``, ``c_out = 1``), the parameterisation that diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` with ``stochastic_sampling`` samples (x0 at each sigma, re-noised to the
+    next). LCM's scalings there would give ``c_skip = 0.25 / 200^2`` one solver step above the clean end, which no
+    flow scheduler applies, so the student could not be exported.
     """
+    if schedule.kind == "flow":
+        return torch.zeros_like(t), torch.ones_like(t)
     tau = schedule.model_timestep(t).clamp_min(0) * timestep_scaling
     norm = tau * tau + sigma_data * sigma_data
     return sigma_data * sigma_data / norm, tau / norm.sqrt()

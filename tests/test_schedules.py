@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +11,7 @@ from stepdistill.schedules import (
     PREDICTIONS,
     Schedule,
     add_noise,
+    boundary_scalings,
     check_prediction,
     combine,
     convert,
@@ -109,6 +110,27 @@ def test_ddim_step_to_clean_returns_x0_and_flow_step_is_euler():
     x_t = add_noise(x0, eps, *schedule.alpha_sigma(t))
     euler = x_t + (0.3 - 0.8) * (eps - x0)
     torch.testing.assert_close(ddim_step(x0, eps, *schedule.alpha_sigma(s)), euler)
+
+
+def test_boundary_scalings_are_lcms_and_a_flows_are_the_identity():
+    """Discrete schedules: LCMScheduler's own c_skip / c_out at each timestep (c_skip = 1 at the clean end). A flow's
+    consistency function is its x0 (c_skip = 0, c_out = 1), which is already x_t at t = 0: the form the stochastic
+    FlowMatchEulerDiscreteScheduler samples, so a flow's consistency student exports without custom code."""
+    schedule = SCHEDULES["discrete"]()
+    lcm = LCMScheduler(timestep_scaling=10.0)
+    timesteps = torch.tensor([0, 1, 19, 259, 999])
+    c_skip, c_out = boundary_scalings(schedule, (timesteps.double() + 1) / 1000, 0.5, 10.0)
+    for i, step in enumerate(timesteps.tolist()):
+        ref_skip, ref_out = lcm.get_scalings_for_boundary_condition_discrete(step)
+        assert abs(c_skip[i] - ref_skip) < 1e-9 and abs(c_out[i] - ref_out) < 1e-9
+    assert c_skip[0] == 1 and c_out[0] == 0
+    flow = Schedule.flow()
+    t = torch.tensor([0.0, 0.02, 0.5, 1.0], dtype=torch.float64)
+    c_skip, c_out = boundary_scalings(flow, t, 0.5, 10.0)
+    assert torch.equal(c_skip, torch.zeros_like(t)) and torch.equal(c_out, torch.ones_like(t))
+    x_t, velocity = torch.randn(2, 4, 3, dtype=torch.float64)
+    x0 = convert(velocity, "flow", "x0", x_t, *flow.alpha_sigma(t[:1]))
+    torch.testing.assert_close(x0, x_t)  # the boundary condition f(x, 0) = x, with no scalings
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

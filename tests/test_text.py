@@ -115,6 +115,15 @@ def test_bad_captioned_folders_name_the_problem(tmp_path):
         read_captions(str(tmp_path))
 
 
+def test_a_guidance_embedding_on_sd3_names_the_flag_that_bakes_w_in(pipelines, tmp_path):
+    """SD3's transformer has no guidance input (LCM's default w-conditioned student): one error naming the fix."""
+    from train.consistency import main
+
+    argv = ["--teacher", pipelines["sd3"], "--data", pipelines["data"], "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(TypeError, match="SD3Transformer2DModel.*--guidance-embedding-dim none"):
+        main([*argv, "--max-steps", "1", "--batch-size", "2"])
+
+
 def test_unreachable_hub_id_is_one_clear_error():
     """(The suite runs with HF_HUB_OFFLINE=1, set in conftest: the Hub cannot be reached.)"""
     from stepdistill.config import ModelConfig
@@ -175,6 +184,8 @@ CASES = [
         "ddim",
     ),
     ("sdxl", "consistency", ["--lora-rank", "4", "--lr", "1e-3", "--sample-steps", "2"], "lora", "lcm"),
+    # LCM-SDXL: a full student with a guidance input (time_cond_proj_dim), w drawn from LCM's range in training
+    ("sdxl", "consistency", ["--sample-steps", "2"], "pipeline", "lcm"),
     ("sdxl", "dmd", ["--preset", "fashion"], "pipeline", "multistep"),
     ("sdxl", "sid", ["--preset", "fashion-4step"], "pipeline", "multistep"),
     (
@@ -183,6 +194,17 @@ CASES = [
         ["--teacher-steps", "4", "--target-steps", "2", "--steps-per-round", "2"],
         "pipeline-2steps",
         "ddim",
+    ),
+    # a flow's consistency function is its x0 (no boundary scalings): the stochastic FlowMatch scheduler samples it;
+    # SD3's transformer has no guidance input, so the full student bakes its w in
+    ("sd3", "consistency", ["--guidance-embedding-dim", "none", "--sample-steps", "2"], "pipeline", "lcm"),
+    ("sd3", "consistency", ["--lora-rank", "4", "--lr", "1e-3", "--sample-steps", "2"], "lora", "lcm"),
+    (
+        "sd3",
+        "consistency",
+        ["--phases", "2", "--sample-steps", "2", "--guidance-embedding-dim", "none"],
+        "pipeline",
+        "phased",
     ),
     ("sd3", "dmd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     ("sd3", "sid", ["--preset", "fashion"], "pipeline", "multistep"),

@@ -16,7 +16,9 @@ trained jointly as its own consistency problem whose boundary is its lower edge 
 carried to the edge with one DDIM step), and sampling jumps deterministically from edge to edge.
 
 Deviation: times are this library's continuous ``t`` (``t = (index + 1) / T``); the boundary scalings use
-the backbone's timestep value, as LCM's code does, so ``c_skip = 1`` exactly at the clean end.
+the backbone's timestep value, as LCM's code does, so ``c_skip = 1`` exactly at the clean end. A rectified-flow
+teacher (SD3) gets no boundary scalings: its ``x0 = x_t - t * flow`` is already the identity at the clean end, and
+diffusers' stochastic ``FlowMatchEulerDiscreteScheduler`` samples exactly that consistency function.
 """
 
 from __future__ import annotations
