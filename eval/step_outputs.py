@@ -93,7 +93,7 @@ def main(argv=None):
         if not rows:  # the reference: real images at the students' resolution
             real, real_labels = load_real(args.real, args.num_samples, net.backbone.config.sample_size)
             rows.append({"student": "real data", "step": None, "t": None, **score(scorers, real, real_labels)})
-        times = (torch.tensor(timesteps, dtype=torch.float32) + 1) / net.schedule.num_train_timesteps
+        times = net.schedule.index_time(torch.tensor(timesteps, dtype=torch.float32))
         classes = num_classes(net)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         outs = step_outputs(net, times, labels, args.num_samples, args.batch_size, args.seed)

@@ -175,11 +175,21 @@ class Schedule:
         frac = pos - lo
         return padded[lo] * (1 - frac) + padded[lo + 1] * frac
 
+    def index_time(self, index: Tensor | int) -> Tensor | float:
+        """The time ``t = (index + 1) / T`` of training index ``index`` (``0..T-1``), the one place this library's
+        continuous time meets the training grid: index ``T - 1`` is ``t = 1``, and ``t = 0`` (index -1) is the clean
+        end. A float tensor keeps its dtype. Inverse: ``time_index``."""
+        return (index + 1) / self.num_train_timesteps
+
+    def time_index(self, t: Tensor | float) -> int:
+        """The training index ``round(t * T) - 1`` of a time ``t`` on the grid (a scalar): ``index_time``'s inverse."""
+        return round(float(t) * self.num_train_timesteps) - 1
+
     def sample_t(self, n: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         """Training times ``[n]``: uniform over the training indices (discrete) or over (0, 1] (continuous)."""
         if self.kind == "discrete":
             index = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
-            return (index + 1).float() / self.num_train_timesteps
+            return self.index_time(index.float())
         return 1.0 - torch.rand(n, device=device, generator=generator)  # (0, 1]: never the clean endpoint
 
     def model_timestep(self, t: Tensor) -> Tensor:
@@ -397,7 +407,7 @@ def timestep_grid(schedule: Schedule, num_steps: int, spacing: Spacing = "traili
         raise ValueError(f"Unknown timestep spacing {spacing!r}; expected trailing, leading or linspace.")
     if index.max() > big_t - 1 or index.min() < 0:
         raise ValueError(f"steps_offset={steps_offset} pushes the grid outside [0, {big_t - 1}].")
-    return (index + 1) / big_t
+    return schedule.index_time(index)
 
 
 def karras_sigma(u: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:

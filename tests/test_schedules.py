@@ -112,6 +112,16 @@ def test_ddim_step_to_clean_returns_x0_and_flow_step_is_euler():
     torch.testing.assert_close(ddim_step(x0, eps, *schedule.alpha_sigma(s)), euler)
 
 
+def test_index_time_is_the_training_grid_and_time_index_inverts_it():
+    schedule = SCHEDULES["discrete"]()
+    index = torch.arange(-1, 1000, dtype=torch.float64)
+    t = schedule.index_time(index)
+    assert t[0] == 0 and t[-1] == 1 and t.dtype == torch.float64
+    torch.testing.assert_close(schedule.model_timestep(t), index)  # diffusers' timestep of each grid time
+    assert [schedule.time_index(v) for v in t] == index.long().tolist()
+    assert schedule.time_index(schedule.index_time(755)) == 755
+
+
 def test_boundary_scalings_are_lcms_and_a_flows_are_the_identity():
     """Discrete schedules: LCMScheduler's own c_skip / c_out at each timestep (c_skip = 1 at the clean end). A flow's
     consistency function is its x0 (c_skip = 0, c_out = 1), which is already x_t at t = 0: the form the stochastic

@@ -140,7 +140,7 @@ class ScoreDistillationStrategy(Strategy):
         there to the clean end returns the x0); several steps are the same LCMScheduler with a grid of every index
         up to the input time, which ``num_inference_steps=K`` subsamples to exactly the generator's times."""
         big_t = self.teacher.schedule.num_train_timesteps
-        top = round(float(self.times[0]) * big_t) - 1
+        top = self.teacher.schedule.time_index(self.times[0])
         if len(self.times) == 1 and top < big_t - 1:
             options = {"timestep_spacing": "leading", "steps_offset": top}
             return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
@@ -184,7 +184,7 @@ def generator_times(schedule, steps: int, top: int) -> Tensor:
             f"on every index below its input time only from there), not at {top}: raise its input time."
         )
     index = torch.tensor([top - (i * (top + 1)) // steps for i in range(steps)], dtype=torch.float64)
-    return (index + 1) / big_t
+    return schedule.index_time(index)
 
 
 def uniform_index_times(
@@ -196,7 +196,7 @@ def uniform_index_times(
     big_t = schedule.num_train_timesteps
     lo, hi = int(t_range[0] * big_t), int(t_range[1] * big_t)
     index = torch.randint(lo, max(hi, lo + 1), (b,), device=like.device, generator=generator)
-    return ((index + 1).to(like.dtype) / big_t).clamp(max=1.0)
+    return schedule.index_time(index.to(like.dtype)).clamp(max=1.0)
 
 
 def cat_conditions(a: Condition | None, b: Condition | None) -> Condition | None:

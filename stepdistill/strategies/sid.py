@@ -140,7 +140,7 @@ class SiDStrategy(ScoreDistillationStrategy):
         cfg, schedule = self.config, self.teacher.schedule
         top = cfg.init_timestep
         if top is None:
-            top = round(float(time_at_edm_sigma(schedule, cfg.init_sigma)) * schedule.num_train_timesteps - 1)
+            top = schedule.time_index(time_at_edm_sigma(schedule, cfg.init_sigma))
         return generator_times(schedule, cfg.generator_steps, top)
 
     def check_compatible(self) -> None:
