@@ -83,3 +83,36 @@ def test_broken_yaml_names_the_file(tmp_path):
     path.write_text("lr: [1e-4\n")
     with pytest.raises(ValueError, match="run.yaml' is not valid YAML"):
         parse_configs([ToyTrainer, ToyMethod], ["--config", str(path)])
+
+
+# every train script's config classes: each of its presets must name real options with valid values
+SCRIPT_CONFIGS = {
+    "progressive": "stepdistill.strategies.progressive:ProgressiveConfig",
+    "consistency": "stepdistill.strategies.consistency:ConsistencyConfig",
+    "dmd": "stepdistill.strategies.dmd:DMDConfig",
+    "sid": "stepdistill.strategies.sid:SiDConfig",
+}
+
+
+def _script_presets():
+    import importlib
+
+    return [(s, p) for s in SCRIPT_CONFIGS for p in importlib.import_module(f"train.{s}").PRESETS]
+
+
+@pytest.mark.parametrize("script,preset", _script_presets())
+def test_every_train_script_preset_builds_valid_configs(script, preset):
+    """The paper and SD-scale presets are never trained in the suite: this catches a misspelt option or an invalid
+    combination (each config's __post_init__) in any of them."""
+    import importlib
+
+    from stepdistill.config import ModelConfig
+    from stepdistill.trainer import TrainerConfig
+
+    module, name = SCRIPT_CONFIGS[script].split(":")
+    method = getattr(importlib.import_module(module), name)
+    presets = importlib.import_module(f"train.{script}").PRESETS
+    configs = parse_configs([TrainerConfig, ModelConfig, method], ["--preset", preset], presets)
+    resolved = {k: v for section in to_dict(*configs).values() for k, v in section.items()}
+    for key, value in presets[preset].items():
+        assert resolved[key] == value, f"preset {preset!r} sets {key}={value!r}, resolved to {resolved[key]!r}"
