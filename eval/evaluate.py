@@ -38,6 +38,7 @@ from stepdistill.evaluation import (
     generate_with_pipeline,
     shard,
 )
+from stepdistill.export import pipeline_call
 from stepdistill.features import DomainClassifier, InceptionFeatures
 from stepdistill.reporting import plot_metric_vs_steps, results_table
 from stepdistill.text import read_prompt_labels, read_prompts
@@ -283,7 +284,9 @@ def main():
         for w in args.guidance:
             for steps in model_steps:
                 t0 = time.time()
-                images = sample(model, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}")
+                images = sample(
+                    model, path, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}"
+                )
                 own_prompts = (
                     None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
                 )
@@ -318,8 +321,11 @@ def load_model(path, device, trust_remote_code=False):
                 f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
                 "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
             )
-        try:
-            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
+        from stepdistill.text import absent_components
+
+        try:  # components the pipeline leaves out (SD3 without T5) are passed as None, or diffusers refuses it
+            absent = absent_components(path)
+            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **absent).to(device)
         except (OSError, ValueError, AttributeError, ImportError) as err:
             raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
         pipe.set_progress_bar_config(disable=True)
@@ -353,15 +359,22 @@ def refuse_headless_pipeline(path):
 
 
 def num_classes(model) -> int:
-    unet = getattr(model, "unet", None) or model.backbone
-    n = getattr(unet.config, "num_class_embeds", None)
+    """The class count of a class-conditional pipeline or model (0 for text-to-image and unconditional ones)."""
+    net = getattr(model, "unet", None) or getattr(model, "transformer", None) or model.backbone
+    n = getattr(net.config, "num_class_embeds", None)
     return n - 1 if n else 0
 
 
-def sample(model, args, steps, w, labels, prompts, part, desc):
-    if hasattr(model, "unet"):
+def sample(model, path, args, steps, w, labels, prompts, part, desc):
+    """``steps``-step samples at guidance ``w`` of a pipeline folder (called as its export says: ``pipeline_call``)
+    or of a toolkit model folder (DDIM)."""
+    from stepdistill.denoiser import Denoiser
+
+    if not isinstance(model, Denoiser):
+        batch = min(args.batch_size, 100)
+        call = pipeline_call(path, steps, w)
         return generate_with_pipeline(
-            model, args.num_samples, steps, w, args.seed, labels, prompts, min(args.batch_size, 100), part, desc=desc
+            model, args.num_samples, steps, w, args.seed, labels, prompts, batch, part, desc=desc, call=call
         )
     return generate(model, args.num_samples, steps, w, args.seed, labels, args.batch_size, indices=part, desc=desc)
 

@@ -214,19 +214,33 @@ def generate_with_pipeline(
     indices: slice | None = None,
     progress: bool = True,
     desc: str = "pipeline",
+    call: dict | None = None,
 ) -> Tensor:
-    """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image).
+    """Generate uint8 samples ``[n, C, H, W]`` with a diffusers pipeline (class-conditional or text-to-image, UNet or
+    SD3-style transformer).
 
-    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``; a pipeline that
-    takes a ``generator`` (for a stochastic sampler's fresh noise, e.g. LCM's re-noising) gets one seeded by ``seed``
-    and the batch's first sample index, so a setting scores the same whatever was evaluated before it.
+    The initial noise comes from ``seed`` exactly as in ``generate`` and is passed as ``latents``. A stochastic
+    sampler's fresh noise (LCM's re-noising) is seeded by ``seed`` and the batch's first sample index, through the
+    pipeline's ``generator`` and, for schedulers that draw torch's global generator instead (SD3's pipeline does not
+    hand ``generator`` to its scheduler), a forked global RNG, so a setting scores the same whatever was evaluated
+    before it and the caller's RNG state is left as it was.
+
+    Args:
+        call: the pipeline's step and guidance arguments when they are not ``num_inference_steps=num_steps,
+            guidance_scale=guidance_scale`` (an exported student's ``export.pipeline_call``: its ``sigmas`` or
+            ``timesteps``, or a guidance-embedding offset).
     """
     import inspect
 
     params = inspect.signature(pipe.__call__).parameters
-    unet = pipe.unet
-    size = unet.config.sample_size
-    shape = (unet.config.in_channels, size, size)
+    net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if net is None:
+        raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer to sample.")
+    size = net.config.sample_size
+    shape = (net.config.in_channels, size, size)
+    steps = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, **(call or {})}
+    if "sigmas" in steps or "timesteps" in steps:  # the student's own times stand for the step count
+        steps.pop("num_inference_steps")
     indices = indices or slice(0, num_samples)
     noise = seeded_noise(num_samples, shape, seed)[indices]
     if "class_labels" in params:
@@ -244,16 +258,14 @@ def generate_with_pipeline(
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
         batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+        batch_seed = seed * 1_000_003 + (indices.start or 0) + i
         if "generator" in params:  # stochastic samplers (LCM's re-noising) draw from it, not the global RNG
-            start = (indices.start or 0) + i
-            batch["generator"] = torch.Generator(pipe.device).manual_seed(seed * 1_000_003 + start)
-        images = pipe(
-            **batch,
-            num_inference_steps=num_steps,
-            guidance_scale=guidance_scale,
-            latents=noise[i : i + batch_size].to(pipe.device, unet.dtype),
-            output_type="np",
-        ).images
+            batch["generator"] = torch.Generator(pipe.device).manual_seed(batch_seed)
+        with torch.random.fork_rng(devices=[pipe.device] if pipe.device.type == "cuda" else []):
+            torch.manual_seed(batch_seed)  # for schedulers that draw the global RNG (SD3's stochastic FlowMatch)
+            images = pipe(
+                **batch, **steps, latents=noise[i : i + batch_size].to(pipe.device, net.dtype), output_type="np"
+            ).images
         out.append(
             torch.from_numpy((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
         )

@@ -165,7 +165,7 @@ def export_pipeline(
     """
     import diffusers
 
-    from .text import is_text_to_image
+    from .text import absent_components, is_text_to_image
 
     scheduler = configure_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
     timesteps = scheduler.timesteps.tolist()
@@ -197,9 +197,8 @@ def export_pipeline(
                 card += f"\nCall the pipeline with `timesteps={timesteps}` (not `num_inference_steps`).\n"
             component = "transformer" if flow else "unet"
             # components the teacher leaves out (SD3 without T5: [null, null] in model_index.json) stay out
-            absent = {k: None for k, v in diffusers.DiffusionPipeline.load_config(source).items() if v == [None, None]}
             pipe = diffusers.DiffusionPipeline.from_pretrained(
-                source, **absent, **{component: backbone}, scheduler=scheduler
+                source, **absent_components(source), **{component: backbone}, scheduler=scheduler
             )
             pipe.save_pretrained(tmp)
             if denoiser.guidance_embedding_dim:  # diffusers' SD pipelines embed guidance_scale - 1 (LCM's w)
@@ -219,6 +218,37 @@ def export_pipeline(
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
     return os.fspath(folder)
+
+
+def pipeline_call(folder: str | os.PathLike, num_steps: int, guidance_scale: float = 1.0) -> dict:
+    """The step and guidance arguments under which an exported pipeline reproduces its student (read from the
+    folder's ``stepdistill.json``; ``num_inference_steps`` and ``guidance_scale`` as given for any other folder).
+
+    A flow student (SD3) is called with its ``sigmas``, a one-step generator below the top time with its
+    ``timesteps``; a guidance-embedding student of diffusers' SD pipelines with ``guidance_scale = w + 1`` (they embed
+    ``guidance_scale - 1``), ``guidance_scale`` being the standard-form ``w`` here.
+
+    Raises:
+        ValueError: for a step count other than the one a student with its own times was exported for.
+    """
+    path = os.path.join(folder, "stepdistill.json")
+    saved = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+    call = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale}
+    if "pipeline_guidance_scale" in saved:
+        call["guidance_scale"] = guidance_scale + saved["pipeline_guidance_scale"] - saved["guidance_scale"]
+    times = "sigmas" if "sigmas" in saved else "timesteps" if saved.get("pass_timesteps") else None
+    if times is None:
+        return call
+    if num_steps != saved["num_inference_steps"]:
+        raise ValueError(
+            f"{os.fspath(folder)!r} samples at its own {times} for {saved['num_inference_steps']} steps "
+            f"(stepdistill.json), not {num_steps}: evaluate it at @{saved['num_inference_steps']}."
+        )
+    del call["num_inference_steps"]
+    return {**call, times: saved[times]}
 
 
 def _write_class_conditional(folder: str, backbone, scheduler) -> None:
@@ -287,15 +317,22 @@ def export_lora(
     return os.fspath(folder)
 
 
-def lora_card(
-    method: str, teacher: str, rank: int, num_steps: int, guidance_scale: float, scheduler_class: str
-) -> str:
-    """Markdown card of an exported LoRA: how to load it into the teacher's pipeline with its scheduler."""
+def lora_card(method: str, teacher: str, rank: int, num_steps: int, guidance_scale: float, scheduler) -> str:
+    """Markdown card of an exported LoRA: how to load it into the teacher's pipeline with the scheduler it was trained
+    for (``scheduler``, as ``configure_scheduler`` built it), and how to call the pipeline: a flow student's times
+    are given as ``sigmas``."""
+    name = type(scheduler).__name__
+    if name == "FlowMatchEulerDiscreteScheduler":
+        call = f"`sigmas={[round(float(v), 6) for v in scheduler.sigmas[:-1]]}`"
+        if scheduler.config.stochastic_sampling:
+            call += " (its re-noising draws torch's global generator: call `torch.manual_seed(...)` first)"
+    else:
+        call = f"`num_inference_steps={num_steps}`"
     return (
         f"# {method} LoRA of `{teacher}` (rank {rank}), diffusers format\n\n"
         f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
-        f'`scheduler/` (`{scheduler_class}.from_pretrained(FOLDER, subfolder="scheduler")`), '
-        f"then sample with `num_inference_steps={num_steps}`, `guidance_scale={guidance_scale:g}`.\n"
+        f'`scheduler/` (`pipe.scheduler = {name}.from_pretrained(FOLDER, subfolder="scheduler")`), '
+        f"then sample with {call}, `guidance_scale={guidance_scale:g}`.\n"
     )
 
 
@@ -317,17 +354,10 @@ def export_student(
 
     written = []
     if student.backbone is not None and has_lora(student.backbone):
-        card_text = lora_card(
-            lora_method, teacher, lora_rank(student.backbone), num_steps, guidance_scale, scheduler["scheduler_class"]
-        )
-        written.append(
-            export_lora(
-                student,
-                os.path.join(output_dir, "lora"),
-                card_text,
-                scheduler=configure_scheduler(student, num_steps, **scheduler),
-            )
-        )
+        lora_scheduler = configure_scheduler(student, num_steps, **scheduler)
+        rank = lora_rank(student.backbone)
+        card_text = lora_card(lora_method, teacher, rank, num_steps, guidance_scale, lora_scheduler)
+        written.append(export_lora(student, os.path.join(output_dir, "lora"), card_text, scheduler=lora_scheduler))
         student = student.merged_copy()
     pipeline = os.path.join(output_dir, "pipeline")
     written.append(
@@ -342,10 +372,11 @@ def model_card(
     method: str, teacher: str, num_steps: int, guidance_scale: float, details: str = "", metrics: str | None = None
 ) -> str:
     """Markdown model card of an exported student: method, teacher, how to sample it, and measured quality."""
-    from .text import is_text_to_image
+    from .text import absent_components, is_text_to_image
 
     if is_text_to_image(teacher):  # the teacher's own pipeline class: no custom code to trust
-        load, inputs = "DiffusionPipeline.from_pretrained(FOLDER)", 'prompt=["a photo of a cat"]'
+        absent = "".join(f", {name}=None" for name in absent_components(teacher))  # e.g. SD3 without T5
+        load, inputs = f"DiffusionPipeline.from_pretrained(FOLDER{absent})", 'prompt=["a photo of a cat"]'
     else:
         load, inputs = "DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)", "class_labels=[0, 1, 2]"
     usage = (

@@ -53,6 +53,16 @@ def pipeline_class(path: str, **hub_kwargs) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def absent_components(path: str, **hub_kwargs) -> dict[str, None]:
+    """The components a pipeline leaves out (``[null, null]`` in its ``model_index.json``: SD3 without its T5
+    encoder), as ``None`` keyword arguments for ``DiffusionPipeline.from_pretrained``, which refuses the folder
+    without them."""
+    import diffusers
+
+    index = diffusers.DiffusionPipeline.load_config(path, **hub_kwargs)
+    return {k: None for k, v in index.items() if v == [None, None]}
+
+
 def is_text_to_image(path: str, **hub_kwargs) -> bool:
     """Whether ``path`` is a Stable Diffusion (1.x/2.x), SDXL or SD3 pipeline."""
     return pipeline_class(path, **hub_kwargs) in TEXT_PIPELINES

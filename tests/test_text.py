@@ -251,6 +251,8 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     index = json.load(open(pipeline / "model_index.json"))
     expected_class = PIPELINE_CLASS[family]
     assert index["_class_name"] == expected_class and not list(pipeline.glob("*.py"))  # no custom code
+    card = (pipeline / "README.md").read_text()  # its usage loads the folder as it is (the tiny SD3 has no T5)
+    assert ("text_encoder_3=None, tokenizer_3=None" in card) == (family == "sd3")
     prompts = PROMPTS[:3]
     cond = load_text_to_image(pipelines[family]).prompts.encode(prompts)
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -259,6 +261,10 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     timesteps = saved["timesteps"] if saved.get("pass_timesteps") else None  # documented in the card
     torch.save({"prompts": prompts, "noise": noise, "timesteps": timesteps, "sigmas": saved.get("sigmas")}, io)
     lora = str(out / "lora") if export == "lora" else "-"
+    if export == "lora":  # the card names the scheduler the adapter was trained for, and how to call the pipeline
+        card = (out / "lora" / "README.md").read_text()
+        scheduler_class = json.load(open(out / "lora" / "scheduler" / "scheduler_config.json"))["_class_name"]
+        assert f"{scheduler_class}.from_pretrained" in card and ("sigmas=" in card) == ("sigmas" in saved)
     w = saved.get("pipeline_guidance_scale", saved["guidance_scale"])
     args = (pipeline, lora, pipelines[family], saved["num_inference_steps"], w, io)
     run_isolated(LOAD_TEXT_SCRIPT, *args, cwd=tmp_path)
@@ -266,6 +272,32 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
     assert result["class"] == expected_class
     assert (result["latents"] - ours).abs().max() < 1e-4
     assert ours.abs().max() > 0.1  # not a degenerate all-zero sample
+    _check_evaluation_samples_the_student(pipeline, sampler, saved, prompts, cond)
+
+
+def _check_evaluation_samples_the_student(folder, sampler, saved, prompts, cond):
+    """The evaluation command loads the export and calls it as its card says (``export.pipeline_call``: sigmas for
+    SD3, a guidance-embedding offset for SDXL's LCM): its images are the toolkit sampler's, decoded by the VAE."""
+    import sys
+
+    from stepdistill.evaluation import generate_with_pipeline, seeded_noise
+    from stepdistill.export import pipeline_call
+
+    sys.path.insert(0, "eval")
+    try:
+        from evaluate import load_model
+    finally:
+        sys.path.pop(0)
+    pipe = load_model(str(folder), "cpu")
+    steps = saved["num_inference_steps"]
+    call = pipeline_call(folder, steps, saved["guidance_scale"])
+    images = generate_with_pipeline(pipe, 3, steps, prompts=prompts, batch_size=3, progress=False, call=call)
+    latents = _toolkit_sample(folder, sampler, seeded_noise(3, (4, 8, 8), seed=0), cond, saved)
+    vae = pipe.vae
+    with torch.no_grad():
+        decoded = vae.decode(latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0)).sample
+    expected = (pipe.image_processor.postprocess(decoded, output_type="pt") * 255).round()
+    assert (images.float() - expected).abs().max() <= 1  # uint8 rounding
 
 
 def test_prompt_csv_labels_give_each_prompt_its_class(tmp_path):
