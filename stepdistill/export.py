@@ -185,14 +185,8 @@ def export_pipeline(
                     "pass `generator=` to it): call `torch.manual_seed(...)` first for repeatable images.\n"
                 )
         if text:  # the teacher's own pipeline class around the student: `DiffusionPipeline.from_pretrained` loads it
-            if scheduler.config.get("steps_offset", 0) > 1:
-                # diffusers' SD pipelines reset a scheduler's steps_offset to 1, which would move a one-step student
-                # below the top time (SiD) off its timestep; LCMScheduler with identity scalings takes it as
-                # `timesteps=[...]` instead, and returns the student's x0 from there
-                scheduler = diffusers.LCMScheduler.from_config(
-                    {**scheduler.config, "timestep_scaling": IDENTITY_TIMESTEP_SCALING, "steps_offset": 0}
-                )
-                scheduler.set_timesteps(timesteps=timesteps)
+            scheduler, pass_timesteps = text_pipeline_scheduler(scheduler)
+            if pass_timesteps:
                 saved["pass_timesteps"] = True
                 card += f"\nCall the pipeline with `timesteps={timesteps}` (not `num_inference_steps`).\n"
             component = "transformer" if flow else "unet"
@@ -218,6 +212,24 @@ def export_pipeline(
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
     return os.fspath(folder)
+
+
+def text_pipeline_scheduler(scheduler):
+    """The scheduler a text-to-image pipeline of diffusers (or a LoRA loaded into one) is given, and whether the
+    pipeline must then be called with ``timesteps=[...]``: diffusers' SD pipelines reset a scheduler's
+    ``steps_offset`` to 1, which would move a one-step generator below the top time (SiD) off its timestep, so that
+    one becomes an LCMScheduler with identity boundary scalings at its timesteps, which returns the student's x0
+    from there; any other scheduler is returned as it is."""
+    import diffusers
+
+    if scheduler.config.get("steps_offset", 0) <= 1:
+        return scheduler, False
+    timesteps = scheduler.timesteps.tolist()
+    scheduler = diffusers.LCMScheduler.from_config(
+        {**scheduler.config, "timestep_scaling": IDENTITY_TIMESTEP_SCALING, "steps_offset": 0}
+    )
+    scheduler.set_timesteps(timesteps=timesteps)
+    return scheduler, True
 
 
 def pipeline_call(folder: str | os.PathLike, num_steps: int, guidance_scale: float = 1.0) -> dict:
@@ -317,15 +329,25 @@ def export_lora(
     return os.fspath(folder)
 
 
-def lora_card(method: str, teacher: str, rank: int, num_steps: int, guidance_scale: float, scheduler) -> str:
+def lora_card(
+    method: str,
+    teacher: str,
+    rank: int,
+    num_steps: int,
+    guidance_scale: float,
+    scheduler,
+    pass_timesteps: bool = False,
+) -> str:
     """Markdown card of an exported LoRA: how to load it into the teacher's pipeline with the scheduler it was trained
-    for (``scheduler``, as ``configure_scheduler`` built it), and how to call the pipeline: a flow student's times
-    are given as ``sigmas``."""
+    for (``scheduler``, as saved beside it), and how to call the pipeline: a flow student's times are given as
+    ``sigmas``, a one-step generator below the top time (``pass_timesteps``) as ``timesteps``."""
     name = type(scheduler).__name__
     if name == "FlowMatchEulerDiscreteScheduler":
         call = f"`sigmas={[round(float(v), 6) for v in scheduler.sigmas[:-1]]}`"
         if scheduler.config.stochastic_sampling:
             call += " (its re-noising draws torch's global generator: call `torch.manual_seed(...)` first)"
+    elif pass_timesteps:
+        call = f"`timesteps={scheduler.timesteps.tolist()}`"
     else:
         call = f"`num_inference_steps={num_steps}`"
     return (
@@ -351,12 +373,15 @@ def export_student(
     scheduler); the pipeline then holds the fused weights. ``scheduler`` holds ``configure_scheduler``'s keyword
     arguments (``scheduler_class``, ``times``, ``scheduler_options``). Returns the folders written."""
     from .lora import has_lora, lora_rank
+    from .text import is_text_to_image
 
     written = []
     if student.backbone is not None and has_lora(student.backbone):
-        lora_scheduler = configure_scheduler(student, num_steps, **scheduler)
+        lora_scheduler, pass_timesteps = configure_scheduler(student, num_steps, **scheduler), False
+        if teacher and is_text_to_image(teacher):  # the scheduler its pipeline export gets, for the same call
+            lora_scheduler, pass_timesteps = text_pipeline_scheduler(lora_scheduler)
         rank = lora_rank(student.backbone)
-        card_text = lora_card(lora_method, teacher, rank, num_steps, guidance_scale, lora_scheduler)
+        card_text = lora_card(lora_method, teacher, rank, num_steps, guidance_scale, lora_scheduler, pass_timesteps)
         written.append(export_lora(student, os.path.join(output_dir, "lora"), card_text, scheduler=lora_scheduler))
         student = student.merged_copy()
     pipeline = os.path.join(output_dir, "pipeline")

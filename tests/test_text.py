@@ -172,10 +172,12 @@ CASES = [
         "ddim",
     ),
     ("sd15", "consistency", ["--sample-steps", "2"], "pipeline", "lcm"),
+    ("sd15", "consistency", ["--lora-rank", "4", "--lr", "1e-3", "--sample-steps", "2"], "lora", "lcm"),
     ("sd15", "consistency", ["--phases", "2", "--sample-steps", "2"], "pipeline", "phased"),
     ("sd15", "dmd", ["--preset", "fashion", "--generator-steps", "2"], "pipeline", "multistep"),
     ("sd15", "dmd", ["--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     ("sd15", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
+    ("sd15", "sid", ["--preset", "fashion", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     (
         "sdxl",
         "progressive",
@@ -265,6 +267,7 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
         card = (out / "lora" / "README.md").read_text()
         scheduler_class = json.load(open(out / "lora" / "scheduler" / "scheduler_config.json"))["_class_name"]
         assert f"{scheduler_class}.from_pretrained" in card and ("sigmas=" in card) == ("sigmas" in saved)
+        assert ("timesteps=" in card) == bool(saved.get("pass_timesteps"))  # as the pipeline export is called
     w = saved.get("pipeline_guidance_scale", saved["guidance_scale"])
     args = (pipeline, lora, pipelines[family], saved["num_inference_steps"], w, io)
     run_isolated(LOAD_TEXT_SCRIPT, *args, cwd=tmp_path)
