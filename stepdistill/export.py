@@ -179,11 +179,7 @@ def export_pipeline(
         if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
             saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
             card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"
-            if scheduler.config.stochastic_sampling:
-                card += (
-                    "Its scheduler re-noises between steps with torch's global generator (the pipeline does not "
-                    "pass `generator=` to it): call `torch.manual_seed(...)` first for repeatable images.\n"
-                )
+            card += _global_rng_note(scheduler, "\n")
         if text:  # the teacher's own pipeline class around the student: `DiffusionPipeline.from_pretrained` loads it
             scheduler, pass_timesteps = text_pipeline_scheduler(scheduler)
             if pass_timesteps:
@@ -329,6 +325,18 @@ def export_lora(
     return os.fspath(folder)
 
 
+def _global_rng_note(scheduler, lead: str) -> str:
+    """The sentence that model and LoRA cards add for a scheduler that re-noises with torch's global generator
+    (diffusers' stochastic ``FlowMatchEulerDiscreteScheduler``: SD3's pipeline passes no ``generator=`` to it), after
+    ``lead``; empty for every other scheduler."""
+    if not getattr(scheduler.config, "stochastic_sampling", False):
+        return ""
+    return (
+        f"{lead}Its scheduler re-noises between steps with torch's global generator (the pipeline does not pass "
+        "`generator=` to it): call `torch.manual_seed(...)` first for repeatable images.\n"
+    )
+
+
 def lora_card(
     method: str,
     teacher: str,
@@ -344,8 +352,6 @@ def lora_card(
     name = type(scheduler).__name__
     if name == "FlowMatchEulerDiscreteScheduler":
         call = f"`sigmas={[round(float(v), 6) for v in scheduler.sigmas[:-1]]}`"
-        if scheduler.config.stochastic_sampling:
-            call += " (its re-noising draws torch's global generator: call `torch.manual_seed(...)` first)"
     elif pass_timesteps:
         call = f"`timesteps={scheduler.timesteps.tolist()}`"
     else:
@@ -354,7 +360,7 @@ def lora_card(
         f"# {method} LoRA of `{teacher}` (rank {rank}), diffusers format\n\n"
         f"Load into the teacher's pipeline with `pipe.load_lora_weights(FOLDER)` and use the scheduler in "
         f'`scheduler/` (`pipe.scheduler = {name}.from_pretrained(FOLDER, subfolder="scheduler")`), '
-        f"then sample with {call}, `guidance_scale={guidance_scale:g}`.\n"
+        f"then sample with {call}, `guidance_scale={guidance_scale:g}`.\n" + _global_rng_note(scheduler, "")
     )
 
 

@@ -255,3 +255,24 @@ def test_lora_export_errors(tmp_path):
     with pytest.raises(ValueError, match="do not exist"):
         student().trainable_copy().add_lora(rank=2, target_modules=["to_q", "no_such_layer"])
     assert not (tmp_path / "none").exists()
+
+
+def test_lora_card_tells_how_to_call_each_scheduler():
+    """The LoRA card names the call its saved scheduler needs: SD3's stochastic flow scheduler takes `sigmas=` and
+    re-noises with torch's global generator (so the card says to seed it), a one-step generator below the top time
+    takes `timesteps=`, and an LCM student plain `num_inference_steps`, with no seeding advice."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LCMScheduler
+
+    from stepdistill.export import lora_card
+
+    flow = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    flow.set_timesteps(sigmas=[1.0, 0.5])
+    card = lora_card("LCM", "tiny-sd3", 4, 2, 1.0, flow)
+    assert "`sigmas=[1.0, 0.5]`" in card and "FlowMatchEulerDiscreteScheduler.from_pretrained" in card
+    assert "torch.manual_seed" in card
+    lcm = LCMScheduler()
+    lcm.set_timesteps(4)
+    card = lora_card("LCM", "tiny-sd15", 4, 4, 1.0, lcm)
+    assert "`num_inference_steps=4`" in card and "manual_seed" not in card
+    card = lora_card("SiD", "tiny-sd15", 4, 1, 1.0, lcm, pass_timesteps=True)
+    assert f"`timesteps={lcm.timesteps.tolist()}`" in card
