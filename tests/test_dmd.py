@@ -211,6 +211,34 @@ def test_regression_pairs_come_from_the_teacher_once():
         DMDConfig(regression_weight=1.0, regression_pairs=4, generator_steps=2)
 
 
+def test_regression_pairs_are_kept_in_their_cache_file_for_the_same_teacher_only(tmp_path, monkeypatch):
+    """With ``regression_cache``, a second run (a resume) reads the pairs back instead of running the teacher's
+    sampler again; other pair settings or another teacher make them anew."""
+    import stepdistill.strategies.dmd as dmd
+
+    path = tmp_path / "pairs.pt"
+    config = DMDConfig(
+        regression_weight=0.25, regression_pairs=6, regression_teacher_steps=2, regression_cache=str(path)
+    )
+    made = DMDStrategy(config, unet_teacher())._regression_pairs(BATCH["x0"])
+    assert path.is_file()
+
+    calls = []
+    real_ddim = dmd.ddim_sample
+    monkeypatch.setattr(dmd, "ddim_sample", lambda *a, **k: calls.append(1) or real_ddim(*a, **k))
+    again = DMDStrategy(config, unet_teacher())._regression_pairs(BATCH["x0"])
+    assert not calls and all(torch.equal(again[k], made[k]) for k in made)
+
+    other = Denoiser(tiny_unet(seed=1), unet_teacher().schedule, "v", null_class=3)
+    remade = DMDStrategy(config, other)._regression_pairs(BATCH["x0"])
+    assert calls and not torch.equal(remade["images"], made["images"])
+    calls.clear()
+    more = DMDConfig(
+        regression_weight=0.25, regression_pairs=9, regression_teacher_steps=2, regression_cache=str(path)
+    )
+    assert len(DMDStrategy(more, other)._regression_pairs(BATCH["x0"])["noise"]) == 9 and calls
+
+
 def test_lora_generator_shares_the_teachers_weights():
     """LoRA generator: the teacher's own network with an adapter (no copy), the real score is that network with
     adapters off; a LoRA fake score adapts its own frozen copy. Only adapters (and nothing of the teacher) train."""

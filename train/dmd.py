@@ -13,6 +13,8 @@ LCMScheduler re-noises between steps as the toolkit's sampler does (and OUTPUT_D
 Options: a --preset, overridden by a --config file, overridden by flags.
 """
 
+import os
+
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
 from stepdistill.recipes import build_trainer, export_generator, load_setup
@@ -91,6 +93,8 @@ PRESETS = {
 
 def main(argv=None):
     trainer_cfg, model_cfg, dmd_cfg = parse_configs([TrainerConfig, ModelConfig, DMDConfig], argv, PRESETS, __doc__)
+    if dmd_cfg.regression_weight and dmd_cfg.regression_cache is None:  # made once per run folder, kept for resume
+        dmd_cfg.regression_cache = os.path.join(trainer_cfg.output_dir, "regression-pairs.pt")
     setup = load_setup(model_cfg)
     strategy = DMDStrategy(dmd_cfg, setup.teacher, setup.student)
     resolved = to_dict(trainer_cfg, model_cfg, dmd_cfg)

@@ -29,10 +29,12 @@ works; the critic's generated half reuses the fake score's denoising batch (one 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
@@ -109,6 +111,13 @@ class DMDConfig(LoRAOptions):
     regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
     regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
     regression_teacher_steps: int = field(default=50, metadata={"help": "teacher DDIM steps making those pairs"})
+    regression_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "file that keeps the regression pairs: made once, reused by a resumed run or a later one with the "
+            "same teacher and pair settings (train/dmd.py: OUTPUT_DIR/regression-pairs.pt)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -326,18 +335,57 @@ class DMDStrategy(ScoreDistillationStrategy):
     @torch.no_grad()
     def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:
         """DMD's teacher pairs: noise and the teacher's DDIM image from it, made once from a fixed seed (so a
-        resumed run rebuilds the same pairs), class-balanced for a class-conditional teacher."""
-        if self.pairs is None:
-            cfg, n = self.config, self.config.regression_pairs
-            g = torch.Generator().manual_seed(20231129)
-            noise = torch.randn((n, *like.shape[1:]), generator=g).to(like)
-            classes = self.teacher.null_class
-            cond = Condition(labels=torch.arange(n, device=like.device) % classes) if classes else None
-            w = cfg.real_guidance_scale if cond else 1.0
-            chunks = []
-            for i in range(0, n, 256):  # the teacher's sampler in chunks, to bound memory
-                part = None if cond is None else Condition(labels=cond.labels[i : i + 256])
-                chunks.append(ddim_sample(self.teacher, noise[i : i + 256], part, cfg.regression_teacher_steps, w))
-            images = torch.cat(chunks)
-            self.pairs = {"noise": noise, "images": images, **({"labels": cond.labels} if cond else {})}
+        resumed run rebuilds the same pairs), class-balanced for a class-conditional teacher. With
+        ``regression_cache`` they are kept in that file and read back when its settings and its probe of the teacher
+        (one x0 prediction at a fixed input) match this run's."""
+        if self.pairs is not None:
+            return self.pairs
+        cfg, n = self.config, self.config.regression_pairs
+        classes = self.teacher.null_class
+        w = cfg.real_guidance_scale if classes else 1.0
+        key = {"pairs": n, "teacher_steps": cfg.regression_teacher_steps, "w": w, "shape": list(like.shape[1:])}
+        probe = self._teacher_probe(like)
+        cached = _load_pairs(cfg.regression_cache, key, probe)
+        if cached is not None:
+            self.pairs = {k: v.to(like.device) for k, v in cached.items()}
+            return self.pairs
+        g = torch.Generator().manual_seed(20231129)
+        noise = torch.randn((n, *like.shape[1:]), generator=g).to(like)
+        cond = Condition(labels=torch.arange(n, device=like.device) % classes) if classes else None
+        chunks = []
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        for i in tqdm(range(0, n, 256), desc="regression pairs", disable=not rank0, leave=False):
+            part = None if cond is None else Condition(labels=cond.labels[i : i + 256])  # chunks bound the memory
+            chunks.append(ddim_sample(self.teacher, noise[i : i + 256], part, cfg.regression_teacher_steps, w))
+        self.pairs = {"noise": noise, "images": torch.cat(chunks), **({"labels": cond.labels} if cond else {})}
+        if cfg.regression_cache and rank0:
+            _save_pairs(cfg.regression_cache, key, probe, self.pairs)
         return self.pairs
+
+    def _teacher_probe(self, like: Tensor) -> Tensor:
+        """The teacher's x0 at one fixed input: tells a cache made with another teacher apart."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((1, *like.shape[1:]), generator=g).to(like)
+        cond = (
+            Condition(labels=torch.zeros(1, dtype=torch.long, device=like.device)) if self.teacher.null_class else None
+        )
+        return self.teacher(x, torch.full((1,), 0.5).to(like), cond).float().cpu()
+
+
+def _load_pairs(path: str | None, key: dict, probe: Tensor) -> dict[str, Tensor] | None:
+    """The pairs kept in ``path``, or None when there is no such file or it was made with other settings or another
+    teacher (then the caller makes them anew and overwrites it)."""
+    if not path or not os.path.isfile(path):
+        return None
+    saved = torch.load(path, map_location="cpu")
+    if saved.get("key") != key or not torch.allclose(saved["probe"], probe, atol=1e-5):
+        return None
+    return saved["pairs"]
+
+
+def _save_pairs(path: str, key: dict, probe: Tensor, pairs: dict[str, Tensor]) -> None:
+    """Write the pairs atomically (a killed run never leaves half a file for the next one to read)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"key": key, "probe": probe, "pairs": {k: v.cpu() for k, v in pairs.items()}}, tmp)
+    os.replace(tmp, path)
