@@ -34,6 +34,9 @@ RESUMABLE_CHANGES = {
     "eval_every",
     "eval_samples",
     "classifier",
+    # where computed-once inputs are kept (data latents, DMD's regression pairs): the inputs themselves are the same
+    "cache_dir",
+    "regression_cache",
 }
 
 

@@ -397,6 +397,23 @@ def test_output_folder_of_another_run_is_never_silently_reused(tmp_path):
         trainer.train()
 
 
+def test_resume_accepts_another_cache_location_but_not_other_cached_inputs(tmp_path):
+    """Where computed-once inputs are kept (``cache_dir``, DMD's ``regression_cache``) may change on resume, as the
+    output folder may; what they hold (the number of regression pairs) may not."""
+    from stepdistill.checkpoints import check_belongs
+
+    saved = {"DMDConfig": {"regression_pairs": 10, "regression_cache": None}, "ModelConfig": {"cache_dir": None}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"strategy": "dmd", "files": {}}))
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    moved = {
+        "DMDConfig": {"regression_pairs": 10, "regression_cache": "run/pairs.pt"},
+        "ModelConfig": {"cache_dir": "c"},
+    }
+    check_belongs(str(tmp_path), "dmd", moved)
+    with pytest.raises(ValueError, match="regression_pairs: 10 in the checkpoint, 20 now"):
+        check_belongs(str(tmp_path), "dmd", {**moved, "DMDConfig": {"regression_pairs": 20, "regression_cache": None}})
+
+
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     trainer, strategy = make_trainer(tmp_path, 2)
     trainer.train()
