@@ -237,6 +237,9 @@ def test_regression_pairs_are_kept_in_their_cache_file_for_the_same_teacher_only
         regression_weight=0.25, regression_pairs=9, regression_teacher_steps=2, regression_cache=str(path)
     )
     assert len(DMDStrategy(more, other)._regression_pairs(BATCH["x0"])["noise"]) == 9 and calls
+    path.write_bytes(b"not a torch file")  # a damaged cache is made anew, not an error
+    calls.clear()
+    assert len(DMDStrategy(more, other)._regression_pairs(BATCH["x0"])["noise"]) == 9 and calls
 
 
 def test_lora_generator_shares_the_teachers_weights():

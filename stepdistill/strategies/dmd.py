@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 
 import torch
@@ -377,10 +378,13 @@ def _load_pairs(path: str | None, key: dict, probe: Tensor) -> dict[str, Tensor]
     teacher (then the caller makes them anew and overwrites it)."""
     if not path or not os.path.isfile(path):
         return None
-    saved = torch.load(path, map_location="cpu")
-    if saved.get("key") != key or not torch.allclose(saved["probe"], probe, atol=1e-5):
+    try:  # tensors and plain values only: a pickled object in the file is refused, never run
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["key"] != key or not torch.allclose(saved["probe"], probe, atol=1e-5):
+            return None
+        return saved["pairs"]
+    except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):  # unreadable: made anew
         return None
-    return saved["pairs"]
 
 
 def _save_pairs(path: str, key: dict, probe: Tensor, pairs: dict[str, Tensor]) -> None:
