@@ -39,6 +39,18 @@ def atomic_dir(path: str | os.PathLike):
         raise
 
 
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file beside ``path`` and one rename: a killed run never leaves
+    a half-written file for the next one to read."""
+    import torch
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def hub_errors(path: str):
     """Turn a failure to reach the Hugging Face Hub for ``path`` (offline, no network, unknown id) into one

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
-from .io import hub_errors
+from .io import atomic_torch_save, hub_errors
 from .streams import index_shards, shard_files, shard_member
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
@@ -352,10 +352,7 @@ def _cached(cache_dir: str | None, key: dict, build) -> dict[str, Tensor]:
     if os.path.isfile(path):
         return torch.load(path)
     data = build()
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(data, tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache behind
+    atomic_torch_save(data, path)
     return data
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
+from ..io import atomic_torch_save
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample, multistep_sample
 from ..schedules import add_noise, combine, timestep_grid
@@ -345,7 +346,7 @@ class DMDStrategy(ScoreDistillationStrategy):
         classes = self.teacher.null_class
         w = cfg.real_guidance_scale if classes else 1.0
         key = {"pairs": n, "teacher_steps": cfg.regression_teacher_steps, "w": w, "shape": list(like.shape[1:])}
-        probe = self._teacher_probe(like)
+        probe = self._teacher_probe(like) if cfg.regression_cache else None
         cached = _load_pairs(cfg.regression_cache, key, probe)
         if cached is not None:
             self.pairs = {k: v.to(like.device) for k, v in cached.items()}
@@ -360,7 +361,8 @@ class DMDStrategy(ScoreDistillationStrategy):
             chunks.append(ddim_sample(self.teacher, noise[i : i + 256], part, cfg.regression_teacher_steps, w))
         self.pairs = {"noise": noise, "images": torch.cat(chunks), **({"labels": cond.labels} if cond else {})}
         if cfg.regression_cache and rank0:
-            _save_pairs(cfg.regression_cache, key, probe, self.pairs)
+            pairs = {k: v.cpu() for k, v in self.pairs.items()}
+            atomic_torch_save({"key": key, "probe": probe, "pairs": pairs}, cfg.regression_cache)
         return self.pairs
 
     def _teacher_probe(self, like: Tensor) -> Tensor:
@@ -373,7 +375,7 @@ class DMDStrategy(ScoreDistillationStrategy):
         return self.teacher(x, torch.full((1,), 0.5).to(like), cond).float().cpu()
 
 
-def _load_pairs(path: str | None, key: dict, probe: Tensor) -> dict[str, Tensor] | None:
+def _load_pairs(path: str | None, key: dict, probe: Tensor | None) -> dict[str, Tensor] | None:
     """The pairs kept in ``path``, or None when there is no such file or it was made with other settings or another
     teacher (then the caller makes them anew and overwrites it)."""
     if not path or not os.path.isfile(path):
@@ -385,11 +387,3 @@ def _load_pairs(path: str | None, key: dict, probe: Tensor) -> dict[str, Tensor]
         return saved["pairs"]
     except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):  # unreadable: made anew
         return None
-
-
-def _save_pairs(path: str, key: dict, probe: Tensor, pairs: dict[str, Tensor]) -> None:
-    """Write the pairs atomically (a killed run never leaves half a file for the next one to read)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"key": key, "probe": probe, "pairs": {k: v.cpu() for k, v in pairs.items()}}, tmp)
-    os.replace(tmp, path)
