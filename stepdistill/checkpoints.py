@@ -14,6 +14,8 @@ import json
 import os
 import re
 
+from .config import upgrade_saved
+
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
 MANIFEST = "manifest.json"
 
@@ -94,7 +96,7 @@ def check_belongs(folder: str, strategy: str, config: dict) -> None:
             "resume it with its own train script, or start a new --output-dir."
         )
     with open(os.path.join(folder, "config.json")) as f:
-        saved = _flat(json.load(f))
+        saved = _flat(upgrade_saved(json.load(f), folder))
     config = _flat(config)
     differ = [
         f"{key}: {saved.get(key)!r} in the checkpoint, {config.get(key)!r} now"

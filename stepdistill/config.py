@@ -15,6 +15,7 @@ import json
 import os
 import types
 import typing
+import warnings
 from typing import Any, Literal, get_args, get_origin
 
 
@@ -79,6 +80,45 @@ class ModelConfig:
             raise ValueError("ModelConfig.eval_every must be >= 0 and eval_samples >= 2.")
 
 
+# Options renamed (old name -> new name): the old name is still read from flags, presets, config files and saved
+# configs (resume, --config of an export's training_config.json), with a deprecation warning, for one release.
+RENAMED_OPTIONS = {"dm_t_range": "t_range"}
+# Options added since runs were saved, with the value those runs used (filled in where a saved config lacks them).
+ADDED_OPTIONS = {"betas": [0.9, 0.999]}
+
+
+def upgrade_options(values: dict, where: str) -> dict:
+    """``values`` (a flat mapping of option names) with renamed options under their new names, warning once per
+    old name found in ``where``."""
+    out = {}
+    for key, value in values.items():
+        if key in RENAMED_OPTIONS:
+            new = RENAMED_OPTIONS[key]
+            warnings.warn(
+                f"Option {key!r} in {where} is now called {new!r}; the old name is read until the next release.",
+                FutureWarning,
+                stacklevel=3,
+            )
+            key = new
+        out[key] = value
+    return out
+
+
+def upgrade_saved(config: dict, where: str) -> dict:
+    """A saved resolved config (``to_dict``'s nesting by class name) in today's option names, with options added
+    since then filled in with the value the run used."""
+    out = {}
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            out[section] = values
+            continue
+        values = upgrade_options(values, where)
+        if "lr" in values:  # a strategy section: its optimizer options
+            values = {**{k: v for k, v in ADDED_OPTIONS.items() if k not in values}, **values}
+        out[section] = values
+    return out
+
+
 def _base_type(tp):
     """Strip ``Optional[...]`` / ``X | None``; return (inner type, optional?)."""
     origin = get_origin(tp)
@@ -136,7 +176,11 @@ def load_config_file(path: str | os.PathLike) -> dict:
         data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of option names to values.")
-    return data
+    if data and all(isinstance(v, dict) and k.endswith("Config") for k, v in data.items()):
+        # a saved resolved config (an export's training_config.json, a run's config.json): one section per class
+        data = {k: v for section in upgrade_saved(data, path).values() for k, v in section.items()}
+        return {k: v for k, v in data.items() if k not in ("output_dir", "resume", "overwrite")}
+    return upgrade_options(data, path)
 
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
@@ -220,12 +264,14 @@ def parse_configs(
         group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
         for f in dataclasses.fields(cls):
             _add_field(group, f, hints[cls])
+    _add_renamed_flags(parser, owner)
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     preset = args.pop("preset", None)
     if preset:
-        _check_keys(presets[preset], set(owner), f"preset {preset!r}")
-        values.update(presets[preset])
+        preset_values = upgrade_options(presets[preset], f"preset {preset!r}")
+        _check_keys(preset_values, set(owner), f"preset {preset!r}")
+        values.update(preset_values)
     config_path = args.pop("config", None)
     if config_path:
         file_values = load_config_file(config_path)
@@ -233,6 +279,26 @@ def parse_configs(
         values.update({k: _coerce(k, v, hints[owner[k]][k], config_path) for k, v in file_values.items()})
     values.update(args)
     return tuple(cls(**{k: v for k, v in values.items() if owner[k] is cls}) for cls in classes)
+
+
+def _add_renamed_flags(parser: argparse.ArgumentParser, owner: dict[str, type]) -> None:
+    """Hidden flags for renamed options (``RENAMED_OPTIONS``): they set the new option and warn."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            new = "--" + self.dest.replace("_", "-")
+            warnings.warn(
+                f"{option_string} is now {new}; the old flag is read until the next release.", FutureWarning, 2
+            )
+            setattr(namespace, self.dest, values)
+
+    for old, new in RENAMED_OPTIONS.items():
+        action = next((a for a in parser._actions if a.dest == new), None)
+        if new in owner and action is not None:
+            kwargs = {"nargs": action.nargs, "type": action.type, "default": argparse.SUPPRESS}
+            parser.add_argument(
+                "--" + old.replace("_", "-"), dest=new, action=Renamed, help=argparse.SUPPRESS, **kwargs
+            )
 
 
 def to_dict(*configs) -> dict:

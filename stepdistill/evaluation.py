@@ -243,18 +243,7 @@ def generate_with_pipeline(
         steps.pop("num_inference_steps")
     indices = indices or slice(0, num_samples)
     noise = seeded_noise(num_samples, shape, seed)[indices]
-    if "class_labels" in params:
-        if labels is None:
-            raise ValueError("This pipeline is class-conditional: give class labels.")
-        inputs = {"class_labels": labels[indices]}
-    elif "prompt" in params:
-        if not prompts:
-            raise ValueError("This pipeline is text-to-image: give a prompt file (--prompts).")
-        inputs = {"prompt": [prompts[i % len(prompts)] for i in range(num_samples)][indices]}
-    else:
-        raise ValueError(
-            f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels nor prompt."
-        )
+    inputs = _pipeline_inputs(pipe, params, num_samples, labels, prompts, indices)
     out = []
     for i in tqdm(range(0, len(noise), batch_size), desc=desc, disable=not progress, leave=False):
         batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
@@ -270,6 +259,22 @@ def generate_with_pipeline(
             torch.from_numpy((np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
         )
     return torch.cat(out)
+
+
+def _pipeline_inputs(pipe, params, num_samples: int, labels, prompts, indices: slice) -> dict:
+    """The conditions of samples ``indices`` of ``num_samples`` as the pipeline takes them: class labels, or prompts
+    cycled over the samples."""
+    if "class_labels" in params:
+        if labels is None:
+            raise ValueError("This pipeline is class-conditional: give class labels.")
+        return {"class_labels": labels[indices]}
+    if "prompt" in params:
+        if not prompts:
+            raise ValueError("This pipeline is text-to-image: give a prompt file (--prompts).")
+        return {"prompt": [prompts[i % len(prompts)] for i in range(num_samples)][indices]}
+    raise ValueError(
+        f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels nor prompt."
+    )
 
 
 # ------------------------------------------------------------------------------------------- CLIP

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +23,30 @@ CLASS_CONDITIONAL = ("pipeline_class_conditional", "ClassConditionalPipeline")
 # LCMScheduler's c_skip = 0.25 / ((timestep * scaling)^2 + 0.25): below 1e-13 from timestep 1 on with this scaling, so
 # each step takes the network's x0 as it is (the few-step generators of DMD and SiD)
 IDENTITY_TIMESTEP_SCALING = 1e7
+
+
+@dataclass
+class ExportSpec:
+    """What a strategy exports after training (``Strategy.export_spec``); ``export_student`` writes it.
+
+    Attributes:
+        num_steps: the student's sampling steps.
+        scheduler: ``configure_scheduler``'s keyword arguments (``scheduler_class``, ``times``, ``scheduler_options``)
+            that reproduce the strategy's sampler.
+        method: the model card's method line (paper and arXiv id).
+        details: the model card's sentence on how it was trained.
+        guidance_scale: the guidance the student samples with (1 when the teacher's guidance is baked in).
+        lora_method: the LoRA card's name of the method (LCM, DMD2, SiD).
+        folder: the pipeline folder's name in the run folder.
+    """
+
+    num_steps: int
+    scheduler: dict = field(default_factory=dict)
+    method: str = ""
+    details: str = ""
+    guidance_scale: float = 1.0
+    lora_method: str = ""
+    folder: str = "pipeline"
 
 
 def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
@@ -163,51 +188,63 @@ def export_pipeline(
     Returns:
         the folder path.
     """
-    import diffusers
-
-    from .text import absent_components, is_text_to_image
+    from .text import is_text_to_image
 
     scheduler = configure_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
     timesteps = scheduler.timesteps.tolist()
     text = source is not None and is_text_to_image(source)
+    flow = denoiser.schedule.kind == "flow"
+    if flow and not text:
+        raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
     with atomic_dir(folder) as tmp:
-        backbone = denoiser.backbone
         saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps}
-        flow = denoiser.schedule.kind == "flow"
-        if flow and not text:
-            raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
         if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
             saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
             card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"
             card += _global_rng_note(scheduler, "\n")
-        if text:  # the teacher's own pipeline class around the student: `DiffusionPipeline.from_pretrained` loads it
-            scheduler, pass_timesteps = text_pipeline_scheduler(scheduler)
-            if pass_timesteps:
-                saved["pass_timesteps"] = True
-                card += f"\nCall the pipeline with `timesteps={timesteps}` (not `num_inference_steps`).\n"
-            component = "transformer" if flow else "unet"
-            # components the teacher leaves out (SD3 without T5: [null, null] in model_index.json) stay out
-            pipe = diffusers.DiffusionPipeline.from_pretrained(
-                source, **absent_components(source), **{component: backbone}, scheduler=scheduler
-            )
-            pipe.save_pretrained(tmp)
-            if denoiser.guidance_embedding_dim:  # diffusers' SD pipelines embed guidance_scale - 1 (LCM's w)
-                saved["pipeline_guidance_scale"] = guidance_scale + 1
-                card += (
-                    f"\nThis student takes the guidance scale as an input; diffusers' {type(pipe).__name__} embeds "
-                    f"`guidance_scale - 1`, so call it with `guidance_scale={guidance_scale + 1:g}` for w = "
-                    f"{guidance_scale:g}.\n"
-                )
+        if text:
+            card += _write_text_pipeline(tmp, denoiser, scheduler, source, saved)
         else:
-            _write_class_conditional(tmp, backbone, scheduler)
-        with open(os.path.join(tmp, "stepdistill.json"), "w") as f:
-            json.dump(saved, f, indent=2)
+            _write_class_conditional(tmp, denoiser.backbone, scheduler)
+        _write_json(os.path.join(tmp, "stepdistill.json"), saved)
         if config is not None:
-            with open(os.path.join(tmp, "training_config.json"), "w") as f:
-                json.dump(config, f, indent=2)
+            _write_json(os.path.join(tmp, "training_config.json"), config)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
     return os.fspath(folder)
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _write_text_pipeline(folder: str, denoiser: Denoiser, scheduler, source: str, saved: dict) -> str:
+    """The teacher's own pipeline class around the student (``DiffusionPipeline.from_pretrained`` loads it without
+    custom code); records in ``saved`` how it must be called and returns the card's sentences saying so."""
+    import diffusers
+
+    from .text import absent_components
+
+    card = ""
+    scheduler, pass_timesteps = text_pipeline_scheduler(scheduler)
+    if pass_timesteps:
+        saved["pass_timesteps"] = True
+        card += f"\nCall the pipeline with `timesteps={saved['timesteps']}` (not `num_inference_steps`).\n"
+    component = "transformer" if denoiser.schedule.kind == "flow" else "unet"
+    # components the teacher leaves out (SD3 without T5: [null, null] in model_index.json) stay out
+    pipe = diffusers.DiffusionPipeline.from_pretrained(
+        source, **absent_components(source), **{component: denoiser.backbone}, scheduler=scheduler
+    )
+    pipe.save_pretrained(folder)
+    if denoiser.guidance_embedding_dim:  # diffusers' SD pipelines embed guidance_scale - 1 (LCM's w)
+        w = saved["guidance_scale"]
+        saved["pipeline_guidance_scale"] = w + 1
+        card += (
+            f"\nThis student takes the guidance scale as an input; diffusers' {type(pipe).__name__} embeds "
+            f"`guidance_scale - 1`, so call it with `guidance_scale={w + 1:g}` for w = {w:g}.\n"
+        )
+    return card
 
 
 def text_pipeline_scheduler(scheduler):
@@ -374,10 +411,12 @@ def export_student(
     scheduler: dict,
     lora_method: str = "",
     teacher: str = "",
+    folder: str = "pipeline",
 ) -> list[str]:
-    """Write ``output_dir/pipeline``, and for a LoRA student first ``output_dir/lora`` (the adapter with its
-    scheduler); the pipeline then holds the fused weights. ``scheduler`` holds ``configure_scheduler``'s keyword
-    arguments (``scheduler_class``, ``times``, ``scheduler_options``). Returns the folders written."""
+    """Write ``output_dir/<folder>`` (default ``pipeline``), and for a LoRA student first ``output_dir/lora`` (the
+    adapter with its scheduler); the pipeline then holds the fused weights. ``scheduler`` holds
+    ``configure_scheduler``'s keyword arguments (``scheduler_class``, ``times``, ``scheduler_options``). Returns the
+    folders written."""
     from .lora import has_lora, lora_rank
     from .text import is_text_to_image
 
@@ -390,13 +429,37 @@ def export_student(
         card_text = lora_card(lora_method, teacher, rank, num_steps, guidance_scale, lora_scheduler, pass_timesteps)
         written.append(export_lora(student, os.path.join(output_dir, "lora"), card_text, scheduler=lora_scheduler))
         student = student.merged_copy()
-    pipeline = os.path.join(output_dir, "pipeline")
+    pipeline = os.path.join(output_dir, folder)
     written.append(
         export_pipeline(
             student, pipeline, num_steps, guidance_scale, card=card, config=config, source=teacher or None, **scheduler
         )
     )
     return written
+
+
+def export_spec(
+    student: Denoiser, spec: ExportSpec, output_dir: str | os.PathLike, teacher: str, config: dict | None
+) -> list[str]:
+    """The one export of every strategy: ``spec`` (``Strategy.export_spec``) written by ``export_student``, with its
+    model card, for every pipeline kind (class-conditional, SD/SDXL, SD3) and LoRA. Returns the folders written
+    (none, with a message, for a step count off the teacher's integer timesteps)."""
+    if spec.scheduler.get("times") is None and not exportable_steps(student, spec.num_steps):
+        print(f"{spec.folder}: {spec.num_steps} steps are not on the teacher's integer timesteps; not exported")
+        return []
+    card = model_card(spec.method, teacher, spec.num_steps, spec.guidance_scale, spec.details)
+    return export_student(
+        student,
+        output_dir,
+        spec.num_steps,
+        spec.guidance_scale,
+        card,
+        config,
+        spec.scheduler,
+        spec.lora_method,
+        teacher,
+        spec.folder,
+    )
 
 
 def model_card(

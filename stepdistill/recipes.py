@@ -13,7 +13,7 @@ from .config import ModelConfig
 from .data import load_training_data
 from .denoiser import Condition, Denoiser
 from .evaluation import domain_scorers, fd_callback
-from .export import export_student, model_card
+from .export import export_spec
 from .streams import ImageFolderData
 from .text import encode_captioned_folder, encode_prompt_set, is_text_to_image, load_text_to_image
 from .trainer import Trainer, TrainerConfig
@@ -115,15 +115,15 @@ def eval_callbacks(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, setup: Se
     return [fd_callback(scorers, model_cfg.eval_every, model_cfg.eval_samples, classes, shape, trainer_cfg.seed)]
 
 
-def export_generator(trainer, strategy, model_cfg: ModelConfig, method: str, details: str, lora_method: str) -> None:
-    """Export a score-distilled generator (DMD, SiD; guidance baked in) after training: ``OUTPUT_DIR/pipeline`` with
-    the scheduler that reproduces its sampler (``strategy.scheduler_spec()``) and a model card, and ``OUTPUT_DIR/lora``
-    for a LoRA generator. Prints the folders written."""
-    steps = len(strategy.times)
-    card = model_card(method, model_cfg.teacher, steps, 1.0, details)
+def export_trained(trainer, model_cfg: ModelConfig) -> list[str]:
+    """The export of every train script: what the strategy specifies at the trainer's step
+    (``Strategy.export_spec``), from the trainer's EMA weights when it keeps an EMA, written by
+    ``export.export_spec`` on the main process. Prints and returns the folders written."""
+    if not trainer.accelerator.is_main_process:
+        return []
     student = trainer.export_modules()["student"]
-    spec, output_dir = strategy.scheduler_spec(), trainer.config.output_dir
-    for folder in export_student(
-        student, output_dir, steps, 1.0, card, trainer.resolved_config, spec, lora_method, model_cfg.teacher
-    ):
+    spec = trainer.strategy.export_spec(trainer.step)
+    folders = export_spec(student, spec, trainer.config.output_dir, model_cfg.teacher, trainer.resolved_config)
+    for folder in folders:
         print(f"exported {folder}")
+    return folders

@@ -183,26 +183,14 @@ class Trainer:
                 f"{sorted(optimizers)} must name the same networks."
             )
         self.names = list(modules)
-        # LRs are set from the global step (see lr_lambda), not by per-optimizer schedulers: those would count
-        # their own optimizer's updates, and accelerate steps them once per process.
-        if config.optimizer == "adamw8bit":
-            optimizers = {n: to_8bit(opt, f"{type(strategy).__name__}.{n}") for n, opt in optimizers.items()}
-        self.base_lrs = {n: [g["lr"] for g in optimizers[n].param_groups] for n in self.names}
-        self.lr_factor = lr_lambda(config)
-        prepared = acc.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names])
-        k = len(self.names)
-        for i, n in enumerate(self.names):
-            setattr(strategy, n, prepared[i])  # the strategy now calls the wrapped network
-        self.optimizers = dict(zip(self.names, prepared[k:]))
-        # each loss back-propagates into its own optimizer's parameters only (no gradient leaks between networks)
-        self.params = {n: [p for p in getattr(strategy, n).parameters() if p.requires_grad] for n in self.names}
+        self._prepare(modules, optimizers)
         self.bad_steps, self.consecutive_bad_steps, self._started = 0, 0, False
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.teacher_dtype]
         if any(strategy.teacher is acc.unwrap_model(m) for m in modules.values()):
             strategy.teacher.to(acc.device)  # LoRA students share the teacher's network: keep its trainable dtype
         else:
             strategy.teacher.to(acc.device, dtype)
-        self.ema = EMA(acc.unwrap_model(strategy.student), config.ema_decay) if config.ema_decay else None
+        self.ema = EMA(self._output_network(), config.ema_decay) if config.ema_decay else None
         rank, world = acc.process_index, acc.num_processes
         if hasattr(data, "stream"):  # read from disk while training (streams.ImageFolderData)
             self.data = data.stream(config.batch_size, config.seed, rank, world, config.num_workers)
@@ -211,6 +199,28 @@ class Trainer:
         self.grid_condition, self.decode = grid_condition, decode
         self.callbacks = list(callbacks or [])
         self.log_path = os.path.join(config.output_dir, "log.jsonl")
+
+    def _prepare(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Wrap the strategy's networks and optimizers for distributed training; the strategy then calls the wrapped
+        networks under the same names."""
+        config, strategy = self.config, self.strategy
+        # LRs are set from the global step (see lr_lambda), not by per-optimizer schedulers: those would count
+        # their own optimizer's updates, and accelerate steps them once per process.
+        if config.optimizer == "adamw8bit":
+            optimizers = {n: to_8bit(opt, f"{type(strategy).__name__}.{n}") for n, opt in optimizers.items()}
+        self.base_lrs = {n: [g["lr"] for g in optimizers[n].param_groups] for n in self.names}
+        self.lr_factor = lr_lambda(config)
+        prepared = self.accelerator.prepare(*[modules[n] for n in self.names], *[optimizers[n] for n in self.names])
+        k = len(self.names)
+        for i, n in enumerate(self.names):
+            setattr(strategy, n, prepared[i])  # the strategy now calls the wrapped network
+        self.optimizers = dict(zip(self.names, prepared[k:]))
+        # each loss back-propagates into its own optimizer's parameters only (no gradient leaks between networks)
+        self.params = {n: [p for p in getattr(strategy, n).parameters() if p.requires_grad] for n in self.names}
+
+    def _output_network(self) -> nn.Module:
+        """The trained network whose outputs are the strategy's samples (``Strategy.output``), unwrapped."""
+        return unwrap(getattr(self.strategy, self.strategy.output))
 
     def _configure_networks(self) -> None:
         for module in self.strategy.trainable().values():
@@ -260,7 +270,7 @@ class Trainer:
             self.step += 1
             strategy.on_step_end(self.step)
             if self.ema is not None:
-                self.ema.update(acc.unwrap_model(strategy.student))
+                self.ema.update(self._output_network())
             for callback in self.callbacks:
                 callback(self)
             bar.update()
@@ -296,7 +306,9 @@ class Trainer:
 
     def _backward(self, loss: Tensor, name: str) -> None:
         """Back-propagate ``loss`` into the parameters of optimizer ``name`` only."""
-        if self.accelerator.distributed_type.value == "DEEPSPEED":  # its engine takes no ``inputs``
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine takes no ``inputs``
             self.accelerator.backward(loss)
         else:
             self.accelerator.backward(loss, inputs=self.params[name])
@@ -382,7 +394,7 @@ class Trainer:
         """The strategy's samples, from the trainer's EMA weights of the student when it keeps an EMA."""
         if self.ema is None:
             return self.strategy.sample(noise, cond, **kwargs)
-        with self.ema.swapped(unwrap(self.strategy.student)):
+        with self.ema.swapped(self._output_network()):
             return self.strategy.sample(noise, cond, **kwargs)
 
     def export_modules(self) -> dict[str, nn.Module]:
@@ -390,7 +402,7 @@ class Trainer:
         copy holding the EMA weights (what grids and evaluation sample, and what a user should ship)."""
         modules = {k: unwrap(m) for k, m in self.strategy.export_modules().items()}
         if self.ema is not None:
-            student = unwrap(self.strategy.student)
+            student = self._output_network()
             for key, module in modules.items():
                 if module is student:
                     averaged = student.trainable_copy().frozen()
@@ -413,8 +425,7 @@ class Trainer:
         acc = self.accelerator
         if not acc.is_main_process or self.grid_condition is None:
             return None
-        student = acc.unwrap_model(self.strategy.student)
-        config = student.backbone.config
+        config = self.strategy.sampling_network().backbone.config
         cond = self.grid_condition.map(lambda v: v.to(acc.device))
         noise = torch.randn(
             len(cond),

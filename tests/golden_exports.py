@@ -6,6 +6,8 @@ folders written to one entry per file:
 * text files (JSON, cards, pipeline code, tokenizer files): the SHA-256 of their bytes after the run's temporary
   folders are replaced by fixed names (JSON is hashed as parsed and re-dumped with sorted keys, so that only
   values count, not the order in which a dataclass lists its fields);
+* ``training_config.json`` also whole: a recorded config matches today's once the options renamed or added since
+  are applied to it (``config.upgrade_saved``), so a renamed option is a named change, not a new golden file;
 * weight files (``.safetensors``): the SHA-256 of the bytes and, per tensor, its shape, dtype, sum and sum of
   squares. The test accepts an equal SHA-256, or (another CPU may round float32 sums otherwise) equal shapes and
   sums within a tolerance far below one optimizer step's change.
@@ -120,13 +122,25 @@ def _entry(path: str, replace: dict[str, str]) -> dict:
         text = text.replace(old, new)
     if path.endswith(".json"):
         text = json.dumps(json.loads(text), sort_keys=True)
-    return {"sha256": hashlib.sha256(text.encode()).hexdigest()}
+    entry = {"sha256": hashlib.sha256(text.encode()).hexdigest()}
+    if os.path.basename(path) == "training_config.json":  # kept whole: options renamed or added since are named
+        entry["config"] = json.loads(text)
+    return entry
 
 
 def same(entry: dict, golden: dict) -> str | None:
     """None when ``entry`` matches ``golden`` (see the module docstring), else what differs."""
     if entry["sha256"] == golden["sha256"]:
         return None
+    if "config" in golden:  # the recorded config in today's option names (config.RENAMED_OPTIONS, ADDED_OPTIONS)
+        import warnings
+
+        from stepdistill.config import upgrade_saved
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            upgraded = upgrade_saved(golden["config"], "golden_exports.json")
+        return None if upgraded == entry["config"] else f"config differs: {_diff(upgraded, entry['config'])}"
     if "tensors" not in golden or os.environ.get("STEPDISTILL_GOLDEN_STRICT"):
         return "content differs"
     if set(entry["tensors"]) != set(golden["tensors"]):
@@ -140,6 +154,15 @@ def same(entry: dict, golden: dict) -> str | None:
         if abs(total - g_total) > tol + 1e-6 * abs(g_total) or abs(squares - g_squares) > tol + 1e-6 * g_squares:
             return f"{name}: sum {total} / {squares}, expected {g_total} / {g_squares}"
     return None
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    flat = [{f"{s}.{k}": v for s, part in d.items() for k, v in part.items()} for d in (a, b)]
+    return [
+        f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}"
+        for k in sorted(set(flat[0]) | set(flat[1]))
+        if flat[0].get(k) != flat[1].get(k)
+    ]
 
 
 def compute(cases: list[str], root: str) -> dict[str, dict]:

@@ -1,4 +1,7 @@
+import dataclasses
+import inspect
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -116,3 +119,88 @@ def test_every_train_script_preset_builds_valid_configs(script, preset):
     resolved = {k: v for section in to_dict(*configs).values() for k, v in section.items()}
     for key, value in presets[preset].items():
         assert resolved[key] == value, f"preset {preset!r} sets {key}={value!r}, resolved to {resolved[key]!r}"
+
+
+def _strategy_config_classes():
+    """Every registered strategy's config class and the option bases they inherit (``strategies.options``)."""
+    import inspect
+
+    from stepdistill.strategies import REGISTRY, options
+
+    classes = {cls.config_class for cls in REGISTRY.values()}
+    classes |= {c for _, c in inspect.getmembers(options, inspect.isclass) if dataclasses.is_dataclass(c)}
+    return sorted(classes, key=lambda c: c.__name__)
+
+
+def _own_fields(cls) -> dict:
+    """The fields ``cls`` declares itself (not inherited), with their defaults."""
+    own = inspect.get_annotations(cls)
+    return {f.name: _default(f) for f in dataclasses.fields(cls) if f.name in own}
+
+
+def _default(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def test_no_strategy_config_repeats_an_option_of_another_or_of_its_base():
+    """Each shared option is declared once (in ``strategies.options``): a config re-declares an inherited field only to
+    give it another default, and two configs that are not one the other's base never both declare the same option
+    with the same default (it belongs in a base they share)."""
+    classes = _strategy_config_classes()
+    problems = []
+    for cls in classes:
+        for name, default in _own_fields(cls).items():
+            for base in filter(dataclasses.is_dataclass, cls.__mro__[1:]):
+                if name in _own_fields(base) and _own_fields(base)[name] == default:
+                    problems.append(f"{cls.__name__}.{name} repeats {base.__name__}.{name} = {default!r}")
+        for other in classes:
+            if other is cls or issubclass(cls, other) or issubclass(other, cls) or other.__name__ < cls.__name__:
+                continue
+            for name, default in _own_fields(cls).items():
+                if name in _own_fields(other) and _own_fields(other)[name] == default:
+                    problems.append(f"{cls.__name__}.{name} and {other.__name__}.{name} both declare {default!r}")
+    assert not problems, problems
+
+
+def test_a_renamed_option_is_read_under_its_old_name_with_a_warning(tmp_path):
+    """DMD's dm_t_range is now t_range (one name with SiD): the old flag and config-file key still set it, warning."""
+    from stepdistill.strategies.dmd import DMDConfig
+
+    with pytest.warns(FutureWarning, match="--dm-t-range is now --t-range"):
+        (dmd,) = parse_configs([DMDConfig], ["--dm-t-range", "0.1", "0.9"])
+    assert dmd.t_range == [0.1, 0.9]
+    path = tmp_path / "run.yaml"
+    path.write_text("dm_t_range: [0.2, 0.8]\n")
+    with pytest.warns(FutureWarning, match="'dm_t_range' in .*run.yaml is now called 't_range'"):
+        (dmd,) = parse_configs([DMDConfig], ["--config", str(path)])
+    assert dmd.t_range == [0.2, 0.8]
+
+
+@pytest.mark.parametrize(
+    "student",
+    sorted(p.parent.name for p in __import__("pathlib").Path("benchmarks/students").glob("*/training_config.json")),
+)
+def test_the_kept_students_training_configs_load_as_config_files(student):
+    """A kept student's training_config.json (written before options were renamed or added) is a --config of its own
+    train script: every option resolves to the value the run used (renamed ones under their new names)."""
+    import importlib
+    import warnings
+
+    from stepdistill.config import ModelConfig, upgrade_saved
+    from stepdistill.trainer import TrainerConfig
+
+    path = os.path.join("benchmarks", "students", student, "training_config.json")
+    saved = json.load(open(path))
+    method = next(k for k in saved if k not in ("TrainerConfig", "ModelConfig"))
+    script = {v.split(":")[1]: k for k, v in SCRIPT_CONFIGS.items()}[method]
+    module, name = SCRIPT_CONFIGS[script].split(":")
+    classes = [TrainerConfig, ModelConfig, getattr(importlib.import_module(module), name)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        configs = parse_configs(classes, ["--config", path, "--output-dir", "elsewhere"])
+        expected = upgrade_saved(saved, path)
+    resolved = to_dict(*configs)
+    for section, values in expected.items():
+        for key, value in values.items():
+            if key not in ("output_dir", "resume", "overwrite"):
+                assert resolved[section][key] == value, f"{section}.{key}"

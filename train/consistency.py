@@ -13,9 +13,7 @@ a diffusers pipeline folder with an LCMScheduler in OUTPUT_DIR/pipeline. Options
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_student, model_card
-from stepdistill.recipes import build_trainer, load_setup
-from stepdistill.schedules import lcm_times, timestep_grid
+from stepdistill.recipes import build_trainer, export_trained, load_setup
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -78,31 +76,7 @@ def main(argv=None):
     resolved = to_dict(trainer_cfg, model_cfg, cd_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
-    if trainer.accelerator.is_main_process:
-        export(trainer.export_modules()["student"], strategy, trainer_cfg, model_cfg, cd_cfg, resolved)
-
-
-def export(student, strategy, trainer_cfg, model_cfg, cd_cfg, resolved) -> None:
-    """Write OUTPUT_DIR/pipeline (and OUTPUT_DIR/lora for LCM-LoRA) with the scheduler the student samples with."""
-    steps, w = cd_cfg.sample_steps, (cd_cfg.guidance_range[0] if strategy.w_conditioned else 1.0)
-    if cd_cfg.phases > 1:  # deterministic jumps between segment edges: trailing DDIM at the segment tops
-        scheduler = {"scheduler_class": "DDIMScheduler", "times": timestep_grid(student.schedule, steps)}
-        method = f"Phased consistency distillation ({cd_cfg.phases} segments; PCM, Wang et al. 2024, arXiv 2405.18407)"
-    else:  # LCM's multistep sampler at the solver-grid times it was trained on
-        scheduler = {
-            "scheduler_class": "LCMScheduler",
-            "times": lcm_times(student.schedule, steps, cd_cfg.solver_steps),
-            "scheduler_options": {
-                "original_inference_steps": cd_cfg.solver_steps,
-                "timestep_scaling": cd_cfg.timestep_scaling,
-            },
-        }
-        method = "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)"
-    details = f"Trained {trainer_cfg.max_steps} steps on a {cd_cfg.solver_steps}-step teacher DDIM grid."
-    card = model_card(method, model_cfg.teacher, steps, w, details)
-    output_dir, teacher = trainer_cfg.output_dir, model_cfg.teacher
-    for folder in export_student(student, output_dir, steps, w, card, resolved, scheduler, "LCM", teacher):
-        print(f"exported {folder}")
+    export_trained(trainer, model_cfg)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_generator, load_setup
+from stepdistill.recipes import build_trainer, export_trained, load_setup
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -100,14 +100,7 @@ def main(argv=None):
     resolved = to_dict(trainer_cfg, model_cfg, dmd_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
-    if trainer.accelerator.is_main_process:
-        gan = "with" if dmd_cfg.gan else "without"
-        method = f"DMD2 (Yin et al. 2024, arXiv 2405.14867), {gan} the GAN term"
-        details = (
-            f"Trained {trainer.step} steps ({dmd_cfg.fake_updates_per_generator} fake-score updates per generator "
-            f"update); the teacher's guidance w = {dmd_cfg.real_guidance_scale:g} is baked in."
-        )
-        export_generator(trainer, strategy, model_cfg, method, details, "DMD2")
+    export_trained(trainer, model_cfg)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,9 @@ lands on the teacher's integer timesteps is exported as a diffusers pipeline fol
 Options: a --preset, overridden by a --config file, overridden by flags.
 """
 
-import os
-
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.export import export_pipeline, exportable_steps, model_card
-from stepdistill.recipes import build_trainer, load_setup
+from stepdistill.recipes import build_trainer, export_trained, load_setup
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -88,39 +85,10 @@ def main(argv=None):
     strategy = ProgressiveStrategy(pd_cfg, setup.teacher, setup.student)
 
     def export_round(trainer):
-        """At the end of each halving round, export that round's student as pipeline-<N>steps."""
-        round_index = strategy.round_of(trainer.step - 1)
-        if round_index < 0 or strategy.round_of(trainer.step) == round_index and trainer.step < trainer_cfg.max_steps:
-            return
-        steps = strategy.student_steps(round_index)
-        student = trainer.export_modules()["student"]  # the EMA weights when the trainer keeps an EMA
-        if not exportable_steps(student, steps):
-            print(f"round {round_index + 1}: {steps} steps are not on the teacher's integer timesteps; not exported")
-        elif trainer.accelerator.is_main_process:
-            folder = os.path.join(trainer_cfg.output_dir, f"pipeline-{steps}steps")
-            details = (
-                f"Teacher sampler {pd_cfg.teacher_steps} steps, halved each round of {pd_cfg.steps_per_round} "
-                f"optimizer steps; exported after {trainer.step} steps."
-            )
-            if pd_cfg.guidance_range is None and pd_cfg.guidance_scale != 1:
-                details += f" The teacher's guidance w = {pd_cfg.guidance_scale:g} is baked in."
-            card = model_card(
-                "Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512)",
-                model_cfg.teacher,
-                steps,
-                strategy.sampling_guidance,
-                details,
-            )
-            export_pipeline(
-                student,
-                folder,
-                steps,
-                strategy.sampling_guidance,
-                card=card,
-                config=trainer.resolved_config,
-                source=model_cfg.teacher,
-            )
-            print(f"exported {folder}")
+        """At the end of each halving round (and of the run), export that round's student as pipeline-<N>steps."""
+        last = trainer.step == trainer_cfg.max_steps and strategy.round_of(trainer.step - 1) >= 0
+        if strategy.round_ends(trainer.step) or last:
+            export_trained(trainer, model_cfg)
 
     resolved = to_dict(trainer_cfg, model_cfg, pd_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved, [export_round])

@@ -15,7 +15,7 @@ generator, OUTPUT_DIR/lora. Options: a --preset, overridden by a --config file, 
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_generator, load_setup
+from stepdistill.recipes import build_trainer, export_trained, load_setup
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -96,15 +96,7 @@ def main(argv=None):
     resolved = to_dict(trainer_cfg, model_cfg, sid_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()
-    if trainer.accelerator.is_main_process:
-        guidance = (sid_cfg.real_guidance_scale, sid_cfg.fake_train_guidance, sid_cfg.fake_eval_guidance)
-        method = "SiD (Zhou et al. 2024, arXiv 2404.04057)" + (", long-short guidance" if max(guidance) != 1 else "")
-        details = (
-            f"Trained data-free for {trainer.step} optimizer steps (fake score and generator alternating); "
-            f"alpha = {sid_cfg.alpha:g}; guidance kappa_1 = {guidance[1]:g}, kappa_2 = kappa_3 = {guidance[2]:g}, "
-            f"kappa_4 = {guidance[0]:g}, baked in."
-        )
-        export_generator(trainer, strategy, model_cfg, method, details, "SiD")
+    export_trained(trainer, model_cfg)
 
 
 if __name__ == "__main__":

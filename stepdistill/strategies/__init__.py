@@ -7,11 +7,11 @@ from .progressive import ProgressiveConfig, ProgressiveStrategy
 from .sid import SiDConfig, SiDStrategy
 
 __all__ = [
+    "REGISTRY",
     "ConsistencyConfig",
     "ConsistencyStrategy",
     "DMDConfig",
     "DMDStrategy",
-    "REGISTRY",
     "ProgressiveConfig",
     "ProgressiveStrategy",
     "SiDConfig",

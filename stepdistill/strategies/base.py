@@ -11,13 +11,21 @@ and computes a dict of losses for a batch. The trainer knows nothing else about 
   that loss on this step, so alternating or multi-rate updates (DMD2's critic steps) are just a matter of
   which keys a step returns. A loss must only produce gradients for its own optimizer's parameters.
   Keys starting with ``log/`` are logged, not optimised.
-* hooks: ``on_step_end(step)`` (EMA targets, stage switches), ``sample(noise, cond)`` for grids and
-  evaluation, ``export_modules()`` and ``extra_state()``/``load_extra_state()`` for exact resume.
+* ``sample(noise, cond)`` for grids and evaluation, and ``scheduler_spec()``: the diffusers scheduler that samples
+  the same way in an exported pipeline (``export_spec(step)`` adds the model card's text; one function,
+  ``export.export_spec``, writes every kind of folder).
+* hooks: ``on_step_end(step)`` (EMA targets, stage switches), ``sampling_network()`` and ``export_modules()``
+  (what is sampled and exported), ``extra_state()``/``load_extra_state()`` for exact resume.
+
+``trainable()`` and ``optimizers()`` default to the student and the config's AdamW (``options.StrategyOptions``), so
+a new method is a config dataclass, ``losses``, ``sample``, ``scheduler_spec`` and ``@register``.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +33,8 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..distributed import frozen, unwrap
+from ..export import ExportSpec
+from .options import LoRAOptions
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -59,6 +69,8 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    # the trainable network whose outputs are the samples (the generator): the one the trainer's EMA averages
+    output: ClassVar[str] = "student"
 
     def __init__(self, config: Any, teacher: Denoiser):
         super().__init__()
@@ -70,13 +82,13 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
         self.__dict__["teacher"] = teacher.frozen()  # not a registered submodule
 
     # ------------------------------------------------------------------------------------ contract
-    @abc.abstractmethod
     def trainable(self) -> dict[str, nn.Module]:
-        """Networks updated by an optimizer, by optimizer name."""
+        """Networks updated by an optimizer, by optimizer name (default: the student)."""
+        return {"student": self.student}
 
-    @abc.abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One optimizer per name of ``trainable()``."""
+        """One optimizer per name of ``trainable()`` (default: the config's AdamW on the student)."""
+        return {"student": self.adamw(self.student)}
 
     @abc.abstractmethod
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -86,6 +98,62 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None) -> Tensor:
         """Images ``[B, C, H, W]`` from the current student, for grids and evaluation."""
+
+    def scheduler_spec(self) -> dict:
+        """``export.configure_scheduler``'s keyword arguments (``scheduler_class``, ``times``,
+        ``scheduler_options``): the diffusers scheduler with which an exported pipeline reproduces ``sample``. Every
+        exported strategy implements it."""
+        raise NotImplementedError(f"{type(self).__name__} has no scheduler_spec(): it cannot be exported.")
+
+    def export_spec(self, step: int) -> ExportSpec:
+        """What to export after ``step`` optimizer steps (``export.export_spec`` writes it). Default: the
+        ``scheduler_spec`` at its times, guidance baked in, the card's method line from the class docstring."""
+        spec = self.scheduler_spec()
+        method = (type(self).__doc__ or type(self).__name__).strip().split("\n")[0].rstrip(".")
+        return ExportSpec(len(spec["times"]), spec, method, f"Trained {step} optimizer steps.")
+
+    def sampling_network(self) -> Denoiser:
+        """The network whose samples are the strategy's output (unwrapped): the one the trainer keeps an EMA of, the
+        sample grids read their shape from, and export writes (default: the student)."""
+        return unwrap(self.student)
+
+    # ------------------------------------------------------------------------------------ networks
+    @property
+    def lora_rank(self) -> int:
+        """The student's LoRA rank (0: a full student); from the config's ``LoRAOptions``."""
+        return self.config.lora_rank if isinstance(self.config, LoRAOptions) else 0
+
+    def initial_student(self, student: Denoiser | None) -> Denoiser:
+        """The student to train: ``student`` if given, else a trainable copy of the teacher; with a LoRA rank, the
+        teacher's own network with a trainable adapter (no second copy in memory), which is the teacher again with
+        its adapters off (``teacher_network``). Anything copied from the teacher must be copied before this."""
+        if self.lora_rank and student is not None:
+            raise ValueError(
+                "A LoRA student adapts the teacher's own weights, so an initial --student cannot be used with "
+                "--lora-rank: drop one of them (or pass the student as the --teacher)."
+            )
+        if self.lora_rank:
+            return self.teacher.add_lora(self.lora_rank, self.config.lora_alpha, self.config.lora_target_modules)
+        return student if student is not None else self.teacher.trainable_copy()
+
+    @contextmanager
+    def teacher_network(self) -> Iterator[Denoiser]:
+        """Context: the network to call as the teacher: the frozen teacher, or for a LoRA student its own network
+        with the adapters off (the same frozen base weights). Gradient reaches the inputs if they carry one (SiD),
+        never the teacher's weights."""
+        if not self.lora_rank:
+            yield self.teacher
+            return
+        network = unwrap(self.student)
+        with network.adapters_disabled():
+            yield network
+
+    def adamw(self, network: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """AdamW over ``network``'s trainable parameters with the config's ``StrategyOptions`` (``lr`` overrides
+        its learning rate)."""
+        cfg = self.config
+        params = [p for p in network.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr or cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
     # --------------------------------------------------------------------------------------- hooks
     def on_step_end(self, step: int) -> None:
@@ -97,9 +165,9 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
         return 1.0
 
     def export_modules(self) -> dict[str, nn.Module]:
-        """Networks to export, unwrapped (default: the student). ``Trainer.export_modules`` substitutes the
-        trainer's EMA weights for the live student when an EMA is kept."""
-        return {"student": unwrap(self.trainable()["student"])}
+        """Networks to export, unwrapped (default: ``sampling_network``). ``Trainer.export_modules`` substitutes the
+        trainer's EMA weights for the live network when an EMA is kept."""
+        return {"student": self.sampling_network()}
 
     def frozen(self, name: str):
         """Context: the network ``name`` with its parameters frozen (see ``stepdistill.distributed.frozen``), for a

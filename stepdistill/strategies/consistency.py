@@ -28,29 +28,28 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
 from ..ema import EMA
+from ..export import ExportSpec
 from ..losses import consistency_distance
 from ..sampling import consistency_function, consistency_sample
-from ..schedules import add_noise, consistency_pairs, ddim_step
+from ..schedules import add_noise, consistency_pairs, ddim_step, lcm_times, timestep_grid
 from .base import Strategy, register, unwrap
+from .options import GuidedStudentOptions, LoRAOptions
 
 
 @dataclass
-class ConsistencyConfig:
-    """Consistency distillation options (LCM defaults)."""
+class ConsistencyConfig(LoRAOptions, GuidedStudentOptions):
+    """Consistency distillation options (LCM defaults). ``lora_rank > 0`` trains LCM-LoRA; a LoRA student keeps no
+    guidance embedding (its w is baked in)."""
 
     solver_steps: int = field(default=50, metadata={"help": "teacher DDIM grid size N; skip = T / N timesteps"})
     sample_steps: int = field(default=4, metadata={"help": "multistep consistency sampling steps for grids/export"})
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate (LCM full UNet 1e-6; LoRA 1e-4)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     guidance_range: list[float] = field(
         default_factory=lambda: [4.0, 16.0], metadata={"help": "w_min w_max, standard CFG form (LCM's 3..15 + 1)"}
-    )
-    guidance_embedding_dim: int | None = field(
-        default=256, metadata={"help": "w-embedding width of the student; None bakes in guidance_range[0]"}
     )
     target: Literal["ema", "none"] = field(
         default="ema",
@@ -66,17 +65,13 @@ class ConsistencyConfig:
     huber_c: float = field(default=0.001, metadata={"help": "pseudo-Huber constant c"})
     sigma_data: float = field(default=0.5, metadata={"help": "sigma_data of the boundary scalings"})
     timestep_scaling: float = field(default=10.0, metadata={"help": "timestep scaling of the boundary scalings"})
-    lora_rank: int = field(default=0, metadata={"help": "LoRA rank (LCM-LoRA); 0 trains the full student"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
-    )
     phases: int = field(
         default=1,
         metadata={"help": "segments of the trajectory (PCM / multistep CD); >1 samples in exactly that many steps"},
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.solver_steps < 1 or self.sample_steps < 1 or self.phases < 1:
             raise ValueError("ConsistencyConfig.solver_steps, sample_steps and phases must be >= 1.")
         if self.phases > 1 and self.sample_steps != self.phases:
@@ -90,8 +85,6 @@ class ConsistencyConfig:
             raise ValueError(
                 f"guidance_range must be 'w_min w_max' with 0 < w_min <= w_max, got {self.guidance_range}."
             )
-        if self.lora_rank < 0:
-            raise ValueError(f"ConsistencyConfig.lora_rank must be >= 0, got {self.lora_rank}.")
         if not 0 < self.target_decay < 1:
             raise ValueError(f"target_decay must be in (0, 1), got {self.target_decay}.")
 
@@ -111,16 +104,7 @@ class ConsistencyStrategy(Strategy):
 
     def __init__(self, config: ConsistencyConfig, teacher: Denoiser, student: Denoiser | None = None):
         super().__init__(config, teacher)
-        if config.lora_rank and student is not None:
-            raise ValueError(
-                "A LoRA consistency student adapts the teacher's own weights, so an initial --student cannot be "
-                "used with --lora-rank: drop one of them (or pass the student as the --teacher)."
-            )
-        if config.lora_rank:
-            # shares the frozen base weights
-            student = teacher.add_lora(config.lora_rank, config.lora_alpha, config.lora_target_modules)
-        elif student is None:
-            student = teacher.trainable_copy()
+        student = self.initial_student(student)
         if config.guidance_embedding_dim and not config.lora_rank:
             student = student.with_guidance_embedding(config.guidance_embedding_dim)
         self.student = student
@@ -143,22 +127,13 @@ class ConsistencyStrategy(Strategy):
                 f"{self.teacher.schedule.num_train_timesteps} training timesteps."
             )
 
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        return {"student": torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)}
-
     @property
     def w_conditioned(self) -> bool:
         return unwrap(self.student).guidance_embedding_dim is not None
 
     def _teacher_call(self, x_t: Tensor, t: Tensor, cond, w: Tensor) -> tuple[Tensor, Tensor]:
-        if self.config.lora_rank:
-            with unwrap(self.student).adapters_disabled():
-                return unwrap(self.student).split(x_t, t, cond, w)
-        return self.teacher.split(x_t, t, cond, w)
+        with self.teacher_network() as teacher:
+            return teacher.split(x_t, t, cond, w)
 
     def consistency_fn(self, net, x_t: Tensor, t: Tensor, cond, w: Tensor, edge: Tensor) -> Tensor:
         """Network ``net``'s consistency function at ``(x_t, t)``, mapping to the segment edge ``edge``."""
@@ -222,8 +197,8 @@ class ConsistencyStrategy(Strategy):
             return net
         return self.target_net if self.target_net is not None else unwrap(self.student)
 
-    def export_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.inference_network()}
+    def sampling_network(self) -> Denoiser:
+        return self.inference_network()
 
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale: float | None = None) -> Tensor:
@@ -240,6 +215,33 @@ class ConsistencyStrategy(Strategy):
                 timestep_scaling=self.config.timestep_scaling,
                 phases=self.config.phases,
             )
+
+    def scheduler_spec(self) -> dict:
+        """Phased: deterministic jumps between segment edges, trailing DDIM at the segment tops. Else LCM's multistep
+        sampler at the solver-grid times it was trained on (its boundary scalings from the config)."""
+        cfg, schedule = self.config, self.teacher.schedule
+        if cfg.phases > 1:
+            return {"scheduler_class": "DDIMScheduler", "times": timestep_grid(schedule, cfg.sample_steps)}
+        return {
+            "scheduler_class": "LCMScheduler",
+            "times": lcm_times(schedule, cfg.sample_steps, cfg.solver_steps),
+            "scheduler_options": {
+                "original_inference_steps": cfg.solver_steps,
+                "timestep_scaling": cfg.timestep_scaling,
+            },
+        }
+
+    def export_spec(self, step: int) -> ExportSpec:
+        cfg = self.config
+        if cfg.phases > 1:
+            method = (
+                f"Phased consistency distillation ({cfg.phases} segments; PCM, Wang et al. 2024, arXiv 2405.18407)"
+            )
+        else:
+            method = "Consistency distillation (LCM, Luo et al. 2023, arXiv 2310.04378)"
+        details = f"Trained {step} steps on a {cfg.solver_steps}-step teacher DDIM grid."
+        w = cfg.guidance_range[0] if self.w_conditioned else 1.0
+        return ExportSpec(cfg.sample_steps, self.scheduler_spec(), method, details, w, lora_method="LCM")
 
     def extra_state(self) -> dict:
         if self.target_ema is None:

@@ -39,64 +39,30 @@ from tqdm.auto import tqdm
 
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
+from ..export import ExportSpec
 from ..io import atomic_torch_save
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
-from ..sampling import ddim_sample, multistep_sample
+from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
-from .score_distillation import (
-    TIME_SAMPLINGS,
-    LoRAOptions,
-    ScoreDistillationStrategy,
-    cat_conditions,
-    generator_times,
-)
+from .options import ScoreDistillationOptions
+from .score_distillation import ScoreDistillationStrategy, cat_conditions, generator_times
 
 
 @dataclass
-class DMDConfig(LoRAOptions):
-    """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py)."""
+class DMDConfig(ScoreDistillationOptions):
+    """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py). The options DMD
+    shares with SiD (generator steps and input time, unroll, guidance, LoRA, t_range) are in
+    ``ScoreDistillationOptions``."""
 
-    generator_steps: int = field(
-        default=1, metadata={"help": "generator sampling steps (trailing grid: 4 -> 999/749/499/249)"}
-    )
-    init_timestep: int | None = field(
-        default=None,
-        metadata={
-            "help": "training index of the generator's input time (default: the top index; SiD's sigma_init 2.5 is "
-            "755 on the bundled teacher); K steps go evenly below it"
-        },
-    )
+    lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate of the generator (DMD2: 2e-6)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of both networks"})
     backward_simulation: bool = field(
         default=True,
         metadata={"help": "multi-step: step k's input from the generator's own first k steps (else noised data)"},
     )
-    unroll: bool = field(
-        default=False,
-        metadata={
-            "help": "multi-step (not in the papers; as SiD's --unroll): train the K-step sampler end to end, the DM "
-            "and GAN losses and the fake score on the last step's output and the generator's gradient through "
-            "every step, instead of backward simulation's one step at a time"
-        },
-    )
-    real_guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of the real score (SD1.5: 1.75)"})
-    lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate of the generator (DMD2: 2e-6)"})
-    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of both networks"})
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
     fake_updates_per_generator: int = field(
         default=5, metadata={"help": "two time-scale update rule: fake-score steps per generator step (DMD: 1)"}
-    )
-    dm_t_range: list[float] = field(
-        default_factory=lambda: [0.02, 0.98], metadata={"help": "times of the distribution-matching loss, of [0, 1]"}
-    )
-    time_sampling: str = field(
-        default="uniform",
-        metadata={
-            "help": "noise levels of every loss: 'uniform' (training indices in dm_t_range for the DM loss, uniform t "
-            "for the fake score and the GAN; DMD2 on SD) or 'karras' (EDM's rho-7 ramp over dm_t_range for all of "
-            "them, as DMD2's ImageNet-64 indices 20-980 are on its EDM teacher)"
-        },
     )
     gan_generator_weight: float = field(
         default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
@@ -123,15 +89,8 @@ class DMDConfig(LoRAOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.generator_steps < 1 or self.fake_updates_per_generator < 1:
-            raise ValueError("DMDConfig.generator_steps and fake_updates_per_generator must be >= 1.")
-        if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
-            raise ValueError(f"DMDConfig learning rates must be positive, got lr={self.lr}, fake_lr={self.fake_lr}.")
-        lo, hi = self.dm_t_range if len(self.dm_t_range) == 2 else (-1, -1)
-        if not 0 <= lo < hi <= 1:
-            raise ValueError(f"dm_t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.dm_t_range}.")
-        if self.time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"DMDConfig.time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}.")
+        if self.fake_updates_per_generator < 1:
+            raise ValueError("DMDConfig.fake_updates_per_generator must be >= 1.")
         if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
             raise ValueError("DMDConfig loss weights must be >= 0.")
         if not 0 < self.gan_t_max <= 1:
@@ -140,10 +99,10 @@ class DMDConfig(LoRAOptions):
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
             raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
-        if self.unroll and (self.generator_steps == 1 or not self.backward_simulation):
+        if self.unroll and not self.backward_simulation:
             raise ValueError(
-                "unroll trains a few-step sampler on its own outputs end to end: set generator_steps > 1 and keep "
-                "backward simulation on, or drop unroll."
+                "unroll trains a few-step sampler on its own outputs end to end: keep backward simulation on, or drop "
+                "unroll."
             )
         if self.regression_weight and self.init_timestep is not None:
             raise ValueError(
@@ -220,31 +179,27 @@ class DMDStrategy(ScoreDistillationStrategy):
         cond = Condition.from_batch(batch)
         generator_step = step % self.config.fake_updates_per_generator == 0
         out: dict[str, Tensor] = {}
-        if self.config.unroll:
-            noise = torch.randn_like(x0)
-            if generator_step:
-                x_gen = self._unrolled_sample(noise, cond)
-                out.update(self._matching_losses(x_gen, cond))
-            else:
-                with torch.no_grad():
-                    x_gen = multistep_sample(self.student, noise, cond, self.times)
-        else:
-            k = self._draw_step(step)
-            x_in = self._generator_input(x0, cond, k)
-            t_in = self.times[k].to(x0).expand(len(x0))
-            if generator_step:
-                generator_losses, x_gen = self._generator_losses(x_in, t_in, cond)
-                out.update(generator_losses)
-            else:
-                with torch.no_grad():
-                    x_gen = unwrap(self.student)(x_in, t_in, cond)
+
+        def forward(x_in: Tensor, t_in: Tensor) -> Tensor:  # one step's forward, DMD's regression pairs riding in it
+            losses, x_gen = self._generator_losses(x_in, t_in, cond)
+            out.update(losses)
+            return x_gen
+
+        noise = torch.randn_like(x0)
+
+        def make_input(noise: Tensor, k: int) -> Tensor:
+            return self._generator_input(x0, cond, k, noise)
+
+        x_gen = self.generator_samples(noise, cond, step, generator_step, make_input, forward)
+        if generator_step and self.config.unroll:
+            out.update(self._matching_losses(x_gen, cond))
         out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
         return out
 
-    def _generator_input(self, x0: Tensor, cond: Condition | None, k: int) -> Tensor:
-        """Step ``k``'s input: noise (k = 0), the generator's own first k steps (backward simulation), or data
-        noised to ``times[k]``."""
-        noise = torch.randn_like(x0)
+    def _generator_input(self, x0: Tensor, cond: Condition | None, k: int, noise: Tensor | None = None) -> Tensor:
+        """Step ``k``'s input: ``noise`` (k = 0), the generator's own first k steps from it (backward simulation),
+        or data noised to ``times[k]`` (``noise`` drawn here when not given)."""
+        noise = torch.randn_like(x0) if noise is None else noise
         if k == 0 or self.config.backward_simulation:
             return self._simulated_input(noise, cond, k)
         return add_noise(x0, noise, *self.teacher.schedule.alpha_sigma(self.times[k].to(x0).expand(len(x0))))
@@ -272,7 +227,7 @@ class DMDStrategy(ScoreDistillationStrategy):
     def _matching_losses(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """The distribution-matching loss (+ the GAN term) of generator samples ``x_gen`` (with gradient)."""
         cfg, b = self.config, len(x_gen)
-        t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.dm_t_range)  # DMD2: indices 20-980
+        t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.t_range)  # DMD2: indices 20-980
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         with torch.no_grad():
             x0_real = self._real_x0(x_t, t, cond)
@@ -332,7 +287,16 @@ class DMDStrategy(ScoreDistillationStrategy):
         own draw), or with ``time_sampling = "karras"`` the DM loss's ramp."""
         if self.config.time_sampling == "uniform":
             return self.teacher.schedule.sample_t(b, device=like.device).to(like.dtype)
-        return self._loss_times(b, like, "karras", self.config.dm_t_range)
+        return self._loss_times(b, like, "karras", self.config.t_range)
+
+    def export_spec(self, step: int) -> ExportSpec:
+        cfg, gan = self.config, "with" if self.config.gan else "without"
+        details = (
+            f"Trained {step} steps ({cfg.fake_updates_per_generator} fake-score updates per generator "
+            f"update); the teacher's guidance w = {cfg.real_guidance_scale:g} is baked in."
+        )
+        method = f"DMD2 (Yin et al. 2024, arXiv 2405.14867), {gan} the GAN term"
+        return ExportSpec(len(self.times), self.scheduler_spec(), method, details, lora_method="DMD2")
 
     @torch.no_grad()
     def _regression_pairs(self, like: Tensor) -> dict[str, Tensor]:

@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
+from ..export import ExportSpec
 from ..losses import distillation_weight
 from ..sampling import ddim_sample
 from ..schedules import ddim_step, two_step_target
 from .base import Strategy, register, unwrap
+from .options import GuidedStudentOptions
 
 
 @dataclass
-class ProgressiveConfig:
+class ProgressiveConfig(GuidedStudentOptions):
     """Progressive distillation options (paper defaults where they apply; the README has CPU settings)."""
 
     teacher_steps: int = field(default=1024, metadata={"help": "steps of the teacher's DDIM sampler in round 1"})
@@ -47,7 +49,6 @@ class ProgressiveConfig:
             "configs do), or constant"
         },
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(
         default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"}
     )
@@ -61,9 +62,9 @@ class ProgressiveConfig:
         default=None, metadata={"help": "w_min w_max: guided PD with a w-conditioned student"}
     )
     guided_steps: int = field(default=0, metadata={"help": "stage-1 optimizer steps of guided PD"})
-    guidance_embedding_dim: int = field(default=256, metadata={"help": "w-embedding width of guided PD students"})
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("teacher_steps", "target_steps"):
             n = getattr(self, name)
             if n < 1 or n & (n - 1):
@@ -79,6 +80,8 @@ class ProgressiveConfig:
                 )
             if self.guided_steps < 1:
                 raise ValueError("guided PD needs guided_steps >= 1 (the stage-1 length).")
+            if self.guidance_embedding_dim is None:
+                raise ValueError("guided PD trains a w-conditioned student: set guidance_embedding_dim (e.g. 256).")
         elif self.guided_steps:
             raise ValueError("guided_steps is set but guidance_range is not.")
 
@@ -118,13 +121,6 @@ class ProgressiveStrategy(Strategy):
             raise ValueError("Guided PD needs a teacher with a null class or an empty prompt.")
         if self.config.guidance_scale != 1.0 and not self.teacher.can_guide:
             raise ValueError("guidance_scale != 1 needs a teacher with a null class or an empty prompt for CFG.")
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        return {"student": torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)}
 
     # ------------------------------------------------------------------------------------ schedule
     def round_of(self, step: int) -> int:
@@ -218,6 +214,29 @@ class ProgressiveStrategy(Strategy):
     def sampling_guidance(self) -> float:
         """The guidance scale to sample the student with (1 when guidance is baked in)."""
         return self.config.guidance_scale if self.config.guidance_range is not None else 1.0
+
+    def scheduler_spec(self) -> dict:
+        """Deterministic DDIM on the trailing grid of the current round's steps (``configure_scheduler``'s default
+        times)."""
+        return {"scheduler_class": "DDIMScheduler"}
+
+    def export_spec(self, step: int) -> ExportSpec:
+        """The student of the round that ends at ``step``, as ``pipeline-<N>steps``."""
+        cfg, steps = self.config, self.student_steps(self.round_of(step - 1))
+        details = (
+            f"Teacher sampler {cfg.teacher_steps} steps, halved each round of {cfg.steps_per_round} "
+            f"optimizer steps; exported after {step} steps."
+        )
+        if cfg.guidance_range is None and cfg.guidance_scale != 1:
+            details += f" The teacher's guidance w = {cfg.guidance_scale:g} is baked in."
+        method = "Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512)"
+        return ExportSpec(
+            steps, self.scheduler_spec(), method, details, self.sampling_guidance, folder=f"pipeline-{steps}steps"
+        )
+
+    def round_ends(self, step: int) -> bool:
+        """Whether optimizer step ``step`` completes a halving round (its student is then exported)."""
+        return self.round_of(step - 1) >= 0 and self.round_of(step) != self.round_of(step - 1)
 
     def extra_state(self) -> dict:
         state = {"round": self.round}

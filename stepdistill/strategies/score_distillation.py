@@ -8,7 +8,7 @@ boundary scalings are made the identity (``scheduler_spec``). Subclasses set ``s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -19,30 +19,11 @@ from ..sampling import multistep_sample, renoising_loop
 from ..schedules import karras_sigma, time_at_edm_sigma
 from .base import Strategy, unwrap
 
-TIME_SAMPLINGS = ("uniform", "karras")
-
-
-@dataclass
-class LoRAOptions:
-    """LoRA options of the generator and the fake score (DMDConfig and SiDConfig extend this)."""
-
-    lora_rank: int = field(default=0, metadata={"help": "LoRA generator on the teacher's own weights (0: full copy)"})
-    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
-    )
-
-    def __post_init__(self):
-        if self.lora_rank < 0 or self.fake_lora_rank < 0:
-            raise ValueError(f"{type(self).__name__} LoRA ranks must be >= 0.")
-
 
 class ScoreDistillationStrategy(Strategy):
     """Base of DMD and SiD (not registered itself).
 
-    The config must have ``lr``, ``fake_lr``, ``betas``, ``weight_decay``, ``real_guidance_scale``, ``lora_rank``,
-    ``fake_lora_rank``, ``lora_alpha`` and ``lora_target_modules``.
+    The config is a ``ScoreDistillationOptions``.
 
     Args:
         config: the method's options.
@@ -55,18 +36,11 @@ class ScoreDistillationStrategy(Strategy):
 
     def __init__(self, config, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None):
         super().__init__(config, teacher)
-        if config.lora_rank and student is not None:
-            raise ValueError("A LoRA generator adapts the teacher's own weights: drop --student or --lora-rank.")
-        lora = (config.lora_alpha, config.lora_target_modules)
         if fake_score is None:  # copied before the teacher gets any adapter
             fake_score = teacher.trainable_copy()
             if config.fake_lora_rank:
-                fake_score.add_lora(config.fake_lora_rank, *lora)
-        if config.lora_rank:
-            student = teacher.add_lora(config.lora_rank, *lora)  # shares the frozen base weights
-        elif student is None:
-            student = teacher.trainable_copy()
-        self.student, self.fake_score = student, fake_score
+                fake_score.add_lora(config.fake_lora_rank, config.lora_alpha, config.lora_target_modules)
+        self.student, self.fake_score = self.initial_student(student), fake_score
 
     def check_compatible(self) -> None:
         if self.config.real_guidance_scale != 1 and not self.teacher.can_guide:
@@ -76,22 +50,41 @@ class ScoreDistillationStrategy(Strategy):
         return {"student": self.student, "fake_score": self.fake_score}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-
-        def adamw(net, lr):
-            params = [p for p in net.parameters() if p.requires_grad]
-            return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-        return {"student": adamw(self.student, cfg.lr), "fake_score": adamw(self.fake_score, cfg.fake_lr or cfg.lr)}
+        return {"student": self.adamw(self.student), "fake_score": self.adamw(self.fake_score, self.config.fake_lr)}
 
     def _real_x0(self, x_t: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
         """The real score's x0 (guided at ``real_guidance_scale``); for a LoRA generator its base network with the
         adapters off. Gradient reaches ``x_t`` if it has one (SiD), never the teacher's weights."""
         w = self.config.real_guidance_scale if cond is not None else 1.0
-        if self.config.lora_rank:
-            with unwrap(self.student).adapters_disabled():
-                return unwrap(self.student)(x_t, t, cond, guidance_scale=w)
-        return self.teacher(x_t, t, cond, guidance_scale=w)
+        with self.teacher_network() as teacher:
+            return teacher(x_t, t, cond, guidance_scale=w)
+
+    def generator_samples(
+        self,
+        noise: Tensor,
+        cond: Condition | None,
+        step: int,
+        with_grad: bool,
+        make_input: Callable[[Tensor, int], Tensor] | None = None,
+        forward: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The generator's samples ``[B, ...]`` at optimizer step ``step``, what both DMD's and SiD's losses are
+        computed on: with ``unroll`` the whole K-step sampler's output, else the output of one step ``k`` (drawn per
+        optimizer step, the same on every rank) from its input ``make_input(noise, k)`` (default: the generator's own
+        first k steps from ``noise``). ``with_grad``: through the distributed wrapper (the generator's loss; one
+        step's forward is ``forward(x_in, t_in)`` when given), else without gradient (the fake score's data)."""
+        if self.config.unroll:
+            if with_grad:
+                return self._unrolled_sample(noise, cond)
+            with torch.no_grad():
+                return multistep_sample(self.student, noise, cond, self.times)
+        k = self._draw_step(step)
+        x_in = make_input(noise, k) if make_input is not None else self._simulated_input(noise, cond, k)
+        t_in = self.times[k].to(noise).expand(len(noise))
+        if with_grad:
+            return forward(x_in, t_in) if forward is not None else self.student(x_in, t_in, cond)
+        with torch.no_grad():
+            return unwrap(self.student)(x_in, t_in, cond)
 
     def _simulated_input(self, noise: Tensor, cond: Condition | None, k: int) -> Tensor:
         """Step ``k``'s input made by the generator's own first ``k`` steps from ``noise`` (no gradient): DMD2's

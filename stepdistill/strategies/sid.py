@@ -32,24 +32,21 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
+from ..export import ExportSpec
 from ..losses import denoising_loss, score_identity_loss
-from ..sampling import multistep_sample
 from ..schedules import add_noise, time_at_edm_sigma
 from .base import register, unwrap
-from .score_distillation import TIME_SAMPLINGS, LoRAOptions, ScoreDistillationStrategy, generator_times
+from .options import ScoreDistillationOptions
+from .score_distillation import ScoreDistillationStrategy, generator_times
 
 
 @dataclass
-class SiDConfig(LoRAOptions):
-    """SiD / SiD-LSG / few-step SiD options (SiD's CIFAR-10 defaults where they apply; presets in train/sid.py)."""
+class SiDConfig(ScoreDistillationOptions):
+    """SiD / SiD-LSG / few-step SiD options (SiD's CIFAR-10 defaults where they apply; presets in train/sid.py). The
+    options SiD shares with DMD (generator steps and input time, unroll, guidance, LoRA, t_range) are in
+    ``ScoreDistillationOptions``; ``real_guidance_scale`` is SiD-LSG's kappa_4."""
 
-    generator_steps: int = field(default=1, metadata={"help": "generator sampling steps (few-step SiD: 4)"})
-    init_sigma: float = field(default=2.5, metadata={"help": "EDM noise level of the generator's input (SiD: 2.5)"})
-    init_timestep: int | None = field(
-        default=None,
-        metadata={"help": "training index of the generator's input time, instead of init_sigma (LSG: 625)"},
-    )
-    alpha: float = field(default=1.2, metadata={"help": "SiD's alpha (1.2 images; 1.0 with long-short guidance)"})
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={"help": "Adam betas (SiD: 0 0.999)"})
     time_sampling: str = field(
         default="karras",
         metadata={
@@ -61,7 +58,10 @@ class SiDConfig(LoRAOptions):
         default_factory=lambda: [0.0, 0.8],
         metadata={"help": "range of the time draw, of [0, 1] (SiD: 0 0.8 Karras; LSG: 0.02 0.98 uniform)"},
     )
-    real_guidance_scale: float = field(default=1.0, metadata={"help": "kappa_4: the teacher's CFG scale"})
+    init_sigma: float = field(
+        default=2.5, metadata={"help": "EDM noise level of the generator's input, unless init_timestep (SiD: 2.5)"}
+    )
+    alpha: float = field(default=1.2, metadata={"help": "SiD's alpha (1.2 images; 1.0 with long-short guidance)"})
     fake_train_guidance: float = field(default=1.0, metadata={"help": "kappa_1: CFG of the fake score's training"})
     fake_eval_guidance: float = field(
         default=1.0, metadata={"help": "kappa_2 = kappa_3: CFG of the fake score in the generator loss"}
@@ -72,35 +72,13 @@ class SiDConfig(LoRAOptions):
     anti_cfg: bool = field(
         default=False, metadata={"help": "few-step SiD's Anti-CFG: the fake score at guidance -fake_eval_guidance"}
     )
-    unroll: bool = field(
-        default=False,
-        metadata={
-            "help": "few-step generators: train the K-step sampler end to end (both losses on the last step's output, "
-            "the generator's gradient through every step) instead of few-step SiD's uniform mixture over steps"
-        },
-    )
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the generator (SiD CIFAR-10: 1e-5)"})
-    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.999], metadata={"help": "Adam betas (SiD: 0 0.999)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of both networks (SiD: 0)"})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.generator_steps < 1:
-            raise ValueError(f"SiDConfig.generator_steps must be >= 1, got {self.generator_steps}.")
-        if self.lr <= 0 or (self.fake_lr is not None and self.fake_lr <= 0):
-            raise ValueError(f"SiDConfig learning rates must be positive, got lr={self.lr}, fake_lr={self.fake_lr}.")
         if self.init_sigma <= 0:
             raise ValueError(f"SiDConfig.init_sigma must be positive, got {self.init_sigma}.")
-        if self.time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"SiDConfig.time_sampling must be 'karras' or 'uniform', got {self.time_sampling!r}.")
-        lo, hi = self.t_range if len(self.t_range) == 2 else (-1, -1)
-        if not 0 <= lo < hi <= 1:
-            raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
         if self.zero_cfg and (self.real_guidance_scale != 1 or self.anti_cfg):
             raise ValueError("zero_cfg runs the teacher unguided: drop real_guidance_scale / anti_cfg.")
-        if self.unroll and self.generator_steps == 1:
-            raise ValueError("unroll trains a few-step sampler end to end: set generator_steps > 1 or drop unroll.")
 
 
 @register("sid")
@@ -157,20 +135,21 @@ class SiDStrategy(ScoreDistillationStrategy):
         b = len(cond) if cond is not None else len(next(iter(batch.values())))
         device = next(iter(batch.values())).device
         noise = torch.randn((b, *self.sample_shape), device=device)
-        if self.config.unroll:
-            if step % 2 == 0:
-                with torch.no_grad():
-                    x_gen = multistep_sample(self.student, noise, cond, self.times)
-                return {"fake_score": self._fake_score_loss(x_gen, cond)}
-            return self._generator_loss(self._unrolled_sample(noise, cond), cond)
-        k = self._draw_step(step)
-        x_in = self._simulated_input(noise, cond, k)
-        t_in = self.times[k].to(noise).expand(b)
         if step % 2 == 0:
-            with torch.no_grad():
-                x_gen = unwrap(self.student)(x_in, t_in, cond)
+            x_gen = self.generator_samples(noise, cond, step, with_grad=False)
             return {"fake_score": self._fake_score_loss(x_gen, cond)}
-        return self._generator_loss(self.student(x_in, t_in, cond), cond)
+        return self._generator_loss(self.generator_samples(noise, cond, step, with_grad=True), cond)
+
+    def export_spec(self, step: int) -> ExportSpec:
+        cfg = self.config
+        guidance = (cfg.real_guidance_scale, cfg.fake_train_guidance, cfg.fake_eval_guidance)
+        method = "SiD (Zhou et al. 2024, arXiv 2404.04057)" + (", long-short guidance" if max(guidance) != 1 else "")
+        details = (
+            f"Trained data-free for {step} optimizer steps (fake score and generator alternating); "
+            f"alpha = {cfg.alpha:g}; guidance kappa_1 = {guidance[1]:g}, kappa_2 = kappa_3 = {guidance[2]:g}, "
+            f"kappa_4 = {guidance[0]:g}, baked in."
+        )
+        return ExportSpec(len(self.times), self.scheduler_spec(), method, details, lora_method="SiD")
 
     def _fake_cond(self, cond: Condition | None) -> Condition | None:
         """The fake score's condition: none of it under Zero-CFG (the null class / empty prompt)."""

@@ -1,0 +1,124 @@
+"""The option dataclasses that strategy configs inherit: each shared option is declared once, with one name.
+
+* ``StrategyOptions``: the student's optimizer (every strategy).
+* ``GuidedStudentOptions``: the guidance input of a w-conditioned student (progressive and consistency distillation).
+* ``LoRAOptions``: a LoRA student on the teacher's own weights (consistency, DMD, SiD).
+* ``ScoreDistillationOptions``: what DMD and SiD share: the generator's steps and input time, the real score's
+  guidance, the fake score's learning rate and LoRA, and the noise levels of the score losses.
+
+A method's config subclasses the one that fits and re-declares a field only to give it another default (its learning
+rate, SiD's Adam betas); ``tests/test_config.py`` walks the dataclasses to keep it so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TIME_SAMPLINGS = ("uniform", "karras")
+
+
+@dataclass
+class StrategyOptions:
+    """The student's AdamW optimizer."""
+
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the student (SiD CIFAR-10: 1e-5)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr must be positive, got {self.lr}.")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"{name}.weight_decay must be >= 0, got {self.weight_decay}.")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{name}.betas must be two numbers in [0, 1), got {self.betas}.")
+
+
+@dataclass
+class GuidedStudentOptions(StrategyOptions):
+    """The guidance input of a w-conditioned student."""
+
+    guidance_embedding_dim: int | None = field(
+        default=256,
+        metadata={"help": "width of the w-conditioned student's guidance embedding (none: guidance is baked in)"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.guidance_embedding_dim is not None and self.guidance_embedding_dim < 1:
+            raise ValueError(
+                f"{type(self).__name__}.guidance_embedding_dim must be >= 1 or none, got {self.guidance_embedding_dim}."
+            )
+
+
+@dataclass
+class LoRAOptions(StrategyOptions):
+    """A LoRA student: adapters on the teacher's own network, which with adapters off is the teacher."""
+
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA rank of the student on the teacher's own weights (0: a full copy)"}
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt (default: every conv, attention and MLP layer)"}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lora_rank < 0:
+            raise ValueError(f"{type(self).__name__}.lora_rank must be >= 0, got {self.lora_rank}.")
+
+
+@dataclass
+class ScoreDistillationOptions(LoRAOptions):
+    """What DMD and SiD share (networks, sampler and times in ``score_distillation.ScoreDistillationStrategy``)."""
+
+    generator_steps: int = field(
+        default=1, metadata={"help": "generator sampling steps (trailing grid from the top: 4 -> 999/749/499/249)"}
+    )
+    init_timestep: int | None = field(
+        default=None,
+        metadata={
+            "help": "training index of the generator's input time (SiD's sigma_init 2.5 is 755 on the bundled "
+            "teacher; SiD-LSG: 625); K steps go evenly below it"
+        },
+    )
+    unroll: bool = field(
+        default=False,
+        metadata={
+            "help": "few-step generators (not in the papers): train the K-step sampler end to end, the losses and the "
+            "fake score on the last step's output and the generator's gradient through every step"
+        },
+    )
+    real_guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of the real score (the teacher)"})
+    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
+    fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
+    time_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "noise levels of the score losses: 'uniform' (training indices in t_range) or 'karras' (EDM's "
+            "rho-7 ramp over t_range)"
+        },
+    )
+    t_range: list[float] = field(
+        default_factory=lambda: [0.02, 0.98],
+        metadata={"help": "range of the score losses' time draw, of [0, 1] (DMD2: 0.02 0.98; SiD: 0 0.8 Karras)"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = type(self).__name__
+        if self.generator_steps < 1:
+            raise ValueError(f"{name}.generator_steps must be >= 1, got {self.generator_steps}.")
+        if self.fake_lr is not None and not self.fake_lr > 0:
+            raise ValueError(f"{name}.fake_lr must be positive, got {self.fake_lr}.")
+        if self.fake_lora_rank < 0:
+            raise ValueError(f"{name}.fake_lora_rank must be >= 0, got {self.fake_lora_rank}.")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"{name}.time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}.")
+        lo, hi = self.t_range if len(self.t_range) == 2 else (-1, -1)
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
+        if self.unroll and self.generator_steps == 1:
+            raise ValueError("unroll trains a few-step sampler end to end: set generator_steps > 1 or drop unroll.")
