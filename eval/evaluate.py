@@ -34,34 +34,20 @@ from stepdistill.evaluation import (
     Scorers,
     balanced_labels,
     cached_reference,
-    generate,
-    generate_with_pipeline,
+    class_count,
+    load_model,
+    load_real,
+    parse_model,
+    parse_named,
+    portable_path,
+    sample_model,
     shard,
 )
-from stepdistill.export import pipeline_call
 from stepdistill.features import DomainClassifier, InceptionFeatures
 from stepdistill.reporting import plot_metric_vs_steps, results_table
 from stepdistill.text import read_prompt_labels, read_prompts
 
 FD_NAMES = {"domain": "fd_domain", "inception": "fid", "clip": "fd_clip"}
-
-
-def parse_named(spec: str) -> tuple[str, str]:
-    name, sep, path = spec.partition("=")
-    return (name, path) if sep else (os.path.basename(os.path.normpath(spec)), spec)
-
-
-def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int]]:
-    """``NAME=PATH[@S1,S2]``: a model, and the step counts to sample it at (default: --steps)."""
-    spec, sep, steps = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    name, path = parse_named(spec)
-    try:
-        counts = [int(s) for s in steps.split(",")] if sep else default_steps
-    except ValueError:
-        raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
-    if min(counts) < 1:
-        raise ValueError(f"Step counts must be >= 1, got {counts} for --model {spec}.")
-    return name, path, counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt file: .txt (one per line), .csv or COCO-style .json; a .csv with a 'label' column also gives "
         "each prompt's class, for the class accuracy of text-to-image samples",
     )
+    _add_reference_args(p)
+    p.add_argument("--out", default="outputs/eval", help="output folder")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the pipeline code a pipeline folder carries (stepdistill's exports do); off by default",
+    )
+    return p
+
+
+def _add_reference_args(p: argparse.ArgumentParser) -> None:
+    """The real-data options: reference statistics, the real-vs-real and autoencoder floors."""
     p.add_argument(
         "--reference",
         default=None,
@@ -120,13 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize real images (--reference, --real) to R x R as the models saw them in training (16 for the "
         "bundled teacher); matters for Inception FID, which upsamples every image to 299 x 299",
     )
-    p.add_argument("--out", default="outputs/eval", help="output folder")
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the pipeline code a pipeline folder carries (stepdistill's exports do); off by default",
-    )
-    return p
 
 
 def check_args(parser, args) -> None:
@@ -177,21 +168,6 @@ def build_scorers(args, device) -> Scorers:
     return Scorers(fds, classifier, clip)
 
 
-def _portable(value):
-    """A path inside the working directory as a relative one (the default classifier is absolute)."""
-    if isinstance(value, str) and os.path.isabs(value) and value.startswith(os.getcwd() + os.sep):
-        return os.path.relpath(value)
-    return value
-
-
-def load_real(path: str, limit: int | None, resolution: int | None):
-    """Real images (see ``load_images``), resized to ``resolution`` with the training data's antialiased resize."""
-    images, labels = load_images(path, limit)
-    if resolution is not None and images.shape[-1] != resolution:
-        images = to_uint8(from_uint8(images, resolution))
-    return images, labels
-
-
 @torch.no_grad()
 def reconstruct(pipeline: str, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
     """uint8 ``images`` through the VAE of a latent pipeline (encode: posterior mean; decode), at the pipeline's
@@ -228,7 +204,7 @@ def main():
     prompts = read_prompts(args.prompts) if args.prompts else None
     prompt_labels = read_prompt_labels(args.prompts) if args.prompts else None  # a CSV's label column
     os.makedirs(os.path.join(args.out, "grids"), exist_ok=True)
-    settings = {k: _portable(v) for k, v in vars(args).items()}  # no machine-specific absolute paths in results
+    settings = {k: portable_path(v) for k, v in vars(args).items()}  # no machine-specific absolute paths in results
     result = {"settings": {**settings, "processes": state.num_processes, "torch": torch.__version__}, "results": []}
     start = time.time()
 
@@ -239,144 +215,73 @@ def main():
             save_grid(from_uint8(images[:100]), os.path.join(args.out, "grids", f"{tag}.png"), nrow=10, scale=2)
 
     if args.real:
-        images, labels = load_real(args.real, args.num_samples, args.real_resolution)
-        result["real_floor"] = {
-            **score_images(scorers, images[part], None if labels is None else labels[part], None, args.batch_size),
-            "source": args.real,
-        }
-        if args.autoencoder_floor:
-            recon = reconstruct(args.autoencoder_floor, images[part], state.device, args.batch_size)
-            floor = score_images(scorers, recon, None if labels is None else labels[part], None, args.batch_size)
-            add_row(
-                {"model": f"autoencoder floor ({args.autoencoder_floor})", "steps": None, "guidance": None, **floor},
-                recon,
-            )
+        _score_real(args, state, scorers, part, result, add_row)
     for name, folder in map(parse_named, args.images):
-        images, labels = load_images(folder, None)
-        if len(images) < 2:
-            raise ValueError(f"--images {folder!r} holds {len(images)} image; FD needs at least 2.")
-        classes = scorers.classifier.classifier.config["num_classes"] if scorers.classifier is not None else None
-        check_images(images, labels, f"--images {folder!r}", num_classes=classes)
-        own = shard(len(images), state.process_index, state.num_processes)
-        if prompts is not None and len(prompts) != len(images):
-            raise ValueError(
-                f"{folder!r} has {len(images)} images but the prompt file has {len(prompts)} prompts; "
-                "image i (sorted by path) is scored against prompt i."
-            )
-        row = score_images(
-            scorers,
-            images[own],
-            None if labels is None else labels[own],
-            None if prompts is None else prompts[own],
-            args.batch_size,
-        )
-        add_row({"model": name, "steps": None, "guidance": None, **row}, images)
+        _score_folder(args, state, scorers, prompts, name, folder, add_row)
     for name, path, model_steps in (parse_model(spec, args.steps) for spec in args.model):
-        # one process at a time: diffusers copies a folder's pipeline code into one shared modules cache, and a
-        # process importing it while another rewrites it fails (seen on two processes with --trust-remote-code)
-        with state.main_process_first():
-            model = load_model(path, state.device, args.trust_remote_code)
-        state.wait_for_everyone()
-        classes = num_classes(model)
-        labels = balanced_labels(args.num_samples, classes) if classes else None
-        if labels is None and prompt_labels is not None:  # sample i gets prompt i % len(prompts): its class too
-            labels = prompt_labels[torch.arange(args.num_samples) % len(prompt_labels)]
-        for w in args.guidance:
-            for steps in model_steps:
-                t0 = time.time()
-                images = sample(
-                    model, path, args, steps, w, labels, prompts, part, desc=f"{name} {steps} steps w={w:g}"
-                )
-                own_prompts = (
-                    None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
-                )
-                row = score_images(
-                    scorers, images, None if labels is None else labels[part], own_prompts, args.batch_size
-                )
-                add_row(
-                    {
-                        "model": name,
-                        "steps": steps,
-                        "guidance": w,
-                        "seed": args.seed,
-                        **row,
-                        "seconds": round(time.time() - t0, 1),
-                    },
-                    images,
-                )
+        _score_model(args, state, scorers, (prompts, prompt_labels), part, (name, path, model_steps), add_row)
     result["wall_time_s"] = round(time.time() - start, 1)
     if state.is_main_process:
         write_outputs(result, args.out)
 
 
-def load_model(path, device, trust_remote_code=False):
-    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json). A pipeline whose
-    folder carries its own code runs it only with ``trust_remote_code`` (``--trust-remote-code``)."""
-    if os.path.isfile(os.path.join(path, "model_index.json")):
-        from diffusers import DiffusionPipeline
-
-        code = sorted(n for n in os.listdir(path) if n.endswith(".py"))
-        if code and not trust_remote_code:
-            raise ValueError(
-                f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
-                "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
-            )
-        from stepdistill.text import absent_components
-
-        try:  # components the pipeline leaves out (SD3 without T5) are passed as None, or diffusers refuses it
-            absent = absent_components(path)
-            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **absent).to(device)
-        except (OSError, ValueError, AttributeError, ImportError) as err:
-            raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-    refuse_headless_pipeline(path)
-    from stepdistill.denoiser import Denoiser
-
-    return Denoiser.from_pretrained(path).frozen().to(device)
+def _score_real(args, state, scorers, part, result, add_row) -> None:
+    """The real-vs-real floor of ``--real`` (and the autoencoder floor of ``--autoencoder-floor``)."""
+    images, labels = load_real(args.real, args.num_samples, args.real_resolution)
+    own_labels = None if labels is None else labels[part]
+    result["real_floor"] = {
+        **score_images(scorers, images[part], own_labels, None, args.batch_size),
+        "source": args.real,
+    }
+    if args.autoencoder_floor:
+        recon = reconstruct(args.autoencoder_floor, images[part], state.device, args.batch_size)
+        floor = score_images(scorers, recon, own_labels, None, args.batch_size)
+        add_row(
+            {"model": f"autoencoder floor ({args.autoencoder_floor})", "steps": None, "guidance": None, **floor}, recon
+        )
 
 
-# Schedulers whose sampler is not a DDIM update: a folder that carries one is a distilled student, not a teacher.
-OWN_SAMPLER_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
-
-
-def refuse_headless_pipeline(path):
-    """A folder without model_index.json is sampled with the toolkit's DDIM. That misreports an exported student
-    whose model_index.json was lost (an LCM student scored 26.3 instead of 29.1): refuse it instead."""
-    from stepdistill.schedules import load_scheduler_config
-
-    try:
-        name = load_scheduler_config(os.path.join(path, "scheduler")).get("_class_name")
-    except (OSError, ValueError):
-        name = None  # Denoiser.from_pretrained reports a missing or unreadable scheduler
-    if name in OWN_SAMPLER_SCHEDULERS or os.path.isfile(os.path.join(path, "stepdistill.json")):
-        what = f"its scheduler is an {name}" if name in OWN_SAMPLER_SCHEDULERS else "it holds stepdistill.json"
+def _score_folder(args, state, scorers, prompts, name: str, folder: str, add_row) -> None:
+    """One row for an ``--images`` folder."""
+    images, labels = load_images(folder, None)
+    if len(images) < 2:
+        raise ValueError(f"--images {folder!r} holds {len(images)} image; FD needs at least 2.")
+    classes = scorers.classifier.classifier.config["num_classes"] if scorers.classifier is not None else None
+    check_images(images, labels, f"--images {folder!r}", num_classes=classes)
+    own = shard(len(images), state.process_index, state.num_processes)
+    if prompts is not None and len(prompts) != len(images):
         raise ValueError(
-            f"{path!r} looks like an exported pipeline ({what}) but has no model_index.json, so it would be "
-            "sampled with the toolkit's DDIM instead of its own scheduler; restore model_index.json (export it "
-            "again) and pass the folder with --trust-remote-code."
+            f"{folder!r} has {len(images)} images but the prompt file has {len(prompts)} prompts; "
+            "image i (sorted by path) is scored against prompt i."
         )
+    own_labels = None if labels is None else labels[own]
+    row = score_images(scorers, images[own], own_labels, None if prompts is None else prompts[own], args.batch_size)
+    add_row({"model": name, "steps": None, "guidance": None, **row}, images)
 
 
-def num_classes(model) -> int:
-    """The class count of a class-conditional pipeline or model (0 for text-to-image and unconditional ones)."""
-    net = getattr(model, "unet", None) or getattr(model, "transformer", None) or model.backbone
-    n = getattr(net.config, "num_class_embeds", None)
-    return n - 1 if n else 0
-
-
-def sample(model, path, args, steps, w, labels, prompts, part, desc):
-    """``steps``-step samples at guidance ``w`` of a pipeline folder (called as its export says: ``pipeline_call``)
-    or of a toolkit model folder (DDIM)."""
-    from stepdistill.denoiser import Denoiser
-
-    if not isinstance(model, Denoiser):
-        batch = min(args.batch_size, 100)
-        call = pipeline_call(path, steps, w)
-        return generate_with_pipeline(
-            model, args.num_samples, steps, w, args.seed, labels, prompts, batch, part, desc=desc, call=call
-        )
-    return generate(model, args.num_samples, steps, w, args.seed, labels, args.batch_size, indices=part, desc=desc)
+def _score_model(args, state, scorers, prompt_set, part, model_spec, add_row) -> None:
+    """One row per guidance scale and step count of an ``--model`` (``model_spec``: name, path, step counts)."""
+    (prompts, prompt_labels), (name, path, model_steps) = prompt_set, model_spec
+    # one process at a time: diffusers copies a folder's pipeline code into one shared modules cache, and a
+    # process importing it while another rewrites it fails (seen on two processes with --trust-remote-code)
+    with state.main_process_first():
+        model = load_model(path, state.device, args.trust_remote_code)
+    state.wait_for_everyone()
+    classes = class_count(model)
+    labels = balanced_labels(args.num_samples, classes) if classes else None
+    if labels is None and prompt_labels is not None:  # sample i gets prompt i % len(prompts): its class too
+        labels = prompt_labels[torch.arange(args.num_samples) % len(prompt_labels)]
+    own_prompts = None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
+    for w in args.guidance:
+        for steps in model_steps:
+            t0 = time.time()
+            desc, batch_size = f"{name} {steps} steps w={w:g}", args.batch_size
+            images = sample_model(
+                model, path, args.num_samples, steps, w, args.seed, labels, prompts, batch_size, part, desc
+            )
+            row = score_images(scorers, images, None if labels is None else labels[part], own_prompts, args.batch_size)
+            row = {"model": name, "steps": steps, "guidance": w, "seed": args.seed, **row}
+            add_row({**row, "seconds": round(time.time() - t0, 1)}, images)
 
 
 def write_outputs(result, out):

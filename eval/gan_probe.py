@@ -28,7 +28,15 @@ from stepdistill.backbones import adapter_for
 from stepdistill.cli import run_cli
 from stepdistill.data import from_uint8
 from stepdistill.denoiser import Condition, Denoiser
-from stepdistill.evaluation import balanced_labels
+from stepdistill.evaluation import (
+    balanced_labels,
+    class_count,
+    load_model,
+    load_real,
+    parse_model,
+    portable_path,
+    sample_model,
+)
 from stepdistill.losses import gan_critic_loss
 from stepdistill.schedules import add_noise
 from stepdistill.strategies.dmd import GANHead
@@ -117,8 +125,6 @@ def probe_accuracy(
 
 
 def main(argv=None):
-    from stepdistill_eval.evaluate import _portable, load_model, load_real, num_classes, parse_model, sample
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not all(0 < t <= 1 for t in args.t_max):
@@ -133,13 +139,12 @@ def main(argv=None):
     real = (from_uint8(images[: args.num_samples]), None if labels is None else labels[: args.num_samples])
     control = (from_uint8(images[args.num_samples :]), None if labels is None else labels[args.num_samples :])
     candidates = [("real (control)", None, control)]
-    sampling_args = argparse.Namespace(num_samples=args.num_samples, seed=args.seed, batch_size=500)  # for sample()
     for name, path, model_steps in (parse_model(spec, [1]) for spec in args.model):
         model = load_model(path, "cpu", args.trust_remote_code)
-        classes = num_classes(model)
+        classes = class_count(model)
         gen_labels = balanced_labels(args.num_samples, classes) if classes else None
         for steps in model_steps:
-            x = sample(model, sampling_args, steps, 1.0, gen_labels, None, slice(0, args.num_samples), name)
+            x = sample_model(model, path, args.num_samples, steps, 1.0, args.seed, gen_labels, desc=name)
             candidates.append((name, steps, (from_uint8(x), gen_labels)))
     rows = []
     for name, steps, fake in candidates:
@@ -148,7 +153,7 @@ def main(argv=None):
             rows.append({"model": name, "steps": steps, "t_max": t_max, **out})
             print(f"{name} ({steps or '-'} steps), t_max {t_max:g}: held-out accuracy {out['accuracy']:.3f}")
     os.makedirs(args.out, exist_ok=True)
-    settings = {k: _portable(v) for k, v in vars(args).items()}
+    settings = {k: portable_path(v) for k, v in vars(args).items()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"settings": settings, "results": rows}, f, indent=2)
     table = probe_table(rows)

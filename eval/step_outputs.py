@@ -23,7 +23,7 @@ from stepdistill import ASSETS
 from stepdistill.cli import run_cli
 from stepdistill.data import to_uint8
 from stepdistill.denoiser import Condition, Denoiser
-from stepdistill.evaluation import balanced_labels, domain_scorers
+from stepdistill.evaluation import balanced_labels, class_count, domain_scorers, load_real, portable_path
 from stepdistill.sampling import renoising_loop
 
 
@@ -79,7 +79,6 @@ def _blank(value, spec: str = "") -> str:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from stepdistill_eval.evaluate import _portable, load_real, num_classes
 
     scorers = domain_scorers(args.classifier)
     rows = []
@@ -94,7 +93,7 @@ def main(argv=None):
             real, real_labels = load_real(args.real, args.num_samples, net.backbone.config.sample_size)
             rows.append({"student": "real data", "step": None, "t": None, **score(scorers, real, real_labels)})
         times = net.schedule.index_time(torch.tensor(timesteps, dtype=torch.float32))
-        classes = num_classes(net)
+        classes = class_count(net)
         labels = balanced_labels(args.num_samples, classes) if classes else None
         outs = step_outputs(net, times, labels, args.num_samples, args.batch_size, args.seed)
         name = os.path.basename(os.path.normpath(folder))
@@ -117,7 +116,8 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             settings = {
-                k: [_portable(x) for x in v] if isinstance(v, list) else _portable(v) for k, v in vars(args).items()
+                k: [portable_path(x) for x in v] if isinstance(v, list) else portable_path(v)
+                for k, v in vars(args).items()
             }
             json.dump({"settings": settings, "results": rows}, f, indent=2)
         with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import warnings
+from collections.abc import Callable
+
+import torch
 
 from .config import upgrade_saved
 
@@ -119,3 +124,120 @@ def _flat(config: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+# ------------------------------------------------------------------------------------------- run folder
+RUN_FILES = ("checkpoints", "grids", "log.jsonl", "training_curves.png", "config.json")
+
+
+def claim_output_dir(accelerator, output_dir: str, overwrite: bool) -> None:
+    """Refuse to start in a folder that holds another run, unless ``overwrite`` (then clear that run's files)."""
+    log = os.path.join(output_dir, "log.jsonl")
+    previous = [p for p in (os.path.join(output_dir, "checkpoints"), log) if os.path.exists(p)]
+    if not previous:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{output_dir!r} already holds a run ({', '.join(os.path.basename(p) for p in previous)}): pass --resume "
+            "latest to continue it, --overwrite to delete it and start over, or choose another --output-dir."
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name in RUN_FILES:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    accelerator.wait_for_everyone()
+
+
+def write_run_config(output_dir: str, config: dict) -> None:
+    """The run's resolved config, ``OUTPUT_DIR/config.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def truncate_log(log_path: str, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint by the run that crashed), so steps never repeat."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(log_path, "w") as f:
+        f.writelines(lines)
+
+
+# ------------------------------------------------------------------------------------------- save / load
+def save(
+    accelerator, config, step: int, networks: dict, trainer_state: Callable[[], dict], resolved: dict, strategy: str
+) -> str:
+    """Save the training state at ``step`` to ``checkpoints/step-N``, atomically (all processes must call): accelerate's
+    state, ``trainer_state()`` (tensors and plain values), the resolved config and the manifest, in a ``.tmp-`` folder
+    renamed into place; then keep the newest ``config.keep_checkpoints``.
+
+    Raises:
+        FloatingPointError: if a network holds non-finite weights (the previous checkpoint stays the latest).
+    """
+    for name, network in networks.items():
+        if not all(torch.isfinite(p).all() for p in network.parameters()):
+            raise FloatingPointError(
+                f"The {name} network has non-finite weights at step {step}; not saving a checkpoint (the "
+                "previous one stays the latest). Lower the learning rate, then --resume latest."
+            )
+    folder = os.path.join(config.output_dir, "checkpoints")
+    final = os.path.join(folder, f"step-{step:08d}")
+    tmp = os.path.join(folder, f".tmp-step-{step:08d}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    if accelerator.is_main_process:
+        torch.save(trainer_state(), os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
+        write_manifest(tmp, strategy)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # the only moment the checkpoint becomes visible
+        for old in list_checkpoints(config.output_dir)[: -config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(
+    accelerator, output_dir: str, which: str, strategy: str, resolved: dict, restore: Callable[[str], None]
+) -> str:
+    """Restore a run with ``restore(folder)`` from ``which``: a checkpoint folder, or ``"latest"`` (the newest
+    complete one, falling back with a warning past any that are damaged). Refuses a checkpoint of another strategy
+    or config (``check_belongs``). Returns the folder restored."""
+    if which == "latest":
+        candidates = list_checkpoints(output_dir)[::-1]
+        if not candidates:
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {output_dir}/checkpoints.")
+    else:
+        if not os.path.isdir(which):
+            raise FileNotFoundError(f"Checkpoint {which!r} does not exist.")
+        checkpoint_step(which)
+        candidates = [which]
+    config = json.loads(json.dumps(resolved))  # as it was saved
+    for i, folder in enumerate(candidates):
+        problem = verify(folder)
+        if problem is None:
+            check_belongs(folder, strategy, config)
+            try:
+                restore(folder)
+                return folder
+            except Exception as err:  # noqa: BLE001  a damaged file of the right size: try the previous checkpoint
+                problem = f"{type(err).__name__}: {err}"
+        if i + 1 == len(candidates):
+            raise ValueError(f"Cannot resume: checkpoint {folder!r} is damaged ({problem}) and none is older.")
+        warnings.warn(
+            f"Checkpoint {folder!r} is damaged ({problem}); resuming from {candidates[i + 1]!r} instead.", stacklevel=3
+        )
+    raise AssertionError("unreachable")

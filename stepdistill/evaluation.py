@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import from_uint8, to_uint8
+from .data import from_uint8, load_images, to_uint8
 from .denoiser import Condition, Denoiser
 from .features import DomainClassifier
 from .metrics import feature_stats
@@ -275,6 +275,122 @@ def _pipeline_inputs(pipe, params, num_samples: int, labels, prompts, indices: s
     raise ValueError(
         f"Unknown pipeline type {type(pipe).__name__}: its __call__ takes neither class_labels nor prompt."
     )
+
+
+# ---------------------------------------------------------------------------------- models and real data
+def parse_named(spec: str) -> tuple[str, str]:
+    """``NAME=PATH``, or a bare ``PATH`` named after its last folder."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep else (os.path.basename(os.path.normpath(spec)), spec)
+
+
+def parse_model(spec: str, default_steps: list[int]) -> tuple[str, str, list[int]]:
+    """``NAME=PATH[@S1,S2]``: a model, and the step counts to sample it at (default: --steps)."""
+    spec, sep, steps = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    name, path = parse_named(spec)
+    try:
+        counts = [int(s) for s in steps.split(",")] if sep else default_steps
+    except ValueError:
+        raise ValueError(f"Bad step list in --model {spec}@{steps}: expected NAME=PATH@4 or NAME=PATH@2,4.") from None
+    if min(counts) < 1:
+        raise ValueError(f"Step counts must be >= 1, got {counts} for --model {spec}.")
+    return name, path, counts
+
+
+def portable_path(value):
+    """A path inside the working directory as a relative one (the default classifier is absolute)."""
+    if isinstance(value, str) and os.path.isabs(value) and value.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(value)
+    return value
+
+
+def load_real(path: str, limit: int | None, resolution: int | None):
+    """Real images (see ``load_images``), resized to ``resolution`` with the training data's antialiased resize."""
+    images, labels = load_images(path, limit)
+    if resolution is not None and images.shape[-1] != resolution:
+        images = to_uint8(from_uint8(images, resolution))
+    return images, labels
+
+
+def load_model(path, device, trust_remote_code=False):
+    """A toolkit Denoiser (model folder) or a diffusers pipeline (folder with model_index.json). A pipeline whose
+    folder carries its own code runs it only with ``trust_remote_code`` (``--trust-remote-code``)."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        from diffusers import DiffusionPipeline
+
+        code = sorted(n for n in os.listdir(path) if n.endswith(".py"))
+        if code and not trust_remote_code:
+            raise ValueError(
+                f"{path!r} carries its own pipeline code ({', '.join(code)}); read it, then pass --trust-remote-code "
+                "to run it (stepdistill's exports carry pipeline_class_conditional.py)."
+            )
+        from .text import absent_components
+
+        try:  # components the pipeline leaves out (SD3 without T5) are passed as None, or diffusers refuses it
+            absent = absent_components(path)
+            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **absent).to(device)
+        except (OSError, ValueError, AttributeError, ImportError) as err:
+            raise ValueError(f"Cannot load the pipeline folder {path!r}: {err}") from err
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    refuse_headless_pipeline(path)
+    return Denoiser.from_pretrained(path).frozen().to(device)
+
+
+# Schedulers whose sampler is not a DDIM update: a folder that carries one is a distilled student, not a teacher.
+OWN_SAMPLER_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+
+
+def refuse_headless_pipeline(path):
+    """A folder without model_index.json is sampled with the toolkit's DDIM. That misreports an exported student
+    whose model_index.json was lost (an LCM student scored 26.3 instead of 29.1): refuse it instead."""
+    from .schedules import load_scheduler_config
+
+    try:
+        name = load_scheduler_config(os.path.join(path, "scheduler")).get("_class_name")
+    except (OSError, ValueError):
+        name = None  # Denoiser.from_pretrained reports a missing or unreadable scheduler
+    if name in OWN_SAMPLER_SCHEDULERS or os.path.isfile(os.path.join(path, "stepdistill.json")):
+        what = f"its scheduler is an {name}" if name in OWN_SAMPLER_SCHEDULERS else "it holds stepdistill.json"
+        raise ValueError(
+            f"{path!r} looks like an exported pipeline ({what}) but has no model_index.json, so it would be "
+            "sampled with the toolkit's DDIM instead of its own scheduler; restore model_index.json (export it "
+            "again) and pass the folder with --trust-remote-code."
+        )
+
+
+def class_count(model) -> int:
+    """The class count of a class-conditional pipeline or model (0 for text-to-image and unconditional ones)."""
+    net = getattr(model, "unet", None) or getattr(model, "transformer", None) or model.backbone
+    n = getattr(net.config, "num_class_embeds", None)
+    return n - 1 if n else 0
+
+
+def sample_model(
+    model,
+    path: str,
+    num_samples: int,
+    steps: int,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    prompts: list[str] | None = None,
+    batch_size: int = 500,
+    indices: slice | None = None,
+    desc: str = "",
+) -> Tensor:
+    """uint8 samples ``[n, C, H, W]`` (samples ``indices`` of ``num_samples``) of a model from ``load_model``: a
+    pipeline folder called as its export says (``export.pipeline_call``), in batches of at most 100, or a toolkit
+    model folder with ``steps`` DDIM steps."""
+    from .export import pipeline_call
+
+    if not isinstance(model, Denoiser):
+        call = pipeline_call(path, steps, guidance_scale)
+        batch = min(batch_size, 100)
+        return generate_with_pipeline(
+            model, num_samples, steps, guidance_scale, seed, labels, prompts, batch, indices, desc=desc, call=call
+        )
+    return generate(model, num_samples, steps, guidance_scale, seed, labels, batch_size, indices=indices, desc=desc)
 
 
 # ------------------------------------------------------------------------------------------- CLIP

@@ -116,7 +116,7 @@ def consistency_sample(
     Args:
         student: the consistency model (its ``x0`` prediction is wrapped by the boundary scalings).
         noise: ``[B, C, H, W]`` initial noise.
-        generator: draws the re-noising noise (on ``noise``'s device).
+        generator: the ``torch.Generator`` that draws the re-noising noise (on ``noise``'s device).
         phases: the student's number of segments; ``num_steps`` must equal it when above 1.
     """
     schedule = unwrap(student).schedule
@@ -139,7 +139,7 @@ def consistency_sample(
 
 @torch.no_grad()
 def multistep_sample(
-    generator_net: Denoiser,
+    student: Denoiser,
     noise: Tensor,
     cond: Condition | None,
     times: Tensor,
@@ -151,14 +151,14 @@ def multistep_sample(
     noise (DMD2's multistep sampler, Sec. 4.4 of Yin et al. 2024; LCM's sampler without boundary scalings).
 
     Args:
-        generator_net: the generator (its x0 prediction is used as it is).
+        student: the few-step generator network (its x0 prediction is used as it is).
         noise: ``[B, C, H, W]`` initial noise, the input at ``times[0]``.
         times: decreasing ``[K]`` student times; the last prediction is returned.
-        generator: draws the re-noising noise (on ``noise``'s device).
+        generator: the ``torch.Generator`` that draws the re-noising noise (on ``noise``'s device).
         until: stop before step ``until`` and return its noisy input ``x_{t_until}``: DMD2's backward simulation,
             which trains step ``until`` on inputs made by the generator's own earlier steps.
     """
-    net = unwrap(generator_net)
+    net = unwrap(student)
 
     def denoise(x, t):
         return net(x, t, cond, guidance_scale=guidance_scale)

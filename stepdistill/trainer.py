@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import check_belongs, checkpoint_step, list_checkpoints, verify, write_manifest
+from . import checkpoints
 from .config import to_dict
 from .data import save_grid
 from .denoiser import Condition
@@ -247,12 +245,10 @@ class Trainer:
         if config.resume:
             self.load_checkpoint(config.resume)
         elif not self._started:  # a second train() call on this trainer continues its own run
-            self._claim_output_dir()
+            checkpoints.claim_output_dir(acc, config.output_dir, config.overwrite)
         self._started = True
         if acc.is_main_process:
-            os.makedirs(config.output_dir, exist_ok=True)
-            with open(os.path.join(config.output_dir, "config.json"), "w") as f:
-                json.dump(self.resolved_config, f, indent=2)
+            checkpoints.write_run_config(config.output_dir, self.resolved_config)
         if config.report_to:
             acc.init_trackers(os.path.basename(os.path.normpath(config.output_dir)))
         from tqdm.auto import tqdm
@@ -441,27 +437,6 @@ class Trainer:
         save_grid(images.float().cpu(), path, nrow=max(1, int(math.sqrt(len(cond)))), scale=3)
         return path
 
-    def _claim_output_dir(self) -> None:
-        """Refuse to start in a folder that holds another run, unless ``overwrite`` (then clear it)."""
-        out, acc = self.config.output_dir, self.accelerator
-        previous = [p for p in (os.path.join(out, "checkpoints"), self.log_path) if os.path.exists(p)]
-        if not previous:
-            return
-        if not self.config.overwrite:
-            raise ValueError(
-                f"{out!r} already holds a run ({', '.join(os.path.basename(p) for p in previous)}): pass --resume latest "
-                "to continue it, --overwrite to delete it and start over, or choose another --output-dir."
-            )
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            for name in ("checkpoints", "grids", "log.jsonl", "training_curves.png", "config.json"):
-                path = os.path.join(out, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-        acc.wait_for_everyone()
-
     def _trainer_state(self) -> dict:
         state = {"step": self.step, "bad_steps": self.bad_steps, "data": self.data.state_dict()}
         state["strategy"] = self.strategy.extra_state()
@@ -481,79 +456,29 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
 
     def save_checkpoint(self) -> str:
-        """Save the full training state to ``checkpoints/step-N``, atomically (all processes must call).
-
-        Raises ``FloatingPointError`` rather than save non-finite weights, so "latest" is always a good state.
-        """
-        acc = self.accelerator
-        for name in self.names:
-            if not all(torch.isfinite(p).all() for p in getattr(self.strategy, name).parameters()):
-                raise FloatingPointError(
-                    f"The {name} network has non-finite weights at step {self.step}; not saving a checkpoint (the "
-                    "previous one stays the latest). Lower the learning rate, then --resume latest."
-                )
-        folder = os.path.join(self.config.output_dir, "checkpoints")
-        final = os.path.join(folder, f"step-{self.step:08d}")
-        tmp = os.path.join(folder, f".tmp-step-{self.step:08d}")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(folder, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(tmp)
-        if acc.is_main_process:
-            torch.save(self._trainer_state(), os.path.join(tmp, "trainer_state.pt"))
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(self.resolved_config, f, indent=2)
-            write_manifest(tmp, self.strategy.name)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.rename(tmp, final)  # the only moment the checkpoint becomes visible
-            for old in list_checkpoints(self.config.output_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+        """Save the full training state to ``checkpoints/step-N``, atomically (all processes must call;
+        ``checkpoints.save``). Raises ``FloatingPointError`` rather than save non-finite weights, so "latest" is
+        always a good state."""
+        networks = {name: getattr(self.strategy, name) for name in self.names}
+        return checkpoints.save(
+            self.accelerator,
+            self.config,
+            self.step,
+            networks,
+            self._trainer_state,
+            self.resolved_config,
+            self.strategy.name,
+        )
 
     def load_checkpoint(self, which: str) -> None:
-        """Restore everything from ``which`` (a checkpoint folder, or ``"latest"``: the newest complete one, falling
-        back with a warning past any that are damaged). Refuses a checkpoint of another strategy or config."""
-        if which == "latest":
-            candidates = list_checkpoints(self.config.output_dir)[::-1]
-            if not candidates:
-                raise FileNotFoundError(f"--resume latest: no checkpoint in {self.config.output_dir}/checkpoints.")
-        else:
-            if not os.path.isdir(which):
-                raise FileNotFoundError(f"Checkpoint {which!r} does not exist.")
-            checkpoint_step(which)
-            candidates = [which]
-        config = json.loads(json.dumps(self.resolved_config))  # as it was saved
-        for i, folder in enumerate(candidates):
-            problem = verify(folder)
-            if problem is None:
-                check_belongs(folder, self.strategy.name, config)
-                try:
-                    self._load(folder)
-                    break
-                except Exception as err:  # a damaged file of the right size: try the previous checkpoint
-                    problem = f"{type(err).__name__}: {err}"
-            if i + 1 == len(candidates):
-                raise ValueError(f"Cannot resume: checkpoint {folder!r} is damaged ({problem}) and none is older.")
-            warnings.warn(
-                f"Checkpoint {folder!r} is damaged ({problem}); resuming from {candidates[i + 1]!r} instead.",
-                stacklevel=2,
-            )
-        self._truncate_log(self.step)
+        """Restore everything from ``which`` (a checkpoint folder, or ``"latest"``; ``checkpoints.load``), then drop
+        the log lines written after it."""
+        checkpoints.load(
+            self.accelerator, self.config.output_dir, which, self.strategy.name, self.resolved_config, self._load
+        )
+        if self.accelerator.is_main_process:
+            checkpoints.truncate_log(self.log_path, self.step)
 
     def _load(self, folder: str) -> None:
         self.accelerator.load_state(folder)
         self._load_trainer_state(torch.load(os.path.join(folder, "trainer_state.pt"), weights_only=True))
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines past ``step`` (written after the checkpoint by the run that crashed), so steps never repeat."""
-        if not self.accelerator.is_main_process or not os.path.isfile(self.log_path):
-            return
-        with open(self.log_path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.log_path, "w") as f:
-            f.writelines(lines)

@@ -17,7 +17,8 @@ from conftest import mlp_student
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.schedules import Schedule
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
-from stepdistill.trainer import Trainer, TrainerConfig, list_checkpoints
+from stepdistill.checkpoints import list_checkpoints
+from stepdistill.trainer import Trainer, TrainerConfig
 
 torch.set_num_threads(1)
 

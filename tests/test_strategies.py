@@ -1,5 +1,7 @@
 """Strategy correctness on analytic teachers and smoke tests on a tiny diffusers UNet."""
 
+import os
+
 import pytest
 import torch
 from conftest import mlp_student, reset_accelerate_state, tiny_scheduler, tiny_unet
@@ -415,3 +417,46 @@ def test_lora_consistency_student_refuses_a_separate_initial_student():
     teacher = tiny_teacher()
     with pytest.raises(ValueError, match="--student cannot be used with --lora-rank"):
         ConsistencyStrategy(ConsistencyConfig(lora_rank=4), teacher, student=teacher.trainable_copy())
+
+
+def test_knowledge_distillation_is_a_whole_strategy_from_config_losses_and_scheduler_spec(tmp_path):
+    """The smallest strategy (README, "Add a strategy"): it declares only a config, ``losses``, a scheduler spec and a
+    registration, and still trains with the shared trainer, samples and exports through the one export path, its
+    pipeline's one DDIM step giving exactly the strategy's samples."""
+    import json
+
+    from stepdistill.export import export_spec
+    from stepdistill.sampling import ddim_sample
+    from stepdistill.strategies.base import Strategy
+    from stepdistill.strategies.knowledge import KnowledgeDistillationConfig, KnowledgeDistillationStrategy
+
+    own = set(vars(KnowledgeDistillationStrategy)) - set(vars(Strategy))
+    assert own <= {"config_class", "losses", "scheduler_spec", "check_compatible", "name", "__init__", "__doc__"}, own
+    assert get_strategy("kd") is KnowledgeDistillationStrategy
+    teacher = tiny_teacher()
+    strategy = KnowledgeDistillationStrategy(KnowledgeDistillationConfig(teacher_steps=4, lr=1e-3), teacher)
+    batch = {"x0": torch.zeros(4, 1, 8, 8), "labels": torch.arange(4) % 3}
+    torch.manual_seed(0)
+    noise = torch.randn(4, 1, 8, 8)
+    torch.manual_seed(0)
+    loss = strategy.losses(batch, 0)["student"]  # the student starts as the teacher: its one step vs 4 DDIM steps
+    cond = Condition(labels=batch["labels"])
+    target = ddim_sample(teacher, noise, cond, 4)
+    one_step = strategy.student(noise, torch.ones(4), cond)
+    assert torch.allclose(loss, (one_step - target).pow(2).mean(), atol=1e-6)
+    loss.backward()
+    assert any(p.grad is not None for p in strategy.student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+    config = TrainerConfig(output_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, log_every=1)
+    data = {"x0": torch.randn(16, 1, 8, 8).clamp(-1, 1), "labels": torch.arange(16) % 3}
+    trainer = Trainer(config, strategy, data, grid_condition=Condition(labels=torch.arange(3)))
+    trainer.train()
+    spec = strategy.export_spec(trainer.step)
+    (folder,) = export_spec(trainer.export_modules()["student"], spec, str(tmp_path / "run"), "tiny", None)
+    assert json.load(open(os.path.join(folder, "stepdistill.json")))["timesteps"] == [999]
+    exported = Denoiser.from_pretrained(folder).frozen()
+    noise = torch.randn(3, 1, 8, 8)
+    cond = Condition(labels=torch.arange(3))
+    assert torch.allclose(ddim_sample(exported, noise, cond, 1), trainer.sample(noise, cond), atol=1e-5)
+    assert "Luhman & Luhman 2021" in open(os.path.join(folder, "README.md")).read()

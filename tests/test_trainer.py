@@ -14,7 +14,8 @@ from stepdistill.checkpoints import verify
 from stepdistill.schedules import Schedule
 from stepdistill.strategies.base import Strategy, unwrap
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
-from stepdistill.trainer import DataStream, Trainer, TrainerConfig, list_checkpoints
+from stepdistill.checkpoints import list_checkpoints
+from stepdistill.trainer import DataStream, Trainer, TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

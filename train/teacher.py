@@ -13,8 +13,7 @@ import os
 import time
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
-from tqdm import tqdm
+from diffusers import UNet2DConditionModel
 
 from stepdistill.cli import run_cli
 from stepdistill.data import FASHION_CLASSES, from_uint8, load_fashion_mnist, save_grid
@@ -24,6 +23,7 @@ from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss, drop_labels
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
+from stepdistill.teacher_training import batches, fit, teacher_scheduler, warmup_cosine
 
 
 def build_unet(resolution: int, channels: list[int], layers_per_block: int, num_classes: int) -> UNet2DConditionModel:
@@ -45,7 +45,7 @@ def build_unet(resolution: int, channels: list[int], layers_per_block: int, num_
     )
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files"
@@ -61,57 +61,38 @@ def main():
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
 
+
+def main():
+    args = build_parser().parse_args()
     torch.manual_seed(args.seed)
     start = time.time()
     images, labels = load_fashion_mnist(args.data, "train")
     data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
     num_classes = len(FASHION_CLASSES)
-
     unet = build_unet(args.resolution, args.channels, args.layers_per_block, num_classes)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="v_prediction",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        timestep_spacing="trailing",
-    )
+    scheduler = teacher_scheduler()
     denoiser = Denoiser(unet, Schedule.from_scheduler_config(dict(scheduler.config)), "v", null_class=num_classes)
     ema = EMA(unet, args.ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda i: (
-            min(1.0, (i + 1) / args.warmup)
-            * 0.5
-            * (1 + torch.cos(torch.tensor(torch.pi * i / args.iterations)).item())
-        ),
-    )
 
-    order, pos = torch.randperm(len(data)), 0
-    bar = tqdm(range(args.iterations), desc="teacher")
-    for _ in bar:
-        if pos + args.batch_size > len(order):
-            order, pos = torch.randperm(len(data)), 0
-        idx = order[pos : pos + args.batch_size]
-        pos += args.batch_size
+    def loss_fn(idx):
         # No augmentation: a flip would not keep the data's distribution (Fashion-MNIST shoes all face one way).
-        x0 = data[idx]
         cond = drop_labels(Condition(labels=labels[idx]), args.label_dropout, num_classes)
-        loss = denoising_loss(denoiser, x0, cond)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update(unet)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return denoising_loss(denoiser, data[idx], cond)
 
+    steps = batches(len(data), args.batch_size, args.iterations)
+    lr_factor = warmup_cosine(args.warmup, args.iterations, delay_decay=False)
+    loss = fit(
+        loss_fn, list(unet.parameters()), steps, args.iterations, args.lr, lr_factor, {unet: ema}, desc="teacher"
+    )
     ema.copy_to(unet)
-    wall = time.time() - start
-    denoiser.frozen()
+    save_teacher(args, unet, scheduler, denoiser.frozen(), loss, time.time() - start)
+
+
+def save_teacher(args, unet, scheduler, denoiser: Denoiser, loss: float, wall: float) -> None:
+    """Write the teacher folder (atomically): its UNet and scheduler, a 50-step sample grid and its training record."""
+    num_classes = denoiser.null_class
     grid_labels = torch.arange(num_classes).repeat_interleave(8)
     noise = torch.randn(
         len(grid_labels), 1, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)
@@ -126,7 +107,7 @@ def main():
             "augmentation": "none",
             "num_parameters": sum(p.numel() for p in unet.parameters()),
             "train_wall_time_s": round(wall, 1),
-            "final_loss": loss.item(),
+            "final_loss": loss,
             "torch": torch.__version__,
         }
         write_training_record(tmp, args.out, info)

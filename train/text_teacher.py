@@ -18,8 +18,7 @@ import tempfile
 import time
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tqdm import tqdm
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from stepdistill.cli import run_cli
@@ -30,8 +29,8 @@ from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
+from stepdistill.teacher_training import batches, fit, teacher_scheduler, warmup_cosine
 from stepdistill.text import LatentCodec, write_clip_tokenizer
-from stepdistill.trainer import TrainerConfig, lr_lambda
 
 TEMPLATES = ("a photo of {}", "{}", "an image of {}", "a picture of {}", "a product photo of {}")
 NAMES = (
@@ -61,22 +60,6 @@ def write_prompt_file(path: str) -> None:
         f.write("caption,label\n" + "".join(f"{TEMPLATES[0].format(name)},{c}\n" for c, name in enumerate(NAMES)))
 
 
-def optimiser(params, lr: float, warmup: int, iterations: int):
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    config = TrainerConfig(max_steps=iterations, lr_warmup_steps=warmup, lr_schedule="cosine")
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
-
-
-def batches(n: int, batch_size: int, iterations: int):
-    """Indices of ``iterations`` shuffled batches (a new permutation each epoch)."""
-    order, pos = torch.randperm(n), 0
-    for _ in range(iterations):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n), 0
-        yield order[pos : pos + batch_size]
-        pos += batch_size
-
-
 def train_vae(data: torch.Tensor, args) -> tuple[AutoencoderKL, torch.Tensor]:
     """The VAE trained on ``data`` (scaling_factor: 1 / std of its latents) and the scaled latents of ``data``."""
     vae = AutoencoderKL(
@@ -90,17 +73,17 @@ def train_vae(data: torch.Tensor, args) -> tuple[AutoencoderKL, torch.Tensor]:
         norm_num_groups=8,
         sample_size=args.resolution,
     )
-    opt, sched = optimiser(vae.parameters(), args.lr, args.warmup, args.vae_iterations)
-    bar = tqdm(batches(len(data), args.batch_size, args.vae_iterations), total=args.vae_iterations, desc="vae")
-    for idx in bar:
+
+    def loss_fn(idx):
         posterior = vae.encode(data[idx]).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = (recon - data[idx]).pow(2).mean() + args.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return (recon - data[idx]).pow(2).mean() + args.kl_weight * posterior.kl().mean()
+
+    steps = batches(len(data), args.batch_size, args.vae_iterations)
+    lr_factor = warmup_cosine(args.warmup, args.vae_iterations)
+    fit(
+        loss_fn, list(vae.parameters()), steps, args.vae_iterations, args.lr, lr_factor, max_grad_norm=None, desc="vae"
+    )
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(data[i : i + 1000]).latent_dist.mode() for i in range(0, len(data), 1000)])
@@ -108,7 +91,7 @@ def train_vae(data: torch.Tensor, args) -> tuple[AutoencoderKL, torch.Tensor]:
     return vae, latents * vae.config.scaling_factor
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data", default="/usr/share/datasets/fashion-mnist", help="folder of Fashion-MNIST idx files"
@@ -127,16 +110,11 @@ def main():
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="probability of the empty prompt")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
 
-    torch.manual_seed(args.seed)
-    start = time.time()
-    images, labels = load_fashion_mnist(args.data, "train")
-    data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
-    vae, latents = train_vae(data, args)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+def build_text_networks(args, tokenizer) -> tuple[CLIPTextModel, UNet2DConditionModel]:
+    """The 2-layer CLIP text encoder and the latent UNet that cross-attends to it."""
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=args.text_width,
@@ -161,40 +139,39 @@ def main():
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="v_prediction",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        timestep_spacing="trailing",
-    )
+    return text_encoder, unet
+
+
+def main():
+    args = build_parser().parse_args()
+    torch.manual_seed(args.seed)
+    start = time.time()
+    images, labels = load_fashion_mnist(args.data, "train")
+    data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
+    vae, latents = train_vae(data, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+    text_encoder, unet = build_text_networks(args, tokenizer)
+    scheduler = teacher_scheduler()
     denoiser = Denoiser(unet, Schedule.from_scheduler_config(dict(scheduler.config)), "v")
     texts, text_class = captions()
     ids = tokenizer([*texts, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     per_class = torch.stack([torch.nonzero(text_class == c).flatten() for c in range(len(NAMES))])  # [10, T]
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    ema_unet, ema_text = EMA(unet, args.ema_decay), EMA(text_encoder, args.ema_decay)
-    opt, sched = optimiser(params, args.lr, args.warmup, args.iterations)
-    bar = tqdm(batches(len(latents), args.batch_size, args.iterations), total=args.iterations, desc="unet")
-    for idx in bar:
+
+    def loss_fn(idx):
         # a random template of each sample's class, or the empty prompt (index len(texts))
         which = per_class[labels[idx], torch.randint(len(TEMPLATES), (len(idx),))]
         which = torch.where(torch.rand(len(idx)) < args.caption_dropout, len(texts), which)
         embeddings = text_encoder(ids)[0]  # all captions at once: [T + 1, 77, D]
-        loss = denoising_loss(denoiser, latents[idx], Condition(text=embeddings[which]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema_unet.update(unet)
-        ema_text.update(text_encoder)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema_unet.copy_to(unet)
-    ema_text.copy_to(text_encoder)
-    wall = time.time() - start
+        return denoising_loss(denoiser, latents[idx], Condition(text=embeddings[which]))
 
+    ema = {unet: EMA(unet, args.ema_decay), text_encoder: EMA(text_encoder, args.ema_decay)}
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    steps = batches(len(latents), args.batch_size, args.iterations)
+    lr_factor = warmup_cosine(args.warmup, args.iterations)
+    loss = fit(loss_fn, params, steps, args.iterations, args.lr, lr_factor, ema, desc="unet")
+    for network, average in ema.items():
+        average.copy_to(network)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder.eval(),
@@ -205,13 +182,19 @@ def main():
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    save_text_teacher(args, pipe, denoiser, ids, per_class, texts, loss, time.time() - start)
+
+
+def save_text_teacher(args, pipe, denoiser, ids, per_class, texts, loss: float, wall: float) -> None:
+    """Write the pipeline folder (atomically) with a 50-step sample grid, the evaluation prompts and the record."""
+    text_encoder = pipe.text_encoder
     with torch.no_grad():
         cond = Condition(text=text_encoder(ids[per_class[:, 0].repeat_interleave(8)])[0])
         denoiser.null_text = text_encoder(ids[-1:])[0]
         noise = torch.randn(
             len(cond), 4, args.resolution // 2, args.resolution // 2, generator=torch.Generator().manual_seed(0)
         )
-        samples = LatentCodec(vae).decode(
+        samples = LatentCodec(pipe.vae).decode(
             ddim_sample(denoiser.frozen(), noise, cond, num_steps=50, guidance_scale=2.0)
         )
     with atomic_dir(args.out) as tmp:
@@ -223,12 +206,11 @@ def main():
             "captions": texts,
             "augmentation": "none",
             "num_parameters": {
-                "unet": sum(p.numel() for p in unet.parameters()),
-                "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
-                "vae": sum(p.numel() for p in vae.parameters()),
+                name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                for name in ("unet", "text_encoder", "vae")
             },
             "train_wall_time_s": round(wall, 1),
-            "final_loss": loss.item(),
+            "final_loss": loss,
             "torch": torch.__version__,
         }
         write_training_record(tmp, args.out, info)

@@ -3,6 +3,7 @@
 from .base import REGISTRY, Strategy, get_strategy, register
 from .consistency import ConsistencyConfig, ConsistencyStrategy
 from .dmd import DMDConfig, DMDStrategy
+from .knowledge import KnowledgeDistillationConfig, KnowledgeDistillationStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
 from .sid import SiDConfig, SiDStrategy
 
@@ -12,6 +13,8 @@ __all__ = [
     "ConsistencyStrategy",
     "DMDConfig",
     "DMDStrategy",
+    "KnowledgeDistillationConfig",
+    "KnowledgeDistillationStrategy",
     "ProgressiveConfig",
     "ProgressiveStrategy",
     "SiDConfig",

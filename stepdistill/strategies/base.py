@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..denoiser import Condition, Denoiser
 from ..distributed import frozen, unwrap
 from ..export import ExportSpec
+from ..sampling import ddim_sample
 from .options import LoRAOptions
 
 REGISTRY: dict[str, type[Strategy]] = {}
@@ -94,10 +95,15 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """Losses for ``batch`` at optimizer step ``step`` (see the module docstring)."""
 
-    @abc.abstractmethod
     @torch.no_grad()
     def sample(self, noise: Tensor, cond: Condition | None = None) -> Tensor:
-        """Images ``[B, C, H, W]`` from the current student, for grids and evaluation."""
+        """Images ``[B, C, H, W]`` from the current student, for grids and evaluation. Default: deterministic DDIM
+        through ``sampling_network`` at the times of a ``DDIMScheduler`` ``scheduler_spec`` (what its export runs);
+        a strategy whose sampler is another one implements its own."""
+        spec = self.scheduler_spec()
+        if spec.get("scheduler_class") != "DDIMScheduler" or spec.get("times") is None:
+            raise NotImplementedError(f"{type(self).__name__} samples with another scheduler: implement sample().")
+        return ddim_sample(self.sampling_network(), noise, cond, times=spec["times"])
 
     def scheduler_spec(self) -> dict:
         """``export.configure_scheduler``'s keyword arguments (``scheduler_class``, ``times``,

@@ -177,7 +177,7 @@ class DMDStrategy(ScoreDistillationStrategy):
         its input from backward simulation) or, with ``unroll``, the whole K-step sampler's output."""
         x0 = batch["x0"]
         cond = Condition.from_batch(batch)
-        generator_step = step % self.config.fake_updates_per_generator == 0
+        train_student = step % self.config.fake_updates_per_generator == 0
         out: dict[str, Tensor] = {}
 
         def forward(x_in: Tensor, t_in: Tensor) -> Tensor:  # one step's forward, DMD's regression pairs riding in it
@@ -190,8 +190,8 @@ class DMDStrategy(ScoreDistillationStrategy):
         def make_input(noise: Tensor, k: int) -> Tensor:
             return self._generator_input(x0, cond, k, noise)
 
-        x_gen = self.generator_samples(noise, cond, step, generator_step, make_input, forward)
-        if generator_step and self.config.unroll:
+        x_gen = self.student_samples(noise, cond, step, train_student, make_input, forward)
+        if train_student and self.config.unroll:
             out.update(self._matching_losses(x_gen, cond))
         out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
         return out

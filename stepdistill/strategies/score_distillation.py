@@ -59,7 +59,7 @@ class ScoreDistillationStrategy(Strategy):
         with self.teacher_network() as teacher:
             return teacher(x_t, t, cond, guidance_scale=w)
 
-    def generator_samples(
+    def student_samples(
         self,
         noise: Tensor,
         cond: Condition | None,

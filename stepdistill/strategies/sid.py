@@ -136,9 +136,9 @@ class SiDStrategy(ScoreDistillationStrategy):
         device = next(iter(batch.values())).device
         noise = torch.randn((b, *self.sample_shape), device=device)
         if step % 2 == 0:
-            x_gen = self.generator_samples(noise, cond, step, with_grad=False)
+            x_gen = self.student_samples(noise, cond, step, with_grad=False)
             return {"fake_score": self._fake_score_loss(x_gen, cond)}
-        return self._generator_loss(self.generator_samples(noise, cond, step, with_grad=True), cond)
+        return self._generator_loss(self.student_samples(noise, cond, step, with_grad=True), cond)
 
     def export_spec(self, step: int) -> ExportSpec:
         cfg = self.config
