@@ -188,22 +188,26 @@ def _pipeline_time(pipe, steps: int, batch_size: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def inference_rows(specs: list[str], teacher: str, batch_size: int, repeats: int) -> list[dict]:
+def inference_rows(
+    specs: list[str], teacher: str, batch_size: int, repeats: int, trust_remote_code: bool = False
+) -> list[dict]:
+    """Median pipeline times of the 50-step teacher and of each ``PATH@STEPS`` export; an export's own pipeline code
+    runs only with ``trust_remote_code`` (``--trust-remote-code``)."""
     from diffusers import DiffusionPipeline
 
     from stepdistill.denoiser import Denoiser
+    from stepdistill.evaluation import load_model
     from stepdistill.export import export_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_pipeline(Denoiser.from_pretrained(teacher).frozen(), os.path.join(tmp, "teacher"), 50)
-        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # trusted: the toolkit's own file
         pipe.set_progress_bar_config(disable=True)
         base = _pipeline_time(pipe, 50, batch_size, repeats)
     rows = [{"pipeline": "teacher (DDIM)", "steps": 50, "batch": batch_size, "median_s": base, "speedup": 1.0}]
     for spec in specs:
         path, _, steps = spec.partition("@")
-        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_model(path, "cpu", trust_remote_code)
         for n in [int(s) for s in steps.split(",")] if steps else [1]:
             seconds = _pipeline_time(pipe, n, batch_size, repeats)
             rows.append(
@@ -246,6 +250,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps")
     parser.add_argument("--pipelines", nargs="*", default=[], help="exported pipeline folders, PATH@1,4")
     parser.add_argument("--repeats", type=int, default=5, help="timed inference batches (median)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the pipeline code the --pipelines folders carry (stepdistill's exports do); off by default",
+    )
     parser.add_argument("--out", default="benchmarks/speed", help="output folder")
     args = parser.parse_args()
     if args.batch_size < 1 or args.steps < 3 or args.repeats < 1:
@@ -270,7 +279,9 @@ def main():
             row["trainer_mean_s"] = full["mean_s"]
             row["passes_s"] = _in_fresh_process(_passes_task, ("passes", *common))["median_s"]
         print(result["training"][-1], flush=True)
-    result["inference"] = inference_rows(args.pipelines, args.teacher, args.batch_size, args.repeats)
+    result["inference"] = inference_rows(
+        args.pipelines, args.teacher, args.batch_size, args.repeats, args.trust_remote_code
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)

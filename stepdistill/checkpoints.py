@@ -10,6 +10,7 @@ checkpoint damaged later (a truncated or deleted file).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,10 @@ RESUMABLE_CHANGES = {
     # where computed-once inputs are kept (data latents, DMD's regression pairs): the inputs themselves are the same
     "cache_dir",
     "regression_cache",
+    # what the stop at non-finite values advises to change before --resume latest
+    "lr",
+    "fake_lr",
+    "teacher_dtype",
 }
 
 
@@ -63,36 +68,50 @@ def checkpoint_step(folder: str) -> int:
     return int(match.group(1))
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_manifest(folder: str, strategy: str) -> None:
-    """Record the strategy and every file's size; written last, after everything else in ``folder``."""
+    """Record the strategy and every file's size and SHA-256; written last, after everything else in ``folder``."""
     files = {}
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
-            files[os.path.relpath(path, folder)] = os.path.getsize(path)
+            files[os.path.relpath(path, folder)] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump({"strategy": strategy, "files": files}, f, indent=2)
 
 
 def verify(folder: str) -> str | None:
-    """``None`` if ``folder`` is complete, else what is wrong with it (missing manifest, missing or resized file)."""
+    """``None`` if ``folder`` is complete and intact, else what is wrong with it (missing manifest, missing, resized or
+    altered file: the content hash catches damage that keeps the size). Manifests of older checkpoints record sizes
+    only, and are checked for those."""
     try:
         with open(os.path.join(folder, MANIFEST)) as f:
             manifest = json.load(f)
         files = manifest["files"]
     except (OSError, ValueError, KeyError) as err:
         return f"no readable {MANIFEST} ({err.__class__.__name__})"
-    for name, size in files.items():
+    for name, record in files.items():
+        size, digest = (record, None) if isinstance(record, int) else (record["size"], record["sha256"])
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             return f"{name} is missing"
         if os.path.getsize(path) != size:
             return f"{name} has {os.path.getsize(path)} bytes, {size} when saved (truncated or replaced)"
+        if digest is not None and _sha256(path) != digest:
+            return f"{name} differs from its content hash (damaged since it was saved)"
     return None
 
 
-def check_belongs(folder: str, strategy: str, config: dict) -> None:
-    """Raise ``ValueError`` if the checkpoint was written by another strategy or with other settings."""
+def check_belongs(folder: str, strategy: str, config: dict) -> list[str]:
+    """Raise ``ValueError`` if the checkpoint was written by another strategy or with other settings; return the
+    options (of ``RESUMABLE_CHANGES``) that this run changes, as ``"name: old -> new"``."""
     with open(os.path.join(folder, MANIFEST)) as f:
         saved_strategy = json.load(f).get("strategy")
     if saved_strategy != strategy:
@@ -103,16 +122,22 @@ def check_belongs(folder: str, strategy: str, config: dict) -> None:
     with open(os.path.join(folder, "config.json")) as f:
         saved = _flat(upgrade_saved(json.load(f), folder))
     config = _flat(config)
-    differ = [
-        f"{key}: {saved.get(key)!r} in the checkpoint, {config.get(key)!r} now"
-        for key in sorted(set(saved) | set(config))
-        if key.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES and saved.get(key) != config.get(key)
-    ]
+    differ, changed = [], []
+    for key in sorted(set(saved) | set(config)):
+        if saved.get(key) == config.get(key):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        line = f"{key}: {saved.get(key)!r} in the checkpoint, {config.get(key)!r} now"
+        if name not in RESUMABLE_CHANGES:
+            differ.append(line)
+        elif name not in ("resume", "overwrite", "output_dir"):
+            changed.append(f"{name}: {saved.get(key)!r} -> {config.get(key)!r}")
     if differ:
         raise ValueError(
             f"Checkpoint {folder!r} was written with other settings ({'; '.join(differ[:4])}"
             f"{'; ...' if len(differ) > 4 else ''}): resume with the same settings, or start a new --output-dir."
         )
+    return changed
 
 
 def _flat(config: dict) -> dict:
@@ -127,11 +152,61 @@ def _flat(config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- run folder
-RUN_FILES = ("checkpoints", "grids", "log.jsonl", "training_curves.png", "config.json")
+# what a run writes into its output folder (progressive distillation's exports are pipeline-<N>steps)
+RUN_FILES = ("checkpoints", "grids", "log.jsonl", "training_curves.png", "config.json", "lora", "regression-pairs.pt")
+RUN_PREFIXES = ("pipeline",)
+
+
+def _run_entry(name: str) -> bool:
+    return name in RUN_FILES or name.startswith(RUN_PREFIXES)
+
+
+def _is_run_config(path: str) -> bool:
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "TrainerConfig" in saved
+
+
+def _holds_run(output_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(output_dir, n)) for n in ("checkpoints", "log.jsonl"))
+
+
+def check_output_dir(output_dir: str, resume: str | None) -> None:
+    """Refuse an output folder that holds anything but a stepdistill run (a model folder, a dataset: a run would
+    overwrite its ``config.json``), and a ``--resume`` checkpoint of another run folder when this folder holds a run of
+    its own (resuming would truncate its log and replace its checkpoints and exports)."""
+    if not os.path.isdir(output_dir):
+        if os.path.exists(output_dir):
+            raise ValueError(f"--output-dir {output_dir!r} is a file: choose a folder.")
+        return
+    names = sorted(os.listdir(output_dir))
+    foreign = [n for n in names if not _run_entry(n)]
+    config = os.path.join(output_dir, "config.json")
+    if os.path.isfile(config) and not _is_run_config(config):
+        foreign.append("config.json (not a run's)")
+    if foreign:
+        raise ValueError(
+            f"--output-dir {output_dir!r} holds files that no stepdistill run wrote ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}): a run there could overwrite them (a model folder's config.json); "
+            "choose an empty or new --output-dir."
+        )
+    if resume and resume != "latest" and _holds_run(output_dir):
+        own = os.path.realpath(os.path.join(output_dir, "checkpoints"))
+        if os.path.dirname(os.path.realpath(os.path.normpath(resume))) != own:
+            raise ValueError(
+                f"--resume {resume!r} is a checkpoint of another run folder, and --output-dir {output_dir!r} holds a "
+                "run of its own that resuming would replace: resume into the checkpoint's own run folder, or into an "
+                "empty --output-dir."
+            )
 
 
 def claim_output_dir(accelerator, output_dir: str, overwrite: bool) -> None:
-    """Refuse to start in a folder that holds another run, unless ``overwrite`` (then clear that run's files)."""
+    """Refuse to start in a folder that holds another run, unless ``overwrite``: then delete everything that run
+    wrote (checkpoints, logs, grids, exports), so nothing of it is left behind. ``check_output_dir`` first."""
+    check_output_dir(output_dir, None)
     log = os.path.join(output_dir, "log.jsonl")
     previous = [p for p in (os.path.join(output_dir, "checkpoints"), log) if os.path.exists(p)]
     if not previous:
@@ -143,11 +218,11 @@ def claim_output_dir(accelerator, output_dir: str, overwrite: bool) -> None:
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for name in RUN_FILES:
+        for name in filter(_run_entry, os.listdir(output_dir)):
             path = os.path.join(output_dir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
-            elif os.path.exists(path):
+            else:
                 os.remove(path)
     accelerator.wait_for_everyone()
 
@@ -163,10 +238,20 @@ def truncate_log(log_path: str, step: int) -> None:
     """Drop log lines past ``step`` (written after the checkpoint by the run that crashed), so steps never repeat."""
     if not os.path.isfile(log_path):
         return
+    kept = []
     with open(log_path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut off by a crash or a full disk: dropped, said
+                warnings.warn(f"{log_path}:{number} is not a complete log line; dropped it.", stacklevel=2)
+                continue
+            if entry.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
     with open(log_path, "w") as f:
-        f.writelines(lines)
+        f.writelines(kept)
 
 
 # ------------------------------------------------------------------------------------------- save / load
@@ -193,12 +278,19 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(folder, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        torch.save(trainer_state(), os.path.join(tmp, "trainer_state.pt"))
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2)
-        write_manifest(tmp, strategy)
+    try:
+        accelerator.save_state(tmp)
+        if accelerator.is_main_process:
+            torch.save(trainer_state(), os.path.join(tmp, "trainer_state.pt"))
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(resolved, f, indent=2)
+            write_manifest(tmp, strategy)
+    except OSError as err:  # a full disk: the partial folder is removed, the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            f"Could not write checkpoint {final!r} ({err.strerror or err}); removed the partial copy, the previous "
+            f"checkpoint stays the latest: free space in {config.output_dir!r}, then --resume latest."
+        ) from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if os.path.exists(final):
@@ -229,7 +321,9 @@ def load(
     for i, folder in enumerate(candidates):
         problem = verify(folder)
         if problem is None:
-            check_belongs(folder, strategy, config)
+            changed = check_belongs(folder, strategy, config)
+            if changed and accelerator.is_main_process:
+                print(f"resuming {folder} with changed settings: {'; '.join(changed)}")
             try:
                 restore(folder)
                 return folder

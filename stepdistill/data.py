@@ -208,10 +208,16 @@ MIN_IMAGE_SIZE = 8
 
 
 def check_images(
-    images: Tensor, labels: Tensor | None, where: str, channels: int | None = None, num_classes: int | None = None
+    images: Tensor,
+    labels: Tensor | None,
+    where: str,
+    channels: int | None = None,
+    num_classes: int | None = None,
+    training: bool = False,
 ) -> None:
     """Raise ``ValueError`` for images a square-image model cannot use: non-square, smaller than
-    ``MIN_IMAGE_SIZE``, another channel count, or labels outside ``[0, num_classes)``."""
+    ``MIN_IMAGE_SIZE``, another channel count, or labels outside ``[0, num_classes)``; with ``training``, also
+    unlabelled images for a class-conditional model."""
     _, c, h, w = images.shape
     if h != w:
         raise ValueError(
@@ -221,6 +227,14 @@ def check_images(
         raise ValueError(f"{where}: images are {h}x{w}, too small to train on or score (at least {MIN_IMAGE_SIZE}px).")
     if channels is not None and c != channels:
         raise ValueError(f"{where}: images have {c} channel(s), the model takes {channels}; convert them first.")
+    if training and num_classes and labels is None:
+        raise ValueError(
+            f"{where}: the images have no class labels, and the teacher is class-conditional ({num_classes} "
+            f"classes): put each image in a class subfolder named 0 to {num_classes - 1} (or give .tar shards KEY.cls "
+            "members)."
+        )
+    if labels is not None and len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"{where}: class {int(labels.min())} is negative; labels are class indices from 0.")
     if labels is not None and num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
         raise ValueError(
             f"{where}: class {int(labels.max())} (a class subfolder) is outside the model's {num_classes} classes "
@@ -238,7 +252,7 @@ def load_training_data(
     """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder,
     checked with ``check_images`` against the model's channels and classes."""
     images, labels = load_images(path, limit)
-    check_images(images, labels, f"training data {os.fspath(path)!r}", channels, num_classes)
+    check_images(images, labels, f"training data {os.fspath(path)!r}", channels, num_classes, training=True)
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
         out["labels"] = labels

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import lora
 from .backbones import adapter_for, supported_backbones
-from .io import hub_errors
+from .io import check_model_path, hub_errors
 from .schedules import Prediction, Schedule, check_prediction, combine, load_scheduler_config, split
 
 DEFAULT_LORA_TARGETS = lora.DEFAULT_LORA_TARGETS
@@ -148,19 +148,7 @@ class Denoiser(nn.Module):
         import diffusers
 
         path = os.fspath(path)
-        local = os.path.isdir(path)
-        top = path.split("/", 1)[0]
-        if not local and (path.startswith((".", "/")) or path.count("/") != 1 or os.path.isdir(top)):
-            raise FileNotFoundError(f"Model folder {path!r} does not exist (and it is not a Hub id 'owner/name').")
-        if not local:  # 'owner/name': a Hub id, unless it looks like a mistyped local folder
-            import difflib
-
-            near = difflib.get_close_matches(top, [d for d in os.listdir(".") if os.path.isdir(d)], n=1, cutoff=0.8)
-            if near:
-                raise FileNotFoundError(
-                    f"Model folder {path!r} does not exist; did you mean {near[0] + path[len(top) :]!r}? (It was not "
-                    f"sent to the Hub as a model id because a local folder {near[0]!r} looks like it.)"
-                )
+        local = check_model_path(path)
         if local and subfolder and not os.path.isdir(os.path.join(path, subfolder)):
             if not os.path.isfile(os.path.join(path, "config.json")):
                 raise FileNotFoundError(f"{path!r} has neither a {subfolder!r} subfolder nor a config.json.")

@@ -326,6 +326,7 @@ def load_model(path, device, trust_remote_code=False):
             )
         from .text import absent_components
 
+        _check_components(path)
         try:  # components the pipeline leaves out (SD3 without T5) are passed as None, or diffusers refuses it
             absent = absent_components(path)
             pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **absent).to(device)
@@ -335,6 +336,31 @@ def load_model(path, device, trust_remote_code=False):
         return pipe
     refuse_headless_pipeline(path)
     return Denoiser.from_pretrained(path).frozen().to(device)
+
+
+def _check_components(path: str) -> None:
+    """Refuse a pipeline folder that lacks a component its model_index.json lists (diffusers' own error names a
+    config.json, not the missing folder)."""
+    import json
+
+    with open(os.path.join(path, "model_index.json")) as f:
+        try:
+            index = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path}/model_index.json is not valid JSON ({err}).") from None
+    missing = [
+        name
+        for name, value in index.items()
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and value[0] is not None
+        and not os.path.isdir(os.path.join(path, name))
+    ]
+    if missing:
+        raise ValueError(
+            f"The pipeline folder {path!r} lists {', '.join(missing)} in model_index.json but has no "
+            f"{', '.join(m + '/' for m in missing)} folder: copy the whole pipeline folder, or export it again."
+        )
 
 
 # Schedulers whose sampler is not a DDIM update: a folder that carries one is a distilled student, not a teacher.

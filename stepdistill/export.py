@@ -280,7 +280,11 @@ def pipeline_call(folder: str | os.PathLike, num_steps: int, guidance_scale: flo
     saved = {}
     if os.path.isfile(path):
         with open(path) as f:
-            saved = json.load(f)
+            try:
+                saved = json.load(f)
+            except ValueError as err:
+                raise ValueError(f"{path} is not valid JSON ({err}): export the student again.") from None
+        _check_saved_call(saved, path)
     call = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale}
     if "pipeline_guidance_scale" in saved:
         call["guidance_scale"] = guidance_scale + saved["pipeline_guidance_scale"] - saved["guidance_scale"]
@@ -294,6 +298,34 @@ def pipeline_call(folder: str | os.PathLike, num_steps: int, guidance_scale: flo
         )
     del call["num_inference_steps"]
     return {**call, times: saved[times]}
+
+
+def _check_saved_call(saved, path: str) -> None:
+    """Refuse a ``stepdistill.json`` whose sampling arguments no export writes (a hand edit, a damaged file): the
+    pipeline would be sampled and scored at nonsense times or guidance instead of failing."""
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    problems = []
+    if not isinstance(saved, dict):
+        problems.append("it is not a JSON object")
+        saved = {}
+    steps = saved.get("num_inference_steps", 1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        problems.append(f"num_inference_steps {steps!r} is not a positive integer")
+    for key in ("guidance_scale", "pipeline_guidance_scale"):
+        if key in saved and not number(saved[key]):
+            problems.append(f"{key} {saved[key]!r} is not a finite number")
+    timesteps = saved.get("timesteps", [])
+    if not isinstance(timesteps, list) or not all(isinstance(v, int) and v >= 0 for v in timesteps):
+        problems.append(f"timesteps {timesteps!r} are not non-negative integers")
+    sigmas = saved.get("sigmas", [])
+    if not isinstance(sigmas, list) or not all(number(v) and 0 < v <= 1 for v in sigmas):
+        problems.append(f"sigmas {sigmas!r} are not numbers in (0, 1]")
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}. Export the student again (stepdistill writes this file).")
 
 
 def _write_class_conditional(folder: str, backbone, scheduler) -> None:

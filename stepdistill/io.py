@@ -9,6 +9,31 @@ import tempfile
 
 
 @contextlib.contextmanager
+def check_model_path(path: str) -> bool:
+    """Whether ``path`` is a local folder (``True``) or may be sent to the Hub as a model id (``False``). A missing
+    path that cannot be a Hub id ``owner/name``, or whose first part is close to a local folder's name (a mistyped
+    ``asset/fashion-teacher``), is refused here, before any network request.
+
+    Raises:
+        FileNotFoundError: naming the path and, for a near miss, the local folder it probably means.
+    """
+    import difflib
+
+    if os.path.isdir(path):
+        return True
+    top = path.split("/", 1)[0]
+    if path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(top):
+        raise FileNotFoundError(f"Model folder {path!r} does not exist (and it is not a Hub id 'owner/name').")
+    near = difflib.get_close_matches(top, [d for d in os.listdir(".") if os.path.isdir(d)], n=1, cutoff=0.8)
+    if near:
+        raise FileNotFoundError(
+            f"Model folder {path!r} does not exist; did you mean {near[0] + path[len(top) :]!r}? (It was not "
+            f"sent to the Hub as a model id because a local folder {near[0]!r} looks like it.)"
+        )
+    return False
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
 

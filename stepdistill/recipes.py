@@ -90,6 +90,16 @@ def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
     return Setup(teacher, data, student, grid)
 
 
+def build_strategy(cls, config, setup: Setup, seed: int):
+    """Strategy ``cls`` with ``config`` on ``setup``'s teacher and initial student, built after every RNG is seeded
+    with ``seed``: what a strategy initialises itself (DMD2's GAN head, LoRA adapters) is then fixed by ``--seed``, as
+    the training noise is (the trainer seeds again before its first step)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    return cls(config, setup.teacher, setup.student)
+
+
 def build_trainer(
     trainer_cfg: TrainerConfig, model_cfg: ModelConfig, strategy, setup: Setup, resolved: dict, callbacks=()
 ) -> Trainer:

@@ -66,8 +66,10 @@ def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]
     labels = []
     for item, texts in samples:
         text = texts.get("cls")
-        if text is not None and not text.lstrip("-").isdigit():
-            raise ValueError(f"Label {item[3]!r} in shard {item[0]!r} is {text[:20]!r}, not an integer.")
+        if text is not None and not text.strip().isdigit():
+            raise ValueError(
+                f"Label {item[3]!r} in shard {item[0]!r} is {text[:20]!r}, not a class index (an integer from 0)."
+            )
         labels.append(None if text is None else int(text))
     return [item for item, _ in samples], None if None in labels else np.array(labels)
 
@@ -157,7 +159,7 @@ class ImageFolderData:
         self.resolution, self.channels = resolution, channels
         first = torch.from_numpy(np.array(self._read(0)))
         first = first[None, None] if first.ndim == 2 else first.permute(2, 0, 1)[None]
-        check_images(first, self.labels, f"training data {folder!r}", channels, num_classes)
+        check_images(first, self.labels, f"training data {folder!r}", channels, num_classes, training=True)
 
     def __len__(self) -> int:
         return len(self.paths)

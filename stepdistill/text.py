@@ -20,13 +20,15 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
-from .io import atomic_torch_save, hub_errors
+from .io import atomic_torch_save, check_model_path, hub_errors
 from .streams import index_shards, shard_files, shard_member
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
@@ -45,6 +47,8 @@ def pipeline_class(path: str, **hub_kwargs) -> str | None:
             name = json.load(f).get("_class_name")
     elif path.startswith((".", "/")) or path.count("/") != 1:
         return None  # neither a folder nor a Hub id 'owner/name'
+    elif check_model_path(path):
+        return None
     else:
         import diffusers
 
@@ -227,6 +231,23 @@ def load_text_to_image(
 
 
 # ---------------------------------------------------------------------------------------------------- data
+def _read_jsonl(path: str) -> list[dict]:
+    """The objects of a JSON-lines file; a line that is not a JSON object is an error naming its line."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from None
+            if not isinstance(row, dict):
+                raise ValueError(f'{path}:{number} is {type(row).__name__}, not an object like {{"file_name": ...}}.')
+            rows.append(row)
+    return rows
+
+
 def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
     """``(image, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
     ``{"file_name": ..., "text": ...}`` per line) or ``metadata.csv`` with ``file_name`` and a ``text``, ``caption``
@@ -234,9 +255,7 @@ def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
     is a path, or a shard member (``streams.index_shards``)."""
     jsonl, table = os.path.join(folder, "metadata.jsonl"), os.path.join(folder, "metadata.csv")
     if os.path.isfile(jsonl):
-        with open(jsonl) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        where = jsonl
+        rows, where = _read_jsonl(jsonl), jsonl
     elif os.path.isfile(table):
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -263,6 +282,11 @@ def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
                 f"{where}: row {i + 1} needs 'file_name' and one of {CAPTION_KEYS}; it has {sorted(row)}."
             )
         path = os.path.join(folder, row["file_name"])
+        if os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) != os.path.realpath(folder):
+            raise ValueError(
+                f"{where}: row {i + 1} names {row['file_name']!r}, which is outside {folder!r}; file_name must be a "
+                "path inside the data folder."
+            )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{where}: row {i + 1} names {row['file_name']!r}, which is not in {folder!r}.")
         pairs.append((path, str(row[key])))
@@ -324,13 +348,17 @@ def _load_rgb(source: str | tuple, size: int, channels: int) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    with Image.open(shard_member(source) if isinstance(source, tuple) else source) as im:
-        im = im.convert("RGB" if channels == 3 else "L")
-        scale = size / min(im.size)
-        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        array = np.asarray(im, dtype=np.float32)
+    name = f"{source[0]}:{source[3]}" if isinstance(source, tuple) else source
+    try:
+        with Image.open(shard_member(source) if isinstance(source, tuple) else source) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            scale = size / min(im.size)
+            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            array = np.asarray(im, dtype=np.float32)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated or not an image
+        raise ValueError(f"Cannot read the image {name!r} ({err}): replace it or remove its caption row.") from None
     x = torch.from_numpy(array.copy())
     x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
     return x / 127.5 - 1.0
@@ -350,7 +378,10 @@ def _cached(cache_dir: str | None, key: dict, build) -> dict[str, Tensor]:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{digest}.pt")
     if os.path.isfile(path):
-        return torch.load(path)
+        try:  # tensors only: a pickled object is refused, never run
+            return torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # cut off or damaged: made anew
+            warnings.warn(f"The cache file {path!r} is unreadable ({err}); encoding the data again.", stacklevel=2)
     data = build()
     atomic_torch_save(data, path)
     return data

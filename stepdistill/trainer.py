@@ -89,6 +89,11 @@ class TrainerConfig:
                 raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"TrainerConfig.ema_decay must be in (0, 1), got {self.ema_decay}.")
+        for name in ("lr_warmup_steps", "sample_every", "checkpoint_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainerConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"TrainerConfig.max_grad_norm must be positive or none, got {self.max_grad_norm}.")
         if self.keep_checkpoints < 1:
             raise ValueError("TrainerConfig.keep_checkpoints must be >= 1.")
         if self.max_bad_steps < 0:
@@ -243,6 +248,7 @@ class Trainer:
         """Run to ``max_steps`` (resuming first if asked); returns the last logged values."""
         config, acc, strategy = self.config, self.accelerator, self.strategy
         if config.resume:
+            checkpoints.check_output_dir(config.output_dir, config.resume)
             self.load_checkpoint(config.resume)
         elif not self._started:  # a second train() call on this trainer continues its own run
             checkpoints.claim_output_dir(acc, config.output_dir, config.overwrite)

@@ -68,8 +68,9 @@ def build_teachers(root: str) -> dict[str, str]:
     return folders
 
 
-def run_case(case: str, folders: dict[str, str], out: str) -> None:
-    """Train ``case`` for 2 steps at the fixed seed into ``out`` (its export folders land there)."""
+def run_case(case: str, folders: dict[str, str], out: str, global_seed: int = SEED) -> None:
+    """Train ``case`` for 2 steps at the fixed ``--seed`` into ``out`` (its export folders land there), torch's global
+    RNG seeded with ``global_seed`` before the script starts."""
     import importlib
 
     from conftest import reset_accelerate_state
@@ -81,7 +82,7 @@ def run_case(case: str, folders: dict[str, str], out: str) -> None:
         data = ["--prompts", folders["prompts"]] if script == "sid" else ["--data", folders["captions"]]
     common = ["--max-steps", "2", "--batch-size", "4", "--seed", str(SEED), "--eval-every", "0"]
     reset_accelerate_state()
-    torch.manual_seed(SEED)  # the state of torch's global RNG before the script, whatever ran before it
+    torch.manual_seed(global_seed)  # the state of torch's global RNG before the script, whatever ran before it
     try:
         importlib.import_module(f"train.{script}").main(
             ["--teacher", folders[kind], *data, *common, "--output-dir", out, *flags]

@@ -13,7 +13,7 @@ a diffusers pipeline folder with an LCMScheduler in OUTPUT_DIR/pipeline. Options
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_trained, load_setup
+from stepdistill.recipes import build_strategy, build_trainer, export_trained, load_setup
 from stepdistill.strategies.consistency import ConsistencyConfig, ConsistencyStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -72,7 +72,7 @@ def main(argv=None):
         [TrainerConfig, ModelConfig, ConsistencyConfig], argv, PRESETS, __doc__
     )
     setup = load_setup(model_cfg)
-    strategy = ConsistencyStrategy(cd_cfg, setup.teacher, setup.student)
+    strategy = build_strategy(ConsistencyStrategy, cd_cfg, setup, trainer_cfg.seed)
     resolved = to_dict(trainer_cfg, model_cfg, cd_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()

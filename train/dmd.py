@@ -17,7 +17,7 @@ import os
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_trained, load_setup
+from stepdistill.recipes import build_strategy, build_trainer, export_trained, load_setup
 from stepdistill.strategies.dmd import DMDConfig, DMDStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -96,7 +96,7 @@ def main(argv=None):
     if dmd_cfg.regression_weight and dmd_cfg.regression_cache is None:  # made once per run folder, kept for resume
         dmd_cfg.regression_cache = os.path.join(trainer_cfg.output_dir, "regression-pairs.pt")
     setup = load_setup(model_cfg)
-    strategy = DMDStrategy(dmd_cfg, setup.teacher, setup.student)
+    strategy = build_strategy(DMDStrategy, dmd_cfg, setup, trainer_cfg.seed)
     resolved = to_dict(trainer_cfg, model_cfg, dmd_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()

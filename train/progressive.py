@@ -10,7 +10,7 @@ Options: a --preset, overridden by a --config file, overridden by flags.
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_trained, load_setup
+from stepdistill.recipes import build_strategy, build_trainer, export_trained, load_setup
 from stepdistill.strategies.progressive import ProgressiveConfig, ProgressiveStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -82,7 +82,7 @@ def main(argv=None):
     elif trainer_cfg.max_steps < pd_cfg.total_steps:
         print(f"stopping after --max-steps {trainer_cfg.max_steps} of the schedule's {pd_cfg.total_steps} steps")
     setup = load_setup(model_cfg)
-    strategy = ProgressiveStrategy(pd_cfg, setup.teacher, setup.student)
+    strategy = build_strategy(ProgressiveStrategy, pd_cfg, setup, trainer_cfg.seed)
 
     def export_round(trainer):
         """At the end of each halving round (and of the run), export that round's student as pipeline-<N>steps."""

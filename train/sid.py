@@ -15,7 +15,7 @@ generator, OUTPUT_DIR/lora. Options: a --preset, overridden by a --config file, 
 
 from stepdistill.cli import run_cli
 from stepdistill.config import ModelConfig, parse_configs, to_dict
-from stepdistill.recipes import build_trainer, export_trained, load_setup
+from stepdistill.recipes import build_strategy, build_trainer, export_trained, load_setup
 from stepdistill.strategies.sid import SiDConfig, SiDStrategy
 from stepdistill.trainer import TrainerConfig
 
@@ -92,7 +92,7 @@ PRESETS = {
 def main(argv=None):
     trainer_cfg, model_cfg, sid_cfg = parse_configs([TrainerConfig, ModelConfig, SiDConfig], argv, PRESETS, __doc__)
     setup = load_setup(model_cfg, data_free=True)
-    strategy = SiDStrategy(sid_cfg, setup.teacher, setup.student)
+    strategy = build_strategy(SiDStrategy, sid_cfg, setup, trainer_cfg.seed)
     resolved = to_dict(trainer_cfg, model_cfg, sid_cfg)
     trainer = build_trainer(trainer_cfg, model_cfg, strategy, setup, resolved)
     trainer.train()

@@ -68,6 +68,18 @@ class LoRAOptions(StrategyOptions):
         super().__post_init__()
         if self.lora_rank < 0:
             raise ValueError(f"{type(self).__name__}.lora_rank must be >= 0, got {self.lora_rank}.")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(
+                f"lora_alpha must be positive (it scales the adapter; 0 does nothing), got {self.lora_alpha}."
+            )
+        given = [n for n in ("lora_alpha", "lora_target_modules") if getattr(self, n) is not None]
+        if given and not self.adapted():
+            flags = " and ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags} shape a LoRA adapter, but no LoRA rank is set: add --lora-rank R or drop them.")
+
+    def adapted(self) -> bool:
+        """Whether any network of the strategy gets a LoRA adapter."""
+        return self.lora_rank > 0
 
 
 @dataclass
@@ -122,3 +134,6 @@ class ScoreDistillationOptions(LoRAOptions):
             raise ValueError(f"t_range must be 't_min t_max' with 0 <= t_min < t_max <= 1, got {self.t_range}.")
         if self.unroll and self.generator_steps == 1:
             raise ValueError("unroll trains a few-step sampler end to end: set generator_steps > 1 or drop unroll.")
+
+    def adapted(self) -> bool:
+        return self.lora_rank > 0 or self.fake_lora_rank > 0
