@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .config import upgrade_saved
+from .io import read_jsonl
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
 MANIFEST = "manifest.json"
@@ -238,18 +239,9 @@ def truncate_log(log_path: str, step: int) -> None:
     """Drop log lines past ``step`` (written after the checkpoint by the run that crashed), so steps never repeat."""
     if not os.path.isfile(log_path):
         return
-    kept = []
-    with open(log_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut off by a crash or a full disk: dropped, said
-                warnings.warn(f"{log_path}:{number} is not a complete log line; dropped it.", stacklevel=2)
-                continue
-            if entry.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
+    kept = [
+        json.dumps(entry) + "\n" for _, entry in read_jsonl(log_path, strict=False) if entry.get("step", 0) <= step
+    ]
     with open(log_path, "w") as f:
         f.writelines(kept)
 

@@ -318,9 +318,9 @@ def _check_saved_call(saved, path: str) -> None:
     for key in ("guidance_scale", "pipeline_guidance_scale"):
         if key in saved and not number(saved[key]):
             problems.append(f"{key} {saved[key]!r} is not a finite number")
-    timesteps = saved.get("timesteps", [])
-    if not isinstance(timesteps, list) or not all(isinstance(v, int) and v >= 0 for v in timesteps):
-        problems.append(f"timesteps {timesteps!r} are not non-negative integers")
+    timesteps = saved.get("timesteps", [])  # integers, or a flow scheduler's float timesteps
+    if not isinstance(timesteps, list) or not all(number(v) and v >= 0 for v in timesteps):
+        problems.append(f"timesteps {timesteps!r} are not non-negative numbers")
     sigmas = saved.get("sigmas", [])
     if not isinstance(sigmas, list) or not all(number(v) and 0 < v <= 1 for v in sigmas):
         problems.append(f"sigmas {sigmas!r} are not numbers in (0, 1]")

@@ -8,7 +8,27 @@ import shutil
 import tempfile
 
 
-@contextlib.contextmanager
+def read_jsonl(path: str, strict: bool = True) -> list[tuple[int, object]]:
+    """``(line number, value)`` of each non-empty line of a JSON-lines file. A line that is not JSON is a
+    ``ValueError`` naming ``path:line``, or with ``strict=False`` (a log whose last line a crash cut off) dropped with
+    a warning naming it."""
+    import json
+    import warnings
+
+    out = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((number, json.loads(line)))
+            except ValueError as err:
+                if strict:
+                    raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from None
+                warnings.warn(f"{path}:{number} is not valid JSON (cut off?); dropped it.", stacklevel=2)
+    return out
+
+
 def check_model_path(path: str) -> bool:
     """Whether ``path`` is a local folder (``True``) or may be sent to the Hub as a model id (``False``). A missing
     path that cannot be a Hub id ``owner/name``, or whose first part is close to a local folder's name (a mistyped

@@ -32,6 +32,15 @@ def teacher_scheduler():
     )
 
 
+def fashion_training_data(folder: str, resolution: int) -> tuple[Tensor, Tensor]:
+    """The Fashion-MNIST training split at ``resolution`` (images in [-1, 1], ``[N, 1, R, R]``) and its labels
+    ``[N]``, unaugmented: a flip would not keep the data's distribution (its shoes all face one way)."""
+    from .data import from_uint8, load_fashion_mnist
+
+    images, labels = load_fashion_mnist(folder, "train")
+    return from_uint8(images, resolution), torch.from_numpy(labels)
+
+
 def batches(n: int, batch_size: int, iterations: int) -> Iterator[Tensor]:
     """Indices of ``iterations`` shuffled batches of ``n`` items (a new permutation each epoch)."""
     order, pos = torch.randperm(n), 0

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
-from .io import atomic_torch_save, check_model_path, hub_errors
+from .io import atomic_torch_save, check_model_path, hub_errors, read_jsonl
 from .streams import index_shards, shard_files, shard_member
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
@@ -234,17 +234,10 @@ def load_text_to_image(
 def _read_jsonl(path: str) -> list[dict]:
     """The objects of a JSON-lines file; a line that is not a JSON object is an error naming its line."""
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from None
-            if not isinstance(row, dict):
-                raise ValueError(f'{path}:{number} is {type(row).__name__}, not an object like {{"file_name": ...}}.')
-            rows.append(row)
+    for number, row in read_jsonl(path):
+        if not isinstance(row, dict):
+            raise ValueError(f'{path}:{number} is {type(row).__name__}, not an object like {{"file_name": ...}}.')
+        rows.append(row)
     return rows
 
 

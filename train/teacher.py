@@ -16,14 +16,14 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from stepdistill.cli import run_cli
-from stepdistill.data import FASHION_CLASSES, from_uint8, load_fashion_mnist, save_grid
+from stepdistill.data import FASHION_CLASSES, save_grid
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.ema import EMA
 from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss, drop_labels
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
-from stepdistill.teacher_training import batches, fit, teacher_scheduler, warmup_cosine
+from stepdistill.teacher_training import batches, fashion_training_data, fit, teacher_scheduler, warmup_cosine
 
 
 def build_unet(resolution: int, channels: list[int], layers_per_block: int, num_classes: int) -> UNet2DConditionModel:
@@ -68,8 +68,7 @@ def main():
     args = build_parser().parse_args()
     torch.manual_seed(args.seed)
     start = time.time()
-    images, labels = load_fashion_mnist(args.data, "train")
-    data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
+    data, labels = fashion_training_data(args.data, args.resolution)
     num_classes = len(FASHION_CLASSES)
     unet = build_unet(args.resolution, args.channels, args.layers_per_block, num_classes)
     scheduler = teacher_scheduler()

@@ -22,14 +22,14 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from stepdistill.cli import run_cli
-from stepdistill.data import from_uint8, load_fashion_mnist, save_grid
+from stepdistill.data import save_grid
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.ema import EMA
 from stepdistill.io import atomic_dir, write_training_record
 from stepdistill.losses import denoising_loss
 from stepdistill.sampling import ddim_sample
 from stepdistill.schedules import Schedule
-from stepdistill.teacher_training import batches, fit, teacher_scheduler, warmup_cosine
+from stepdistill.teacher_training import batches, fashion_training_data, fit, teacher_scheduler, warmup_cosine
 from stepdistill.text import LatentCodec, write_clip_tokenizer
 
 TEMPLATES = ("a photo of {}", "{}", "an image of {}", "a picture of {}", "a product photo of {}")
@@ -146,8 +146,7 @@ def main():
     args = build_parser().parse_args()
     torch.manual_seed(args.seed)
     start = time.time()
-    images, labels = load_fashion_mnist(args.data, "train")
-    data, labels = from_uint8(images, args.resolution), torch.from_numpy(labels)
+    data, labels = fashion_training_data(args.data, args.resolution)
     vae, latents = train_vae(data, args)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))

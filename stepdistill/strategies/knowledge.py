@@ -22,15 +22,14 @@ from torch import Tensor
 from ..denoiser import Condition, Denoiser
 from ..sampling import ddim_sample
 from .base import Strategy, register
-from .options import StrategyOptions
+from .options import TeacherGuidanceOptions
 
 
 @dataclass
-class KnowledgeDistillationConfig(StrategyOptions):
+class KnowledgeDistillationConfig(TeacherGuidanceOptions):
     """Knowledge distillation options."""
 
     teacher_steps: int = field(default=16, metadata={"help": "DDIM steps of the teacher's target samples"})
-    guidance_scale: float = field(default=1.0, metadata={"help": "the teacher's guidance, baked into the student"})
 
     def __post_init__(self):
         super().__post_init__()

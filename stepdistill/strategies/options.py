@@ -2,6 +2,8 @@
 
 * ``StrategyOptions``: the student's optimizer (every strategy).
 * ``GuidedStudentOptions``: the guidance input of a w-conditioned student (progressive and consistency distillation).
+* ``TeacherGuidanceOptions``: the teacher's guidance scale baked into the student (progressive and knowledge
+  distillation).
 * ``LoRAOptions``: a LoRA student on the teacher's own weights (consistency, DMD, SiD).
 * ``ScoreDistillationOptions``: what DMD and SiD share: the generator's steps and input time, the real score's
   guidance, the fake score's learning rate and LoRA, and the noise levels of the score losses.
@@ -50,6 +52,19 @@ class GuidedStudentOptions(StrategyOptions):
             raise ValueError(
                 f"{type(self).__name__}.guidance_embedding_dim must be >= 1 or none, got {self.guidance_embedding_dim}."
             )
+
+
+@dataclass
+class TeacherGuidanceOptions(StrategyOptions):
+    """The teacher's classifier-free guidance in the targets, baked into the student."""
+
+    guidance_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "the teacher's CFG scale in the targets, baked into the student (guided PD: the w its grids and "
+            "export use)"
+        },
+    )
 
 
 @dataclass

@@ -31,11 +31,11 @@ from ..losses import distillation_weight
 from ..sampling import ddim_sample
 from ..schedules import ddim_step, two_step_target
 from .base import Strategy, register, unwrap
-from .options import GuidedStudentOptions
+from .options import GuidedStudentOptions, TeacherGuidanceOptions
 
 
 @dataclass
-class ProgressiveConfig(GuidedStudentOptions):
+class ProgressiveConfig(GuidedStudentOptions, TeacherGuidanceOptions):
     """Progressive distillation options (paper defaults where they apply; the README has CPU settings)."""
 
     teacher_steps: int = field(default=1024, metadata={"help": "steps of the teacher's DDIM sampler in round 1"})
@@ -51,12 +51,6 @@ class ProgressiveConfig(GuidedStudentOptions):
     )
     weighting: Literal["truncated_snr", "snr_plus_one", "constant"] = field(
         default="truncated_snr", metadata={"help": "x-space loss weight: max(SNR, 1), SNR + 1 or 1 (Sec. 4)"}
-    )
-    guidance_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "teacher guidance baked into the student (without guidance_range); in guided PD, the grid's w"
-        },
     )
     guidance_range: list[float] | None = field(
         default=None, metadata={"help": "w_min w_max: guided PD with a w-conditioned student"}
