@@ -28,6 +28,7 @@ from stepdistill.backbones import adapter_for
 from stepdistill.cli import run_cli
 from stepdistill.data import from_uint8
 from stepdistill.denoiser import Condition, Denoiser
+from stepdistill.discriminator import CRITIC_TIME_SAMPLINGS, Discriminator, critic_times, read_features
 from stepdistill.evaluation import (
     balanced_labels,
     class_count,
@@ -55,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the network whose bottleneck the head reads (the fake score's initialisation: the teacher)",
     )
     parser.add_argument("--t-max", type=float, nargs="+", default=[1.0], help="highest noise level(s), of [0, 1]")
+    parser.add_argument(
+        "--source",
+        choices=["bottleneck", "levels"],
+        default="bottleneck",
+        help="the critic: DMD2's head on the mid block, or heads on every down block and the mid block "
+        "(stepdistill.discriminator)",
+    )
+    parser.add_argument(
+        "--t-sampling",
+        choices=list(CRITIC_TIME_SAMPLINGS),
+        default="uniform",
+        help="noise levels under --t-max: uniform training indices, biased to low noise, or logit-normal",
+    )
     parser.add_argument("--num-samples", type=int, default=4096, help="generated (and real) images per probe")
     parser.add_argument("--probe-steps", type=int, default=400, help="optimizer steps of the head")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the head")
@@ -65,12 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bottleneck_features(net: Denoiser, images: torch.Tensor, labels, t: torch.Tensor) -> torch.Tensor:
-    """``net``'s bottleneck features of ``images`` (in [-1, 1]) noised to ``t``, without gradient."""
-    x_t = add_noise(images, torch.randn_like(images), *net.schedule.alpha_sigma(t))
-    cond = None if labels is None else Condition(labels=labels)
-    with torch.no_grad():
-        return net(x_t, t, cond, return_features=True)[1]
+def _critic(net: Denoiser, source: str):
+    """A fresh critic for ``source`` and the function that reads its features from ``(x_t, t, cond)``."""
+    if source == "bottleneck":
+        head = GANHead(adapter_for(net.backbone).feature_channels(net.backbone))
+        return head, lambda x_t, t, cond: net(x_t, t, cond, return_features=True)[1]
+    if source == "levels":
+        critic, names = Discriminator.for_network(net)
+        return critic, lambda x_t, t, cond: read_features(net, x_t, t, cond, names)
+    raise ValueError(f"Unknown feature source {source!r}: 'bottleneck' or 'levels'.")
 
 
 def probe_accuracy(
@@ -83,9 +100,14 @@ def probe_accuracy(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    source: str = "bottleneck",
+    sampling: str = "uniform",
 ) -> dict:
-    """Train a fresh ``GANHead`` on ``net``'s bottleneck features to tell ``real`` from ``fake`` (each ``(images in
-    [-1, 1], labels or None)``, the same count) at noise levels under ``t_max``; return its held-out accuracy.
+    """Train a fresh critic on ``net``'s features to tell ``real`` from ``fake`` (each ``(images in [-1, 1], labels or
+    None)``, the same count) at noise levels under ``t_max``; return its held-out accuracy. ``source``:
+    ``"bottleneck"`` (DMD2's ``GANHead`` on the mid block) or ``"levels"`` (``discriminator.Discriminator`` on every
+    down block and the mid block, conditioned by projection); ``sampling``: the noise levels
+    (``discriminator.critic_times``; ``"uniform"`` draws them as DMDStrategy's GAN term does).
 
     The last quarter of each side is held out; accuracy is evaluated every ``steps // 8`` steps on it (noise levels
     and noise drawn afresh) and the returned ``accuracy`` averages the last quarter of those evaluations."""
@@ -95,18 +117,23 @@ def probe_accuracy(
         raise ValueError(f"The probe needs at least {4 * batch_size // 3 + 2} images per side, got {n}.")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = GANHead(adapter_for(net.backbone).feature_channels(net.backbone))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    critic, features = _critic(net, source)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
     like = torch.zeros(())
 
-    def times(b):  # the GAN term's noise levels under t_max, as DMDStrategy draws them
-        return uniform_index_times(net.schedule, b, like, [0.0, t_max], generator)
+    def times(b):  # uniform: the GAN term's noise levels under t_max, as DMDStrategy draws them
+        if sampling == "uniform":
+            return uniform_index_times(net.schedule, b, like, [0.0, t_max], generator)
+        return critic_times(net.schedule, b, like, sampling, t_max, generator)
 
     def logits(side, index):
         images, labels = side
-        return head(
-            bottleneck_features(net, images[index], None if labels is None else labels[index], times(len(index)))
-        )
+        cond = None if labels is None else Condition(labels=labels[index])
+        t = times(len(index))
+        x_t = add_noise(images[index], torch.randn_like(images[index]), *net.schedule.alpha_sigma(t))
+        with torch.no_grad():
+            feats = features(x_t, t, cond)
+        return critic(feats, cond) if source == "levels" else critic(feats)
 
     held_out = torch.arange(split, n)
     history = []
@@ -149,7 +176,10 @@ def main(argv=None):
     rows = []
     for name, steps, fake in candidates:
         for t_max in args.t_max:
-            out = probe_accuracy(net, real, fake, t_max, args.probe_steps, args.lr, args.batch_size, args.seed, True)
+            out = probe_accuracy(
+                net, real, fake, t_max, args.probe_steps, args.lr, args.batch_size, args.seed, True, args.source,
+                args.t_sampling,
+            )  # fmt: skip
             rows.append({"model": name, "steps": steps, "t_max": t_max, **out})
             print(f"{name} ({steps or '-'} steps), t_max {t_max:g}: held-out accuracy {out['accuracy']:.3f}")
     os.makedirs(args.out, exist_ok=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from .config import upgrade_saved
+from .config import added_at_default, upgrade_saved
 from .io import read_jsonl
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
@@ -125,9 +125,9 @@ def check_belongs(folder: str, strategy: str, config: dict) -> list[str]:
     config = _flat(config)
     differ, changed = [], []
     for key in sorted(set(saved) | set(config)):
-        if saved.get(key) == config.get(key):
-            continue
         name = key.rsplit(".", 1)[-1]
+        if saved.get(key) == config.get(key) or (key not in saved and added_at_default(name, config[key])):
+            continue
         line = f"{key}: {saved.get(key)!r} in the checkpoint, {config.get(key)!r} now"
         if name not in RESUMABLE_CHANGES:
             differ.append(line)

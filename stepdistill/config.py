@@ -83,8 +83,21 @@ class ModelConfig:
 # Options renamed (old name -> new name): the old name is still read from flags, presets, config files and saved
 # configs (resume, --config of an export's training_config.json), with a deprecation warning, for one release.
 RENAMED_OPTIONS = {"dm_t_range": "t_range"}
-# Options added since runs were saved, with the value those runs used (filled in where a saved config lacks them).
-ADDED_OPTIONS = {"betas": [0.9, 0.999]}
+# Options added since runs were saved, with the value that reproduces what those runs did: a saved config that lacks
+# one matches a run that leaves it at this value (resume; the golden exports).
+ADDED_OPTIONS = {
+    "betas": [0.9, 0.999],
+    "gan_features": "fake_score",
+    "gan_t_sampling": "uniform",
+    "gan_loss": "non_saturating",
+    "gan_r1_weight": 0.0,
+    "gan_warmup_steps": 0,
+}
+
+
+def added_at_default(name: str, value) -> bool:
+    """Whether option ``name``, missing from a saved config, is one added since with ``value`` its old behaviour."""
+    return name in ADDED_OPTIONS and value == ADDED_OPTIONS[name]
 
 
 def upgrade_options(values: dict, where: str) -> dict:
@@ -105,18 +118,8 @@ def upgrade_options(values: dict, where: str) -> dict:
 
 
 def upgrade_saved(config: dict, where: str) -> dict:
-    """A saved resolved config (``to_dict``'s nesting by class name) in today's option names, with options added
-    since then filled in with the value the run used."""
-    out = {}
-    for section, values in config.items():
-        if not isinstance(values, dict):
-            out[section] = values
-            continue
-        values = upgrade_options(values, where)
-        if "lr" in values:  # a strategy section: its optimizer options
-            values = {**{k: v for k, v in ADDED_OPTIONS.items() if k not in values}, **values}
-        out[section] = values
-    return out
+    """A saved resolved config (``to_dict``'s nesting by class name) in today's option names."""
+    return {k: upgrade_options(v, where) if isinstance(v, dict) else v for k, v in config.items()}
 
 
 def _base_type(tp):

@@ -6,8 +6,9 @@ folders written to one entry per file:
 * text files (JSON, cards, pipeline code, tokenizer files): the SHA-256 of their bytes after the run's temporary
   folders are replaced by fixed names (JSON is hashed as parsed and re-dumped with sorted keys, so that only
   values count, not the order in which a dataclass lists its fields);
-* ``training_config.json`` also whole: a recorded config matches today's once the options renamed or added since
-  are applied to it (``config.upgrade_saved``), so a renamed option is a named change, not a new golden file;
+* ``training_config.json`` also whole: a recorded config matches today's once options renamed since are read under
+  their new names (``config.upgrade_saved``) and options added since are at the value the recorded run used
+  (``config.ADDED_OPTIONS``), so such a change is a named one, not a new golden file;
 * weight files (``.safetensors``): the SHA-256 of the bytes and, per tensor, its shape, dtype, sum and sum of
   squares. The test accepts an equal SHA-256, or (another CPU may round float32 sums otherwise) equal shapes and
   sums within a tolerance far below one optimizer step's change.
@@ -141,7 +142,8 @@ def same(entry: dict, golden: dict) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             upgraded = upgrade_saved(golden["config"], "golden_exports.json")
-        return None if upgraded == entry["config"] else f"config differs: {_diff(upgraded, entry['config'])}"
+        differ = _diff(upgraded, entry["config"])
+        return f"config differs: {differ}" if differ else None
     if "tensors" not in golden or os.environ.get("STEPDISTILL_GOLDEN_STRICT"):
         return "content differs"
     if set(entry["tensors"]) != set(golden["tensors"]):
@@ -157,12 +159,17 @@ def same(entry: dict, golden: dict) -> str | None:
     return None
 
 
-def _diff(a: dict, b: dict) -> list[str]:
-    flat = [{f"{s}.{k}": v for s, part in d.items() for k, v in part.items()} for d in (a, b)]
+def _diff(saved: dict, now: dict) -> list[str]:
+    """The options that differ between a recorded config and today's, but for options added since at the value the
+    recorded run used (``config.added_at_default``)."""
+    from stepdistill.config import added_at_default
+
+    flat = [{f"{s}.{k}": v for s, part in d.items() for k, v in part.items()} for d in (saved, now)]
     return [
         f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}"
         for k in sorted(set(flat[0]) | set(flat[1]))
         if flat[0].get(k) != flat[1].get(k)
+        and not (k not in flat[0] and added_at_default(k.rsplit(".", 1)[-1], flat[1][k]))
     ]
 
 

@@ -214,7 +214,7 @@ def test_regression_pairs_come_from_the_teacher_once():
 def test_regression_pairs_are_kept_in_their_cache_file_for_the_same_teacher_only(tmp_path, monkeypatch):
     """With ``regression_cache``, a second run (a resume) reads the pairs back instead of running the teacher's
     sampler again; other pair settings or another teacher make them anew."""
-    import stepdistill.strategies.dmd as dmd
+    from stepdistill.strategies import dmd
 
     path = tmp_path / "pairs.pt"
     config = DMDConfig(
@@ -384,3 +384,62 @@ def test_gan_noise_levels_are_the_same_for_real_and_generated_images(gan_t_max, 
     assert abs(float(t_fake.mean() - t_real.mean())) < 0.1 * float(t_real.mean())
     with pytest.raises(ValueError, match="gan_t_max"):
         DMDConfig(gan_t_max=0.0)
+
+
+def test_teacher_feature_critic_trains_by_its_own_optimizer_and_never_leaks_gradient():
+    """--gan-features teacher: heads on the frozen teacher's down and mid blocks (``discriminator.Discriminator``),
+    their own optimizer ``disc``; each loss reaches only its own network (the generator's GAN loss flows through the
+    frozen teacher and critic into the samples), the critic's accuracy is logged per noise-level bucket, and the
+    generator's term waits for ``gan_warmup_steps``."""
+    options = {"gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2, "gan_features": "teacher"}
+    config = DMDConfig(fake_updates_per_generator=1, gan_t_sampling="low", gan_r1_weight=0.1, **options)
+    teacher = unet_teacher()
+    strategy = DMDStrategy(config, teacher)
+    assert set(strategy.trainable()) == set(strategy.optimizers()) == {"student", "fake_score", "disc"}
+    assert not hasattr(strategy.fake_score, "gan_head")
+    losses = strategy.losses(BATCH, 0)
+    assert {"student", "fake_score", "disc", "log/gan_generator", "log/gan_r1"} <= set(losses)
+    assert any(k.startswith("log/critic_acc_t") for k in losses)
+    networks = {"student": strategy.student, "fake_score": strategy.fake_score, "disc": strategy.disc}
+    for name in ("student", "fake_score", "disc"):
+        for net in (*networks.values(), teacher):
+            net.zero_grad(set_to_none=True)
+        losses[name].backward(retain_graph=True)
+        for other, net in networks.items():
+            has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+            assert has_grad == (other == name), (name, other)
+        assert all(p.grad is None for p in teacher.parameters())
+    warm = DMDStrategy(DMDConfig(fake_updates_per_generator=1, gan_warmup_steps=5, **options), unet_teacher())
+    assert "log/gan_generator" not in warm.losses(BATCH, 0) and "log/gan_generator" in warm.losses(BATCH, 5)
+    with pytest.raises(ValueError, match="add --gan-features teacher"):
+        DMDConfig(gan_loss="hinge", gan_generator_weight=1e-3, gan_critic_weight=1e-2)
+
+
+def test_no_training_code_path_reads_the_evaluation_feature_network(tmp_path, monkeypatch):
+    """A discriminator or loss on the domain classifier's features would game the benchmark: no strategy, loss or
+    discriminator module imports the feature networks (stepdistill.features, stepdistill.evaluation), and a DMD2 run
+    of train/dmd.py with the teacher-feature critic never loads a DomainClassifier."""
+    import ast
+    import pathlib
+
+    from stepdistill import features
+    from train.dmd import main
+
+    training = [*pathlib.Path("stepdistill/strategies").glob("*.py")]
+    training += [pathlib.Path(f"stepdistill/{n}.py") for n in ("discriminator", "losses", "trainer", "denoiser")]
+    for path in training:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "features" not in (node.module or "") and "evaluation" not in (node.module or ""), path
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training loaded the domain classifier")
+
+    monkeypatch.setattr(features.DomainClassifier, "from_pretrained", refuse)
+    tiny_unet(num_classes=10).save_pretrained(tmp_path / "teacher" / "unet")
+    tiny_scheduler().save_pretrained(tmp_path / "teacher" / "scheduler")
+    flags = ["--gan-generator-weight", "3e-3", "--gan-critic-weight", "1e-2", "--gan-features", "teacher"]
+    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "16", "--eval-every", "0"]
+    main(["--teacher", str(tmp_path / "teacher"), *flags, *common, "--output-dir", str(tmp_path / "run")])
+    logs = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert "loss/disc" in logs[-1] and any(k.startswith("log/critic_acc_t") for k in logs[-1])

@@ -437,3 +437,28 @@ def test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs
         assert any("lora" in str(p) for p in weights) == (case == "lora") and weights
         for path in weights:
             assert (whole / path).read_bytes() == (again / path).read_bytes(), (case, path)
+
+
+def test_a_checkpoint_from_before_an_option_was_added_still_resumes(tmp_path):
+    """Options added since a checkpoint was written (the optimizer's betas of PD, the adversarial options) match when
+    left at the value that reproduces the old run; set otherwise, they are refused like any other change."""
+    make_trainer(tmp_path, 2, checkpoint_every=1)[0].train()
+    for folder in list_checkpoints(str(tmp_path)):
+        path = os.path.join(folder, "config.json")
+        saved = json.load(open(path))
+        del saved["ProgressiveConfig"]["betas"]
+        open(path, "w").write(json.dumps(saved))
+        from stepdistill.checkpoints import write_manifest
+
+        os.remove(os.path.join(folder, "manifest.json"))
+        write_manifest(folder, "progressive")
+    reset_accelerate_state()
+    trainer, _ = make_trainer(tmp_path, 3, resume="latest")
+    trainer.train()
+    assert trainer.step == 3
+    reset_accelerate_state()
+    old = os.path.join(str(tmp_path), "checkpoints", "step-00000002")  # still without betas
+    trainer, strategy = make_trainer(tmp_path, 4, resume=old)
+    trainer.resolved_config["ProgressiveConfig"]["betas"] = [0.5, 0.9]
+    with pytest.raises(ValueError, match=r"betas: None in the checkpoint, \[0.5, 0.9\] now"):
+        trainer.train()

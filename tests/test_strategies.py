@@ -336,6 +336,14 @@ TWO_PROCESS_VARIANTS = {
     },
     "dmd": {
         "gan": {"fake_updates_per_generator": 2, "gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2, "lr": 1e-3},
+        "gan-teacher": {
+            "fake_updates_per_generator": 2,
+            "gan_generator_weight": 3e-3,
+            "gan_critic_weight": 1e-2,
+            "gan_features": "teacher",
+            "gan_r1_weight": 0.1,
+            "lr": 1e-3,
+        },
         "lora-4step": {"generator_steps": 4, "lora_rank": 4, "fake_lora_rank": 4, "fake_updates_per_generator": 2},
         "unroll-4step": {"generator_steps": 4, "unroll": True, "fake_updates_per_generator": 2, "lr": 1e-3},
     },

@@ -39,18 +39,29 @@ from tqdm.auto import tqdm
 
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
+from ..discriminator import (
+    Discriminator,
+    accuracy_by_level,
+    critic_loss,
+    critic_times,
+    generator_loss,
+    noised_pair,
+    perturbed,
+    r1_penalty,
+    read_features,
+)
 from ..export import ExportSpec
 from ..io import atomic_torch_save
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
 from .base import register, unwrap
-from .options import ScoreDistillationOptions
+from .options import AdversarialOptions, ScoreDistillationOptions
 from .score_distillation import ScoreDistillationStrategy, cat_conditions, generator_times
 
 
 @dataclass
-class DMDConfig(ScoreDistillationOptions):
+class DMDConfig(ScoreDistillationOptions, AdversarialOptions):
     """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py). The options DMD
     shares with SiD (generator steps and input time, unroll, guidance, LoRA, t_range) are in
     ``ScoreDistillationOptions``."""
@@ -63,18 +74,6 @@ class DMDConfig(ScoreDistillationOptions):
     )
     fake_updates_per_generator: int = field(
         default=5, metadata={"help": "two time-scale update rule: fake-score steps per generator step (DMD: 1)"}
-    )
-    gan_generator_weight: float = field(
-        default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
-    )
-    gan_critic_weight: float = field(default=0.0, metadata={"help": "GAN weight in the fake-score loss (DMD2: 1e-2)"})
-    gan_t_max: float = field(
-        default=1.0,
-        metadata={
-            "help": "highest noise level of the GAN term, of [0, 1]: below 1 the critic and the generator's GAN loss "
-            "see images noised to uniform training indices under gan_t_max * T (DMD2's diffusion_gan_max_timestep / "
-            "T), where fine texture is still visible; 1 keeps the fake score's noise levels"
-        },
     )
     regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
     regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
@@ -91,12 +90,8 @@ class DMDConfig(ScoreDistillationOptions):
         super().__post_init__()
         if self.fake_updates_per_generator < 1:
             raise ValueError("DMDConfig.fake_updates_per_generator must be >= 1.")
-        if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
-            raise ValueError("DMDConfig loss weights must be >= 0.")
-        if not 0 < self.gan_t_max <= 1:
-            raise ValueError(f"DMDConfig.gan_t_max must be in (0, 1], got {self.gan_t_max}.")
-        if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
-            raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
+        if self.regression_weight < 0:
+            raise ValueError("DMDConfig.regression_weight must be >= 0.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):
             raise ValueError("The regression loss needs regression_pairs >= 1 and a one-step generator.")
         if self.unroll and not self.backward_simulation:
@@ -109,10 +104,6 @@ class DMDConfig(ScoreDistillationOptions):
                 "The regression loss pairs the teacher's DDIM from pure noise at the top time with the generator's "
                 "input: drop init_timestep or the regression loss."
             )
-
-    @property
-    def gan(self) -> bool:
-        return self.gan_critic_weight > 0
 
 
 class GANHead(nn.Module):
@@ -153,7 +144,13 @@ class DMDStrategy(ScoreDistillationStrategy):
         self, config: DMDConfig, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None
     ):
         super().__init__(config, teacher, student, fake_score)
-        if config.gan:
+        self.disc: nn.Module | None = None
+        self._gan_on = True  # the generator's GAN term, off for gan_warmup_steps
+        if config.gan and config.gan_features == "teacher":
+            if teacher.backbone is None:
+                raise ValueError("The teacher-feature critic reads the teacher's blocks: the teacher has no backbone.")
+            self.disc, self.disc_levels = Discriminator.for_network(teacher)
+        elif config.gan:
             backbone = self.fake_score.backbone
             if backbone is None:
                 raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
@@ -169,6 +166,13 @@ class DMDStrategy(ScoreDistillationStrategy):
         else:
             self.times = generator_times(teacher.schedule, config.generator_steps, config.init_timestep)
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {**super().trainable(), **({"disc": self.disc} if self.disc is not None else {})}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        extra = {"disc": self.adamw(self.disc, self.config.fake_lr)} if self.disc is not None else {}
+        return {**super().optimizers(), **extra}
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -190,10 +194,13 @@ class DMDStrategy(ScoreDistillationStrategy):
         def make_input(noise: Tensor, k: int) -> Tensor:
             return self._generator_input(x0, cond, k, noise)
 
+        self._gan_on = step >= self.config.gan_warmup_steps
         x_gen = self.student_samples(noise, cond, step, train_student, make_input, forward)
         if train_student and self.config.unroll:
             out.update(self._matching_losses(x_gen, cond))
         out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
+        if self.disc is not None:
+            out.update(self._critic_losses(x0, x_gen.detach(), cond))
         return out
 
     def _generator_input(self, x0: Tensor, cond: Condition | None, k: int, noise: Tensor | None = None) -> Tensor:
@@ -234,20 +241,57 @@ class DMDStrategy(ScoreDistillationStrategy):
             x0_fake = unwrap(self.fake_score)(x_t, t, cond)
         dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
         loss, logs = dm, {"log/dm": dm.detach()}
-        if cfg.gan:
-            t_gan = self._gan_times(b, x_gen)
-            x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t_gan))
-            with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
-                _, features = fake(x_t_gan, t_gan, cond, return_features=True)
-                gan = gan_generator_loss(fake.gan_head(features))
+        if cfg.gan and self._gan_on:
+            gan = self._generator_gan_loss(x_gen, cond)
             loss = loss + cfg.gan_generator_weight * gan
             logs["log/gan_generator"] = gan.detach()
         return {"student": loss, **logs}
 
+    def _generator_gan_loss(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
+        """The generator's GAN loss on ``x_gen`` (with gradient): through the frozen fake score and its head (DMD2), or
+        the frozen teacher's features and the frozen critic; neither network's parameters receive gradient."""
+        b, schedule = len(x_gen), self.teacher.schedule
+        if self.disc is None:
+            t_gan = self._gan_times(b, x_gen)
+            x_t_gan = add_noise(x_gen, torch.randn_like(x_gen), *schedule.alpha_sigma(t_gan))
+            with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
+                _, features = fake(x_t_gan, t_gan, cond, return_features=True)
+                return gan_generator_loss(fake.gan_head(features))
+        cfg = self.config
+        t = critic_times(schedule, b, x_gen, cfg.gan_t_sampling, cfg.gan_t_max)
+        x_t = add_noise(x_gen, torch.randn_like(x_gen), *schedule.alpha_sigma(t))
+        with self.teacher_network() as teacher, self.frozen("disc") as disc:
+            return generator_loss(disc(read_features(teacher, x_t, t, cond, self.disc_levels), cond), cfg.gan_loss)
+
+    def _critic_losses(self, x0: Tensor, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+        """The teacher-feature critic's loss (its own optimizer ``disc``): real and generated images at the same
+        noise levels with the same noise, the teacher's features without gradient, one call of the critic; with
+        ``gan_r1_weight`` the approximate R1 penalty on the real half. Logs its accuracy per noise-level bucket."""
+        cfg, b, schedule = self.config, len(x0), self.teacher.schedule
+        t = critic_times(schedule, b, x0, cfg.gan_t_sampling, cfg.gan_t_max)
+        x_real, x_fake = noised_pair(schedule, x0, x_gen, t)
+        inputs, times, n = [x_real, x_fake], [t, t], 2
+        if cfg.gan_r1_weight:  # the real half again, slightly perturbed: approximate R1 from the same call
+            inputs.append(perturbed(x_real))
+            times.append(t)
+            n = 3
+        conds = None if cond is None else cond.map(lambda v: torch.cat([v] * n))
+        with torch.no_grad(), self.teacher_network() as teacher:
+            features = read_features(teacher, torch.cat(inputs), torch.cat(times), conds, self.disc_levels)
+        logits = self.disc(features, conds)
+        real, fake = logits[:b], logits[b : 2 * b]
+        loss = critic_loss(real, fake, cfg.gan_loss)
+        out = {"log/gan_critic": loss.detach(), **accuracy_by_level(real, fake, t)}
+        if cfg.gan_r1_weight:
+            r1 = r1_penalty(real, logits[2 * b :])
+            loss = loss + cfg.gan_r1_weight * r1
+            out["log/gan_r1"] = r1.detach()
+        return {"disc": cfg.gan_critic_weight * loss, **out}
+
     def _fake_score_losses(self, x_gen: Tensor, x0_real: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""
         cfg, b = self.config, len(x_gen)
-        if not cfg.gan:
+        if not cfg.gan or self.disc is not None:  # the teacher-feature critic has its own loss (_critic_losses)
             return {"fake_score": denoising_loss(self.fake_score, x_gen, cond, t=self._score_times(b, x_gen))}
         net = unwrap(self.fake_score)
         schedule, kind = net.schedule, net.prediction

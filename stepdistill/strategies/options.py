@@ -5,6 +5,8 @@
 * ``TeacherGuidanceOptions``: the teacher's guidance scale baked into the student (progressive and knowledge
   distillation).
 * ``LoRAOptions``: a LoRA student on the teacher's own weights (consistency, DMD, SiD).
+* ``AdversarialOptions``: an adversarial term (a critic on the fake score's bottleneck, DMD2's, or on the frozen
+  teacher's features at several depths, ``stepdistill.discriminator``).
 * ``ScoreDistillationOptions``: what DMD and SiD share: the generator's steps and input time, the real score's
   guidance, the fake score's learning rate and LoRA, and the noise levels of the score losses.
 
@@ -17,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TIME_SAMPLINGS = ("uniform", "karras")
+GAN_FEATURES = ("fake_score", "teacher")
+from ..discriminator import CRITIC_TIME_SAMPLINGS
+from ..discriminator import LOSSES as GAN_LOSSES
 
 
 @dataclass
@@ -35,6 +40,9 @@ class StrategyOptions:
             raise ValueError(f"{name}.weight_decay must be >= 0, got {self.weight_decay}.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"{name}.betas must be two numbers in [0, 1), got {self.betas}.")
+        mixin = getattr(super(), "__post_init__", None)  # options mixed in beside this base (AdversarialOptions)
+        if mixin is not None:
+            mixin()
 
 
 @dataclass
@@ -152,3 +160,70 @@ class ScoreDistillationOptions(LoRAOptions):
 
     def adapted(self) -> bool:
         return self.lora_rank > 0 or self.fake_lora_rank > 0
+
+
+@dataclass
+class AdversarialOptions:
+    """An adversarial term: a critic tells noisy real images from noisy generated ones, and the generator follows it.
+    ``gan_features``: ``"fake_score"``, DMD2's head on the fake score's bottleneck, trained inside the fake score's
+    loss; ``"teacher"``, heads on the frozen teacher's down and mid blocks (``discriminator.Discriminator``), trained
+    by their own optimizer ``disc``."""
+
+    gan_generator_weight: float = field(
+        default=0.0, metadata={"help": "GAN weight in the generator loss (DMD2: 3e-3)"}
+    )
+    gan_critic_weight: float = field(
+        default=0.0, metadata={"help": "GAN weight in the critic's loss (DMD2: 1e-2; the fake score's share)"}
+    )
+    gan_t_max: float = field(
+        default=1.0,
+        metadata={
+            "help": "highest noise level of the critic's inputs, of [0, 1] (DMD2's diffusion_gan_max_timestep / T); "
+            "with fake-score features, 1 keeps the fake score's noise levels"
+        },
+    )
+    gan_features: str = field(
+        default="fake_score",
+        metadata={
+            "help": "the critic: 'fake_score' (DMD2's head on its bottleneck) or 'teacher' (heads on its levels)"
+        },
+    )
+    gan_t_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "teacher-feature critic: noise levels 'uniform', 'low' (t_max u^2) or 'logit_normal' (LADD)"
+        },
+    )
+    gan_loss: str = field(default="non_saturating", metadata={"help": "'non_saturating' or 'hinge'"})
+    gan_r1_weight: float = field(
+        default=0.0, metadata={"help": "teacher-feature critic: weight of the approximate R1 penalty (0: off)"}
+    )
+    gan_warmup_steps: int = field(
+        default=0, metadata={"help": "optimizer steps before the generator's GAN term switches on (the critic trains)"}
+    )
+
+    def __post_init__(self):
+        if min(self.gan_generator_weight, self.gan_critic_weight, self.gan_r1_weight, self.gan_warmup_steps) < 0:
+            raise ValueError("GAN weights, gan_r1_weight and gan_warmup_steps must be >= 0.")
+        if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
+            raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
+        if not 0 < self.gan_t_max <= 1:
+            raise ValueError(f"gan_t_max must be in (0, 1], got {self.gan_t_max}.")
+        for name, allowed in (
+            ("gan_features", GAN_FEATURES),
+            ("gan_t_sampling", CRITIC_TIME_SAMPLINGS),
+            ("gan_loss", GAN_LOSSES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.gan_features == "fake_score" and (
+            self.gan_t_sampling != "uniform" or self.gan_loss != "non_saturating" or self.gan_r1_weight
+        ):
+            raise ValueError(
+                "gan_t_sampling, gan_loss and gan_r1_weight shape the teacher-feature critic: add --gan-features "
+                "teacher, or keep DMD2's head with their defaults."
+            )
+
+    @property
+    def gan(self) -> bool:
+        return self.gan_critic_weight > 0
