@@ -86,22 +86,27 @@ def read_features(net: Denoiser, x_t: Tensor, t: Tensor, cond: Condition | None,
     return [store[name] for name in names]
 
 
+def head_layers(channels: int, width: int, groups: int) -> list[nn.Module]:
+    """Two 3x3 convolutions with group norm and SiLU, then global average pooling: ``[B, C, h, w]`` ->
+    ``[B, width, 1, 1]`` (DMD2's GAN head and each level of ``Discriminator``)."""
+    return [
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.GroupNorm(groups, width),
+        nn.SiLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.GroupNorm(groups, width),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+    ]
+
+
 class LevelHead(nn.Module):
     """One level's head: features ``[B, C, h, w]`` -> pooled ``[B, width]``."""
 
     def __init__(self, channels: int, width: int):
         super().__init__()
         groups = math.gcd(8, width)  # several channels per group: a group keeps a level's overall offset
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.GroupNorm(groups, width),
-            nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.GroupNorm(groups, width),
-            nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        self.net = nn.Sequential(*head_layers(channels, width, groups), nn.Flatten())
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features.float())

@@ -61,8 +61,12 @@ def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float 
     plt.close(fig)
 
 
+CRITIC_ACCURACY = "log/critic_acc_t"  # discriminator.accuracy_by_level's keys, one per noise-level bucket
+
+
 def read_training_log(log_path: str) -> dict[str, list[tuple[int, float]]]:
-    """The ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl``: ``{key: [(step, value), ...]}``."""
+    """The ``loss/*``, ``eval/*`` and critic-accuracy series of a trainer's ``log.jsonl``: ``{key: [(step, value),
+    ...]}``."""
     import json
 
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -70,31 +74,44 @@ def read_training_log(log_path: str) -> dict[str, list[tuple[int, float]]]:
         for line in f:
             entry = json.loads(line)
             for key, value in entry.items():
-                if key.startswith(("eval/", "loss/")) and isinstance(value, (int, float)):
+                if key.startswith(("eval/", "loss/", CRITIC_ACCURACY)) and isinstance(value, (int, float)):
                     series[key].append((entry["step"], value))
     return series
 
 
 def plot_training_log(log_path: str, path: str) -> list[str]:
     """Plot every logged ``loss/*`` and ``eval/*`` series of a trainer's ``log.jsonl`` against the training step,
-    one panel per series (``eval/*`` panels first). Returns the plotted keys; writes nothing if there are none."""
+    one panel per series (``eval/*`` panels first), and the critic's accuracy per noise-level bucket in one panel
+    with chance (0.5) marked, so that a critic that tells nothing apart shows while training. Returns the panels'
+    keys; writes nothing if there are none."""
     series = read_training_log(log_path)
-    keys = sorted(series, key=lambda k: (not k.startswith("eval/"), k))
-    if not keys:
+    critic = sorted(k for k in series if k.startswith(CRITIC_ACCURACY))
+    keys = sorted((k for k in series if k not in critic), key=lambda k: (not k.startswith("eval/"), k))
+    panels = keys + (["critic accuracy"] if critic else [])
+    if not panels:
         return []
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         steps, values = zip(*series[key])
         ax.plot(steps, values, marker="o" if key.startswith("eval/") else None, markersize=3)
         name = key.split("/", 1)[1]
         ax.set_title(METRICS.get(name, key), fontsize=9)
+    if critic:
+        ax = axes[0][-1]
+        for key in critic:
+            k = int(key[len(CRITIC_ACCURACY) :])
+            ax.plot(*zip(*series[key]), label=f"t bucket {k} (of 4 equal ranges of [0, 1])")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_title("critic accuracy by noise level (0.5: chance)", fontsize=9)
+        ax.legend(fontsize=6)
+    for ax in axes[0]:
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return keys
+    return panels
 
 
 def plot_runs(logs: dict[str, str], key: str, path: str, log_y: bool = True) -> None:

@@ -121,3 +121,18 @@ def test_the_adversarial_loss_alone_moves_wrong_mode_weights_toward_the_truth():
         critic.requires_grad_(True)
     weight = float((generate(20000)[:, 0, 0, 0] > 0).float().mean())
     assert 0.4 < weight < 0.6, weight
+
+
+def test_the_training_curves_show_the_critics_accuracy_by_noise_level(tmp_path):
+    import json
+
+    from stepdistill.reporting import plot_training_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [
+        {"step": s, "loss/student": 1.0 / s, "log/critic_acc_t0": 0.5 + s / 100, "log/critic_acc_t3": 0.5}
+        for s in (1, 2, 3)
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert plot_training_log(str(log), str(tmp_path / "curves.png")) == ["loss/student", "critic accuracy"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000

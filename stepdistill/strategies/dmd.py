@@ -45,6 +45,7 @@ from ..discriminator import (
     critic_loss,
     critic_times,
     generator_loss,
+    head_layers,
     noised_pair,
     perturbed,
     r1_penalty,
@@ -111,17 +112,7 @@ class GANHead(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        groups = math.gcd(32, channels)
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(groups, channels),
-            nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(groups, channels),
-            nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, 1, 1),
-        )
+        self.net = nn.Sequential(*head_layers(channels, channels, math.gcd(32, channels)), nn.Conv2d(channels, 1, 1))
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features.float()).flatten()
