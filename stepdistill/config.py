@@ -92,6 +92,7 @@ ADDED_OPTIONS = {
     "gan_loss": "non_saturating",
     "gan_r1_weight": 0.0,
     "gan_warmup_steps": 0,
+    "gan_lr": None,
 }
 
 

@@ -396,6 +396,8 @@ def test_teacher_feature_critic_trains_by_its_own_optimizer_and_never_leaks_grad
     teacher = unet_teacher()
     strategy = DMDStrategy(config, teacher)
     assert set(strategy.trainable()) == set(strategy.optimizers()) == {"student", "fake_score", "disc"}
+    fast = DMDStrategy(DMDConfig(gan_lr=1e-3, **options), unet_teacher())
+    assert fast.optimizers()["disc"].param_groups[0]["lr"] == 1e-3
     assert not hasattr(strategy.fake_score, "gan_head")
     losses = strategy.losses(BATCH, 0)
     assert {"student", "fake_score", "disc", "log/gan_generator", "log/gan_r1"} <= set(losses)

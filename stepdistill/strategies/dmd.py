@@ -162,7 +162,8 @@ class DMDStrategy(ScoreDistillationStrategy):
         return {**super().trainable(), **({"disc": self.disc} if self.disc is not None else {})}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        extra = {"disc": self.adamw(self.disc, self.config.fake_lr)} if self.disc is not None else {}
+        cfg = self.config
+        extra = {"disc": self.adamw(self.disc, cfg.gan_lr or cfg.fake_lr)} if self.disc is not None else {}
         return {**super().optimizers(), **extra}
 
     # ------------------------------------------------------------------------------------------ losses

@@ -201,10 +201,19 @@ class AdversarialOptions:
     gan_warmup_steps: int = field(
         default=0, metadata={"help": "optimizer steps before the generator's GAN term switches on (the critic trains)"}
     )
+    gan_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "teacher-feature critic: its learning rate (default: fake_lr, else lr); the probe of "
+            "eval/gan_probe.py separates samples from real images at 1e-3, not at 1e-4"
+        },
+    )
 
     def __post_init__(self):
         if min(self.gan_generator_weight, self.gan_critic_weight, self.gan_r1_weight, self.gan_warmup_steps) < 0:
             raise ValueError("GAN weights, gan_r1_weight and gan_warmup_steps must be >= 0.")
+        if self.gan_lr is not None and not self.gan_lr > 0:
+            raise ValueError(f"gan_lr must be positive, got {self.gan_lr}.")
         if (self.gan_generator_weight > 0) != (self.gan_critic_weight > 0):
             raise ValueError("Set both gan_generator_weight and gan_critic_weight (the GAN term), or neither.")
         if not 0 < self.gan_t_max <= 1:
@@ -217,10 +226,10 @@ class AdversarialOptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.gan_features == "fake_score" and (
-            self.gan_t_sampling != "uniform" or self.gan_loss != "non_saturating" or self.gan_r1_weight
+            self.gan_t_sampling != "uniform" or self.gan_loss != "non_saturating" or self.gan_r1_weight or self.gan_lr
         ):
             raise ValueError(
-                "gan_t_sampling, gan_loss and gan_r1_weight shape the teacher-feature critic: add --gan-features "
+                "gan_t_sampling, gan_loss, gan_r1_weight and gan_lr shape the teacher-feature critic: add --gan-features "
                 "teacher, or keep DMD2's head with their defaults."
             )
 
