@@ -171,8 +171,9 @@ def _is_run_config(path: str) -> bool:
     return isinstance(saved, dict) and "TrainerConfig" in saved
 
 
-def _holds_run(output_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(output_dir, n)) for n in ("checkpoints", "log.jsonl"))
+def _run_markers(output_dir: str) -> list[str]:
+    """What shows that ``output_dir`` holds a run: its checkpoints and log, of those present."""
+    return [n for n in ("checkpoints", "log.jsonl") if os.path.exists(os.path.join(output_dir, n))]
 
 
 def check_output_dir(output_dir: str, resume: str | None) -> None:
@@ -194,7 +195,7 @@ def check_output_dir(output_dir: str, resume: str | None) -> None:
             f"{', ...' if len(foreign) > 5 else ''}): a run there could overwrite them (a model folder's config.json); "
             "choose an empty or new --output-dir."
         )
-    if resume and resume != "latest" and _holds_run(output_dir):
+    if resume and resume != "latest" and _run_markers(output_dir):
         own = os.path.realpath(os.path.join(output_dir, "checkpoints"))
         if os.path.dirname(os.path.realpath(os.path.normpath(resume))) != own:
             raise ValueError(
@@ -208,13 +209,12 @@ def claim_output_dir(accelerator, output_dir: str, overwrite: bool) -> None:
     """Refuse to start in a folder that holds another run, unless ``overwrite``: then delete everything that run
     wrote (checkpoints, logs, grids, exports), so nothing of it is left behind. ``check_output_dir`` first."""
     check_output_dir(output_dir, None)
-    log = os.path.join(output_dir, "log.jsonl")
-    previous = [p for p in (os.path.join(output_dir, "checkpoints"), log) if os.path.exists(p)]
+    previous = _run_markers(output_dir)
     if not previous:
         return
     if not overwrite:
         raise ValueError(
-            f"{output_dir!r} already holds a run ({', '.join(os.path.basename(p) for p in previous)}): pass --resume "
+            f"{output_dir!r} already holds a run ({', '.join(previous)}): pass --resume "
             "latest to continue it, --overwrite to delete it and start over, or choose another --output-dir."
         )
     accelerator.wait_for_everyone()
@@ -274,8 +274,7 @@ def save(
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
             torch.save(trainer_state(), os.path.join(tmp, "trainer_state.pt"))
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(resolved, f, indent=2)
+            write_run_config(tmp, resolved)
             write_manifest(tmp, strategy)
     except OSError as err:  # a full disk: the partial folder is removed, the previous checkpoint stays the latest
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,6 @@ batches (a new permutation each epoch), AdamW with a warm-up and cosine decay, g
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -53,13 +52,16 @@ def batches(n: int, batch_size: int, iterations: int) -> Iterator[Tensor]:
 
 def warmup_cosine(warmup: int, iterations: int, delay_decay: bool = True) -> Callable[[int], float]:
     """The LR factor at iteration ``i``: linear warm-up over ``warmup`` iterations times a cosine decay to 0 by
-    ``iterations``, which starts after the warm-up (``delay_decay``, as ``trainer.lr_lambda``) or at iteration 0."""
+    ``iterations``. ``delay_decay``: the decay starts after the warm-up (the trainer's own ``lr_lambda``, the text
+    teacher's schedule); else at iteration 0, in float32 as the bundled pixel teacher was trained."""
+    if delay_decay:
+        from .trainer import TrainerConfig, lr_lambda
+
+        return lr_lambda(TrainerConfig(max_steps=iterations, lr_warmup_steps=warmup, lr_schedule="cosine"))
 
     def factor(i: int) -> float:
         warm = min(1.0, (i + 1) / warmup) if warmup else 1.0
-        start = warmup if delay_decay else 0
-        progress = min(1.0, max(0, i - start) / max(1, iterations - start))
-        return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        return warm * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * i / iterations)).item())
 
     return factor
 

@@ -47,10 +47,10 @@ def pipeline_class(path: str, **hub_kwargs) -> str | None:
             name = json.load(f).get("_class_name")
     elif path.startswith((".", "/")) or path.count("/") != 1:
         return None  # neither a folder nor a Hub id 'owner/name'
-    elif check_model_path(path):
-        return None
     else:
         import diffusers
+
+        check_model_path(path)  # 'owner/name' close to a local folder's name: a typo, refused before any Hub request
 
         with hub_errors(path):
             name = diffusers.DiffusionPipeline.load_config(path, **hub_kwargs).get("_class_name")

@@ -17,8 +17,9 @@ and computes a dict of losses for a batch. The trainer knows nothing else about 
 * hooks: ``on_step_end(step)`` (EMA targets, stage switches), ``sampling_network()`` and ``export_modules()``
   (what is sampled and exported), ``extra_state()``/``load_extra_state()`` for exact resume.
 
-``trainable()`` and ``optimizers()`` default to the student and the config's AdamW (``options.StrategyOptions``), so
-a new method is a config dataclass, ``losses``, ``sample``, ``scheduler_spec`` and ``@register``.
+``trainable()`` and ``optimizers()`` default to the student and the config's AdamW (``options.StrategyOptions``), and
+``sample()`` to DDIM at a ``DDIMScheduler`` spec's times, so a new method is a config dataclass, ``losses``,
+``scheduler_spec`` and ``@register``.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
         return ExportSpec(len(spec["times"]), spec, method, f"Trained {step} optimizer steps.")
 
     def sampling_network(self) -> Denoiser:
-        """The network whose samples are the strategy's output (unwrapped): the one the trainer keeps an EMA of, the
-        sample grids read their shape from, and export writes (default: the student)."""
+        """The network whose samples are the strategy's output (unwrapped): what ``sample`` runs, the sample grids read
+        their shape from, and export writes (default: the student). The trainer's EMA averages the trained network
+        ``output`` instead; the two differ for a strategy with a target of its own (consistency's EMA target)."""
         return unwrap(self.student)
 
     # ------------------------------------------------------------------------------------ networks

@@ -136,7 +136,6 @@ class DMDStrategy(ScoreDistillationStrategy):
     ):
         super().__init__(config, teacher, student, fake_score)
         self.disc: nn.Module | None = None
-        self._gan_on = True  # the generator's GAN term, off for gan_warmup_steps
         if config.gan and config.gan_features == "teacher":
             if teacher.backbone is None:
                 raise ValueError("The teacher-feature critic reads the teacher's blocks: the teacher has no backbone.")
@@ -174,22 +173,21 @@ class DMDStrategy(ScoreDistillationStrategy):
         x0 = batch["x0"]
         cond = Condition.from_batch(batch)
         train_student = step % self.config.fake_updates_per_generator == 0
+        gan_on = step >= self.config.gan_warmup_steps  # the generator's GAN term (the critic trains from step 0)
         out: dict[str, Tensor] = {}
 
         def forward(x_in: Tensor, t_in: Tensor) -> Tensor:  # one step's forward, DMD's regression pairs riding in it
-            losses, x_gen = self._generator_losses(x_in, t_in, cond)
+            losses, x_gen = self._generator_losses(x_in, t_in, cond, gan_on)
             out.update(losses)
             return x_gen
-
-        noise = torch.randn_like(x0)
 
         def make_input(noise: Tensor, k: int) -> Tensor:
             return self._generator_input(x0, cond, k, noise)
 
-        self._gan_on = step >= self.config.gan_warmup_steps
+        noise = torch.randn_like(x0)
         x_gen = self.student_samples(noise, cond, step, train_student, make_input, forward)
         if train_student and self.config.unroll:
-            out.update(self._matching_losses(x_gen, cond))
+            out.update(self._matching_losses(x_gen, cond, gan_on))
         out.update(self._fake_score_losses(x_gen.detach(), x0, cond))
         if self.disc is not None:
             out.update(self._critic_losses(x0, x_gen.detach(), cond))
@@ -204,7 +202,7 @@ class DMDStrategy(ScoreDistillationStrategy):
         return add_noise(x0, noise, *self.teacher.schedule.alpha_sigma(self.times[k].to(x0).expand(len(x0))))
 
     def _generator_losses(
-        self, x_in: Tensor, t_in: Tensor, cond: Condition | None
+        self, x_in: Tensor, t_in: Tensor, cond: Condition | None, gan_on: bool = True
     ) -> tuple[dict[str, Tensor], Tensor]:
         """The generator's losses (``_matching_losses``, + DMD's regression term) from one forward of the generator
         at ``(x_in, t_in)``, and its samples ``x_gen`` (with gradient)."""
@@ -216,15 +214,16 @@ class DMDStrategy(ScoreDistillationStrategy):
             cond = cat_conditions(cond, Condition(labels=pairs["labels"][pick]) if "labels" in pairs else None)
         out_all = self.student(x_in, t_in, cond)
         x_gen = out_all[:b]
-        out = self._matching_losses(x_gen, None if cond is None else cond.map(lambda v: v[:b]))
+        out = self._matching_losses(x_gen, None if cond is None else cond.map(lambda v: v[:b]), gan_on)
         if cfg.regression_weight:
             regression = (out_all[b:].float() - pairs["images"][pick].float()).pow(2).mean()
             out["student"] = out["student"] + cfg.regression_weight * regression
             out["log/regression"] = regression.detach()
         return out, x_gen
 
-    def _matching_losses(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
-        """The distribution-matching loss (+ the GAN term) of generator samples ``x_gen`` (with gradient)."""
+    def _matching_losses(self, x_gen: Tensor, cond: Condition | None, gan_on: bool = True) -> dict[str, Tensor]:
+        """The distribution-matching loss (+ the GAN term, unless ``gan_on`` is off: before ``gan_warmup_steps``) of
+        generator samples ``x_gen`` (with gradient)."""
         cfg, b = self.config, len(x_gen)
         t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.t_range)  # DMD2: indices 20-980
         x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
@@ -233,7 +232,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             x0_fake = unwrap(self.fake_score)(x_t, t, cond)
         dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
         loss, logs = dm, {"log/dm": dm.detach()}
-        if cfg.gan and self._gan_on:
+        if cfg.gan and gan_on:
             gan = self._generator_gan_loss(x_gen, cond)
             loss = loss + cfg.gan_generator_weight * gan
             logs["log/gan_generator"] = gan.detach()
