@@ -87,6 +87,9 @@ RENAMED_OPTIONS = {"dm_t_range": "t_range"}
 # one matches a run that leaves it at this value (resume; the golden exports).
 ADDED_OPTIONS = {
     "betas": [0.9, 0.999],
+    "gan_generator_weight": 0.0,  # SiD's adversarial term (SiDA)
+    "gan_critic_weight": 0.0,
+    "gan_t_max": 1.0,
     "gan_features": "fake_score",
     "gan_t_sampling": "uniform",
     "gan_loss": "non_saturating",

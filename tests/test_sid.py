@@ -282,3 +282,43 @@ def test_data_free_setup_draws_balanced_labels_and_refuses_a_text_teacher(tmp_pa
     tiny_scheduler().save_pretrained(tmp_path / "text" / "scheduler")
     with pytest.raises(ValueError, match="text-conditional UNet without its pipeline"):
         load_setup(ModelConfig(teacher=str(tmp_path / "text")), data_free=True)
+
+
+@pytest.mark.parametrize("features", ["fake_score", "teacher"])
+def test_sida_losses_reach_only_their_own_network(features):
+    """SiDA / SiD²A: the fake-score step trains the critic (the fake score's encoder logits, or the teacher-feature
+    heads with their own optimizer) on real against generated images; the generator step adds the adversarial term
+    (after ``gan_warmup_steps``). Each loss reaches only its own network, never the teacher; the critic's loss never
+    reaches the generator, the generator's never the critic."""
+    from test_dmd import BATCH
+
+    options = {"gan_generator_weight": 1e-2, "gan_critic_weight": 1.0, "gan_features": features, "gan_warmup_steps": 3}
+    teacher = unet_teacher()
+    strategy = SiDStrategy(SiDConfig(**options), teacher)
+    names = {"student", "fake_score"} | ({"disc"} if features == "teacher" else set())
+    assert set(strategy.trainable()) == set(strategy.optimizers()) == names
+    critic_step, early, generator_step = (
+        strategy.losses(BATCH, 0),
+        strategy.losses(BATCH, 1),
+        strategy.losses(BATCH, 3),
+    )
+    assert any(k.startswith("log/critic_acc_t") for k in critic_step) and "log/gan_critic" in critic_step
+    assert "log/gan_generator" not in early and "log/gan_generator" in generator_step
+    networks = {k: getattr(strategy, k) for k in names}
+    for losses in (critic_step, generator_step):
+        for name in (k for k in losses if not k.startswith("log/")):
+            for net in (*networks.values(), teacher):
+                net.zero_grad(set_to_none=True)
+            losses[name].backward(retain_graph=True)
+            for other, net in networks.items():
+                has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+                assert has_grad == (other == name), (name, other)
+            assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_sida_reads_real_images_and_refuses_options_its_critic_ignores():
+    strategy = SiDStrategy(SiDConfig(gan_generator_weight=1e-2, gan_critic_weight=1.0), unet_teacher())
+    with pytest.raises(ValueError, match="holds no 'x0'"):
+        strategy.losses(LABELS, 0)
+    with pytest.raises(ValueError, match="gan_t_max shapes the teacher-feature critic"):
+        SiDConfig(gan_generator_weight=1e-2, gan_critic_weight=1.0, gan_t_max=0.3)

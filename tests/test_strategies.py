@@ -351,6 +351,18 @@ TWO_PROCESS_VARIANTS = {
         "lsg": {"lr": 1e-3, "real_guidance_scale": 2.0, "fake_train_guidance": 2.0, "fake_eval_guidance": 2.0},
         "lora-4step": {"generator_steps": 4, "init_timestep": 999, "lora_rank": 4, "fake_lora_rank": 4, "lr": 1e-3},
         "unroll-4step": {"generator_steps": 4, "init_timestep": 999, "unroll": True, "lr": 1e-3},
+        "sida": {"gan_generator_weight": 1e-3, "gan_critic_weight": 1.0, "lr": 1e-3},
+        "sida-teacher": {
+            "gan_generator_weight": 1e-2,
+            "gan_critic_weight": 1.0,
+            "gan_features": "teacher",
+            "lr": 1e-3,
+        },
+    },
+    "ladd": {
+        "default": {},
+        "1step-lora": {"generator_steps": 1, "lora_rank": 4, "lr": 1e-3},
+        "synthetic": {"data_source": "teacher", "teacher_steps": 2},
     },
 }
 TWO_PROCESS_CASES = [

@@ -162,6 +162,7 @@ torch.save({"latents": out, "class": type(pipe).__name__}, io)
 """
 )
 
+SIDA = ["--gan-generator-weight", "1e-2", "--gan-critic-weight", "1"]
 # (family, script, extra flags, export folder, sampler): a few steps of every strategy on the tiny pipelines
 CASES = [
     (
@@ -211,6 +212,11 @@ CASES = [
     ("sd3", "dmd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
     ("sd3", "sid", ["--preset", "fashion"], "pipeline", "multistep"),
     ("sd3-t5", "dmd", ["--preset", "fashion"], "pipeline", "multistep"),
+    # the adversarial family: SiDA (the fake score's encoder logits) and SiD²A-style teacher-feature critic, LADD
+    ("sd15", "sid", ["--preset", "fashion", *SIDA, "--gan-features", "teacher"], "pipeline", "multistep"),
+    ("sd3", "sid", ["--preset", "fashion", *SIDA], "pipeline", "multistep"),
+    ("sd15", "ladd", ["--preset", "fashion"], "pipeline", "multistep"),
+    ("sd3", "ladd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
 ]
 
 
@@ -242,7 +248,8 @@ def test_train_script_on_a_text_teacher_exports_what_plain_diffusers_reproduces(
 
     main = importlib.import_module(f"train.{script}").main
     out = tmp_path / "run"
-    data = ["--prompts", pipelines["prompts"]] if script == "sid" else ["--data", pipelines["data"]]
+    data_free = script == "sid" and "--gan-critic-weight" not in flags  # SiDA's critic reads real images
+    data = ["--prompts", pipelines["prompts"]] if data_free else ["--data", pipelines["data"]]
     common = ["--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--output-dir", str(out)]
     main(["--teacher", pipelines[family], *data, *common, *flags])
     logs = [json.loads(line) for line in open(out / "log.jsonl")]

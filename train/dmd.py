@@ -86,6 +86,20 @@ PRESETS = {
     },
     # The bundled Fashion-MNIST teacher on 2 CPU cores: a one-step generator with the GAN term.
     "fashion": FASHION,
+    # The best one-step DMD2 here (README; benchmarks/students/dmd2-1step-teacher-gan): the teacher-feature critic
+    # (heads on its down and mid blocks, noise levels t_max u^2 under 0.3, its own AdamW at 1e-3) fine-tuning a
+    # one-step SiD generator at its input time (--student benchmarks/students/sid-1step): 2.44 at 5,000 samples.
+    "fashion-teacher-gan": {
+        **FASHION,
+        "init_timestep": 755,
+        "time_sampling": "karras",
+        "gan_features": "teacher",
+        "gan_t_sampling": "low",
+        "gan_t_max": 0.3,
+        "gan_lr": 1e-3,
+        "lr": 2e-5,
+        "max_steps": 2000,
+    },
     # Four steps (999/749/499/249) with backward simulation; each step costs ~1.3x a one-step update.
     "fashion-4step": {**FASHION, "generator_steps": 4, "max_steps": 1500},
 }

@@ -4,6 +4,7 @@ from .base import REGISTRY, Strategy, get_strategy, register
 from .consistency import ConsistencyConfig, ConsistencyStrategy
 from .dmd import DMDConfig, DMDStrategy
 from .knowledge import KnowledgeDistillationConfig, KnowledgeDistillationStrategy
+from .ladd import LADDConfig, LADDStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
 from .sid import SiDConfig, SiDStrategy
 
@@ -15,6 +16,8 @@ __all__ = [
     "DMDStrategy",
     "KnowledgeDistillationConfig",
     "KnowledgeDistillationStrategy",
+    "LADDConfig",
+    "LADDStrategy",
     "ProgressiveConfig",
     "ProgressiveStrategy",
     "SiDConfig",

@@ -40,22 +40,14 @@ from tqdm.auto import tqdm
 from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..discriminator import (
-    Discriminator,
-    accuracy_by_level,
-    critic_loss,
-    critic_times,
-    generator_loss,
     head_layers,
-    noised_pair,
-    perturbed,
-    r1_penalty,
-    read_features,
 )
 from ..export import ExportSpec
 from ..io import atomic_torch_save
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample
 from ..schedules import add_noise, combine, timestep_grid
+from .adversarial import TeacherCritic
 from .base import register, unwrap
 from .options import AdversarialOptions, ScoreDistillationOptions
 from .score_distillation import ScoreDistillationStrategy, cat_conditions, generator_times
@@ -119,7 +111,7 @@ class GANHead(nn.Module):
 
 
 @register("dmd")
-class DMDStrategy(ScoreDistillationStrategy):
+class DMDStrategy(TeacherCritic, ScoreDistillationStrategy):
     """DMD / DMD2 (see the module docstring; networks, real score and sampler in ``ScoreDistillationStrategy``).
 
     Args:
@@ -135,12 +127,8 @@ class DMDStrategy(ScoreDistillationStrategy):
         self, config: DMDConfig, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None
     ):
         super().__init__(config, teacher, student, fake_score)
-        self.disc: nn.Module | None = None
-        if config.gan and config.gan_features == "teacher":
-            if teacher.backbone is None:
-                raise ValueError("The teacher-feature critic reads the teacher's blocks: the teacher has no backbone.")
-            self.disc, self.disc_levels = Discriminator.for_network(teacher)
-        elif config.gan:
+        self._add_teacher_critic()
+        if config.gan and self.disc is None:
             backbone = self.fake_score.backbone
             if backbone is None:
                 raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
@@ -158,12 +146,10 @@ class DMDStrategy(ScoreDistillationStrategy):
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
 
     def trainable(self) -> dict[str, nn.Module]:
-        return {**super().trainable(), **({"disc": self.disc} if self.disc is not None else {})}
+        return {**super().trainable(), **self._critic_trainable()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        extra = {"disc": self.adamw(self.disc, cfg.gan_lr or cfg.fake_lr)} if self.disc is not None else {}
-        return {**super().optimizers(), **extra}
+        return {**super().optimizers(), **self._critic_optimizers(self.config.fake_lr)}
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -248,36 +234,7 @@ class DMDStrategy(ScoreDistillationStrategy):
             with self.frozen("fake_score") as fake:  # gradient reaches x_gen, not the fake score or its head
                 _, features = fake(x_t_gan, t_gan, cond, return_features=True)
                 return gan_generator_loss(fake.gan_head(features))
-        cfg = self.config
-        t = critic_times(schedule, b, x_gen, cfg.gan_t_sampling, cfg.gan_t_max)
-        x_t = add_noise(x_gen, torch.randn_like(x_gen), *schedule.alpha_sigma(t))
-        with self.teacher_network() as teacher, self.frozen("disc") as disc:
-            return generator_loss(disc(read_features(teacher, x_t, t, cond, self.disc_levels), cond), cfg.gan_loss)
-
-    def _critic_losses(self, x0: Tensor, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
-        """The teacher-feature critic's loss (its own optimizer ``disc``): real and generated images at the same
-        noise levels with the same noise, the teacher's features without gradient, one call of the critic; with
-        ``gan_r1_weight`` the approximate R1 penalty on the real half. Logs its accuracy per noise-level bucket."""
-        cfg, b, schedule = self.config, len(x0), self.teacher.schedule
-        t = critic_times(schedule, b, x0, cfg.gan_t_sampling, cfg.gan_t_max)
-        x_real, x_fake = noised_pair(schedule, x0, x_gen, t)
-        inputs, times, n = [x_real, x_fake], [t, t], 2
-        if cfg.gan_r1_weight:  # the real half again, slightly perturbed: approximate R1 from the same call
-            inputs.append(perturbed(x_real))
-            times.append(t)
-            n = 3
-        conds = None if cond is None else cond.map(lambda v: torch.cat([v] * n))
-        with torch.no_grad(), self.teacher_network() as teacher:
-            features = read_features(teacher, torch.cat(inputs), torch.cat(times), conds, self.disc_levels)
-        logits = self.disc(features, conds)
-        real, fake = logits[:b], logits[b : 2 * b]
-        loss = critic_loss(real, fake, cfg.gan_loss)
-        out = {"log/gan_critic": loss.detach(), **accuracy_by_level(real, fake, t)}
-        if cfg.gan_r1_weight:
-            r1 = r1_penalty(real, logits[2 * b :])
-            loss = loss + cfg.gan_r1_weight * r1
-            out["log/gan_r1"] = r1.detach()
-        return {"disc": cfg.gan_critic_weight * loss, **out}
+        return self._teacher_gan_loss(x_gen, cond)
 
     def _fake_score_losses(self, x_gen: Tensor, x0_real: Tensor, cond: Condition | None) -> dict[str, Tensor]:
         """Denoising loss on generated samples (+ the GAN critic on noisy real vs generated), one forward."""

@@ -106,8 +106,8 @@ class LoRAOptions(StrategyOptions):
 
 
 @dataclass
-class ScoreDistillationOptions(LoRAOptions):
-    """What DMD and SiD share (networks, sampler and times in ``score_distillation.ScoreDistillationStrategy``)."""
+class GeneratorOptions(LoRAOptions):
+    """A one- or few-step generator that re-noises between steps (DMD, SiD, LADD): its steps and input time."""
 
     generator_steps: int = field(
         default=1, metadata={"help": "generator sampling steps (trailing grid from the top: 4 -> 999/749/499/249)"}
@@ -119,6 +119,17 @@ class ScoreDistillationOptions(LoRAOptions):
             "teacher; SiD-LSG: 625); K steps go evenly below it"
         },
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.generator_steps < 1:
+            raise ValueError(f"{type(self).__name__}.generator_steps must be >= 1, got {self.generator_steps}.")
+
+
+@dataclass
+class ScoreDistillationOptions(GeneratorOptions):
+    """What DMD and SiD share (networks, sampler and times in ``score_distillation.ScoreDistillationStrategy``)."""
+
     unroll: bool = field(
         default=False,
         metadata={
@@ -144,8 +155,6 @@ class ScoreDistillationOptions(LoRAOptions):
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        if self.generator_steps < 1:
-            raise ValueError(f"{name}.generator_steps must be >= 1, got {self.generator_steps}.")
         if self.fake_lr is not None and not self.fake_lr > 0:
             raise ValueError(f"{name}.fake_lr must be positive, got {self.fake_lr}.")
         if self.fake_lora_rank < 0:

@@ -125,26 +125,8 @@ class ScoreDistillationStrategy(Strategy):
 
     # --------------------------------------------------------------------------------------- sampling
     def scheduler_spec(self) -> dict:
-        """``export.configure_scheduler`` arguments reproducing ``sample``. From the top time: diffusers' LCMScheduler
-        at the generator's times (its ``original_inference_steps`` grid is exactly the trailing grid), with the
-        boundary scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step
-        takes the generator's x0 and re-noises it with fresh noise. From a lower input time (``generator_times``):
-        one step is diffusers' DDIMScheduler with ``leading`` spacing offset to that timestep (one DDIM step from
-        there to the clean end returns the x0); several steps are the same LCMScheduler with a grid of every index
-        up to the input time, which ``num_inference_steps=K`` subsamples to exactly the generator's times."""
-        big_t = self.teacher.schedule.num_train_timesteps
-        top = self.teacher.schedule.time_index(self.times[0])
-        if len(self.times) == 1 and top < big_t - 1:
-            options = {"timestep_spacing": "leading", "steps_offset": top}
-            return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
-        return {
-            "scheduler_class": "LCMScheduler",
-            "times": self.times,
-            "scheduler_options": {
-                "original_inference_steps": len(self.times) if top == big_t - 1 else top + 1,
-                "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
-            },
-        }
+        """``generator_scheduler_spec`` of the generator's times."""
+        return generator_scheduler_spec(self.teacher.schedule, self.times)
 
     @torch.no_grad()
     def sample(
@@ -161,6 +143,29 @@ class ScoreDistillationStrategy(Strategy):
                 f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
             )
         return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+def generator_scheduler_spec(schedule, times: Tensor) -> dict:
+    """``export.configure_scheduler`` arguments reproducing a generator's re-noising sampler at ``times``. From the top
+    time: diffusers' LCMScheduler at those times (its ``original_inference_steps`` grid is exactly the trailing grid),
+    with the boundary scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step
+    takes the generator's x0 and re-noises it with fresh noise. From a lower input time (``generator_times``): one step
+    is diffusers' DDIMScheduler with ``leading`` spacing offset to that timestep (one DDIM step from there to the clean
+    end returns the x0); several steps are the same LCMScheduler with a grid of every index up to the input time, which
+    ``num_inference_steps=K`` subsamples to exactly the generator's times."""
+    big_t = schedule.num_train_timesteps
+    top = schedule.time_index(times[0])
+    if len(times) == 1 and top < big_t - 1:
+        options = {"timestep_spacing": "leading", "steps_offset": top}
+        return {"scheduler_class": "DDIMScheduler", "times": times, "scheduler_options": options}
+    return {
+        "scheduler_class": "LCMScheduler",
+        "times": times,
+        "scheduler_options": {
+            "original_inference_steps": len(times) if top == big_t - 1 else top + 1,
+            "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
+        },
+    }
 
 
 def generator_times(schedule, steps: int, top: int) -> Tensor:

@@ -29,19 +29,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
+from ..discriminator import accuracy_by_level, critic_loss
 from ..export import ExportSpec
 from ..losses import denoising_loss, score_identity_loss
-from ..schedules import add_noise, time_at_edm_sigma
+from ..schedules import add_noise, combine, time_at_edm_sigma
+from .adversarial import TeacherCritic
 from .base import register, unwrap
-from .options import ScoreDistillationOptions
+from .options import AdversarialOptions, ScoreDistillationOptions
 from .score_distillation import ScoreDistillationStrategy, generator_times
 
 
 @dataclass
-class SiDConfig(ScoreDistillationOptions):
+class SiDConfig(ScoreDistillationOptions, AdversarialOptions):
     """SiD / SiD-LSG / few-step SiD options (SiD's CIFAR-10 defaults where they apply; presets in train/sid.py). The
     options SiD shares with DMD (generator steps and input time, unroll, guidance, LoRA, t_range) are in
     ``ScoreDistillationOptions``; ``real_guidance_scale`` is SiD-LSG's kappa_4."""
@@ -79,10 +82,15 @@ class SiDConfig(ScoreDistillationOptions):
             raise ValueError(f"SiDConfig.init_sigma must be positive, got {self.init_sigma}.")
         if self.zero_cfg and (self.real_guidance_scale != 1 or self.anti_cfg):
             raise ValueError("zero_cfg runs the teacher unguided: drop real_guidance_scale / anti_cfg.")
+        if self.gan and self.gan_features == "fake_score" and self.gan_t_max < 1:
+            raise ValueError(
+                "SiDA's critic reads the fake score at its own denoising levels: gan_t_max shapes the teacher-feature "
+                "critic only (add --gan-features teacher, or drop --gan-t-max)."
+            )
 
 
 @register("sid")
-class SiDStrategy(ScoreDistillationStrategy):
+class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
     """SiD (see the module docstring; networks, real score and sampler in ``ScoreDistillationStrategy``).
 
     Args:
@@ -111,6 +119,22 @@ class SiDStrategy(ScoreDistillationStrategy):
             sample_shape = (backbone.in_channels, backbone.sample_size, backbone.sample_size)
         self.sample_shape = tuple(sample_shape)
         self.times = self._generator_times()
+        self._add_teacher_critic()
+        if config.gan and self.disc is None and (self.fake_score.backbone is None or not self._has_encoder()):
+            raise ValueError(
+                "SiDA's critic reads the fake score's encoder output (a UNet's mid block): use --gan-features teacher "
+                "with this network."
+            )
+
+    def _has_encoder(self) -> bool:
+        backbone = self.fake_score.backbone
+        return adapter_for(backbone).feature_module(backbone) is not None
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {**super().trainable(), **self._critic_trainable()}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().optimizers(), **self._critic_optimizers(self.config.fake_lr)}
 
     def _generator_times(self) -> Tensor:
         """``[K]`` times from the input time (``init_timestep``, or the training index nearest ``init_sigma``):
@@ -137,8 +161,17 @@ class SiDStrategy(ScoreDistillationStrategy):
         noise = torch.randn((b, *self.sample_shape), device=device)
         if step % 2 == 0:
             x_gen = self.student_samples(noise, cond, step, with_grad=False)
-            return {"fake_score": self._fake_score_loss(x_gen, cond)}
-        return self._generator_loss(self.student_samples(noise, cond, step, with_grad=True), cond)
+            if not self.config.gan:
+                return {"fake_score": self._fake_score_loss(x_gen, cond)}
+            if "x0" not in batch:
+                raise ValueError(
+                    "SiDA's critic compares generated with real images: the batch holds no 'x0' (--data)."
+                )
+            if self.disc is None:  # SiDA: the critic is the fake score's encoder, trained in the same forward
+                return self._fake_score_and_critic_losses(x_gen, batch["x0"], cond)
+            return {"fake_score": self._fake_score_loss(x_gen, cond), **self._critic_losses(batch["x0"], x_gen, cond)}
+        gan_on = self.config.gan and step >= self.config.gan_warmup_steps
+        return self._generator_loss(self.student_samples(noise, cond, step, with_grad=True), cond, gan_on)
 
     def export_spec(self, step: int) -> ExportSpec:
         cfg = self.config
@@ -163,16 +196,62 @@ class SiDStrategy(ScoreDistillationStrategy):
         t = self._loss_times(len(x_gen), x_gen, self.config.time_sampling, self.config.t_range)
         return denoising_loss(self.fake_score, x_gen, self._fake_cond(cond), t=t, guidance_scale=w)
 
-    def _generator_loss(self, x_gen: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+    def _fake_score_and_critic_losses(self, x_gen: Tensor, x0: Tensor, cond: Condition | None) -> dict[str, Tensor]:
+        """SiDA's fake-score step: generated and real images noised to the same levels with the same noise, one
+        forward of the fake score; its denoising loss on the generated half, and the critic's loss on the channel
+        mean of its encoder output (one logit per position of the bottleneck) of both halves."""
+        cfg, b = self.config, len(x_gen)
+        net = unwrap(self.fake_score)
+        w = cfg.fake_train_guidance if cond is not None and not cfg.zero_cfg else 1.0
+        t = self._loss_times(b, x_gen, cfg.time_sampling, cfg.t_range)
+        eps = torch.randn_like(x_gen)
+        alpha, sigma = net.schedule.alpha_sigma(t)
+        inputs = torch.cat([add_noise(x_gen, eps, alpha, sigma), add_noise(x0, eps, alpha, sigma)])
+        fake_cond = self._fake_cond(cond)
+        conds = None if fake_cond is None else fake_cond.map(lambda v: torch.cat([v, v]))
+        pred, features = self.fake_score(
+            inputs, torch.cat([t, t]), conds, guidance_scale=w, kind=net.prediction, return_features=True
+        )
+        denoising = (pred[:b] - combine(x_gen, eps, net.prediction, alpha, sigma)).float().pow(2).mean()
+        logits = encoder_logits(features)  # [2B, h, w]: generated, then real
+        fake_logits, real_logits = logits[:b], logits[b:]
+        critic = critic_loss(real_logits, fake_logits) / 2  # SiDA: the mean of the two halves' cross-entropies
+        return {
+            "fake_score": denoising + cfg.gan_critic_weight * critic,
+            "log/denoising": denoising.detach(),
+            "log/gan_critic": critic.detach(),
+            **accuracy_by_level(real_logits.mean((1, 2)), fake_logits.mean((1, 2)), t),
+        }
+
+    def _generator_loss(self, x_gen: Tensor, cond: Condition | None, gan_on: bool = False) -> dict[str, Tensor]:
         """The score-identity loss at one noisy ``x_t`` of ``x_gen``; gradient through both score networks' inputs,
-        none into their parameters."""
+        none into their parameters. With ``gan_on`` the adversarial term is added: SiDA's, the non-saturating loss
+        of the fake score's encoder logits at the same ``x_t`` (clamped to +-10, divided per sample by SiD's
+        weight ``mean|x_gen - x0_real|``), or the teacher-feature critic's."""
         cfg = self.config
         t = self._loss_times(len(x_gen), x_gen, self.config.time_sampling, self.config.t_range)
         x_t = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
         x0_real = self._real_x0(x_t, t, cond)
         w = cfg.fake_eval_guidance * (-1 if cfg.anti_cfg else 1) if cond is not None and not cfg.zero_cfg else 1.0
+        sida = gan_on and self.disc is None
         with self.frozen("fake_score") as fake:
-            x0_fake = fake(x_t, t, self._fake_cond(cond), guidance_scale=w)
+            out = fake(x_t, t, self._fake_cond(cond), guidance_scale=w, return_features=sida)
+        x0_fake, features = out if sida else (out, None)
         loss = score_identity_loss(x_gen, x0_real, x0_fake, cfg.alpha)
-        gap = (x0_real - x0_fake).detach().float().pow(2).mean()
-        return {"student": loss, "log/score_gap": gap}
+        logs = {"log/sid": loss.detach(), "log/score_gap": (x0_real - x0_fake).detach().float().pow(2).mean()}
+        if gan_on:
+            if sida:
+                weight = (x_gen - x0_real).detach().float().abs().mean((1, 2, 3)).clamp_min(1e-5)
+                logits = encoder_logits(features).clamp(-10, 10)
+                gan = (torch.nn.functional.softplus(-logits).mean((1, 2)) / weight).mean()
+            else:
+                gan = self._teacher_gan_loss(x_gen, cond)
+            loss = loss + cfg.gan_generator_weight * gan
+            logs["log/gan_generator"] = gan.detach()
+        return {"student": loss, **logs}
+
+
+def encoder_logits(features: Tensor) -> Tensor:
+    """SiDA's critic logits: the channel mean of the fake score's encoder output ``[B, C, h, w]`` -> ``[B, h, w]``
+    (no parameters of its own)."""
+    return features.float().mean(1)
