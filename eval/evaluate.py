@@ -44,7 +44,7 @@ from stepdistill.evaluation import (
     shard,
 )
 from stepdistill.features import DomainClassifier, InceptionFeatures
-from stepdistill.reporting import plot_metric_vs_steps, results_table
+from stepdistill.reporting import merge_seeds, plot_metric_vs_steps, results_table
 from stepdistill.text import read_prompt_labels, read_prompts
 
 FD_NAMES = {"domain": "fd_domain", "inception": "fid", "clip": "fd_clip"}
@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 50], help="sampling step counts")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales (1 = none)")
     p.add_argument("--num-samples", type=int, default=5000, help="samples per setting")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="sampling seed(s): with several, each model row is drawn once per seed and table.md gives each metric's "
+        "mean and its spread (min-max) over them, so that a difference smaller than the spread reads as a tie",
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--features", nargs="+", choices=sorted(FD_NAMES), default=["domain"], help="FD feature spaces")
     p.add_argument("--classifier", default=os.path.join(ASSETS, "fashion-classifier"), help="domain classifier folder")
@@ -208,9 +215,9 @@ def main():
     result = {"settings": {**settings, "processes": state.num_processes, "torch": torch.__version__}, "results": []}
     start = time.time()
 
-    def add_row(row, images):
+    def add_row(row, images, grid=True):
         result["results"].append(row)
-        if state.is_main_process:
+        if state.is_main_process and grid:
             tag = f"{row['model']}" + (f"-{row['steps']}steps-w{row['guidance']:g}" if row["steps"] else "")
             save_grid(from_uint8(images[:100]), os.path.join(args.out, "grids", f"{tag}.png"), nrow=10, scale=2)
 
@@ -272,16 +279,13 @@ def _score_model(args, state, scorers, prompt_set, part, model_spec, add_row) ->
     if labels is None and prompt_labels is not None:  # sample i gets prompt i % len(prompts): its class too
         labels = prompt_labels[torch.arange(args.num_samples) % len(prompt_labels)]
     own_prompts = None if prompts is None else [prompts[i % len(prompts)] for i in range(args.num_samples)][part]
-    for w in args.guidance:
-        for steps in model_steps:
-            t0 = time.time()
-            desc, batch_size = f"{name} {steps} steps w={w:g}", args.batch_size
-            images = sample_model(
-                model, path, args.num_samples, steps, w, args.seed, labels, prompts, batch_size, part, desc
-            )
-            row = score_images(scorers, images, None if labels is None else labels[part], own_prompts, args.batch_size)
-            row = {"model": name, "steps": steps, "guidance": w, "seed": args.seed, **row}
-            add_row({**row, "seconds": round(time.time() - t0, 1)}, images)
+    for w, steps, seed in ((w, steps, seed) for w in args.guidance for steps in model_steps for seed in args.seed):
+        t0 = time.time()
+        desc, batch_size = f"{name} {steps} steps w={w:g} seed {seed}", args.batch_size
+        images = sample_model(model, path, args.num_samples, steps, w, seed, labels, prompts, batch_size, part, desc)
+        row = score_images(scorers, images, None if labels is None else labels[part], own_prompts, args.batch_size)
+        row = {"model": name, "steps": steps, "guidance": w, "seed": seed, **row}
+        add_row({**row, "seconds": round(time.time() - t0, 1)}, images, grid=seed == args.seed[0])
 
 
 def write_outputs(result, out):
@@ -290,7 +294,7 @@ def write_outputs(result, out):
     table = results_table(result)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
-    swept = [r for r in result["results"] if r["steps"]]
+    swept = [r for r in merge_seeds(result["results"]) if r["steps"]]  # one point per row: the seeds' mean
     metrics = [m for m in ("fd_domain", "fid", "fd_clip", "accuracy", "clip_score") if swept and m in swept[0]]
     for metric in metrics:
         floor = result.get("real_floor", {}).get(metric)

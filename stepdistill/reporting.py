@@ -20,8 +20,10 @@ def _fmt(value) -> str:
 
 
 def results_table(result: dict) -> str:
-    """A markdown table of ``result["results"]`` (one column per metric present), real-data floor first."""
-    rows = list(result["results"])
+    """A markdown table of ``result["results"]`` (one column per metric present), real-data floor first. Rows of
+    the same model, steps and guidance drawn at several seeds become one: each metric's mean, then ``(min-max)``
+    over the seeds, and the seed count beside N."""
+    rows = merge_seeds(list(result["results"]))
     floor = result.get("real_floor")
     if floor:
         rows.insert(0, {"model": "real data (floor)", "steps": None, "guidance": None, **floor})
@@ -32,9 +34,33 @@ def results_table(result: dict) -> str:
     ]
     for row in rows:
         cells = [row["model"], _fmt(row.get("steps")), "-" if row.get("guidance") is None else f"{row['guidance']:g}"]
-        cells += [_fmt(row.get(m)) for m in metrics] + [str(row["n"])]
+        spread = row.get("spread", {})
+        cells += [
+            _fmt(row.get(m)) + (f" ({spread[m][0]:.3f}-{spread[m][1]:.3f})" if m in spread else "") for m in metrics
+        ]
+        cells.append(str(row["n"]) + (f" x {row['seeds']} seeds" if row.get("seeds", 1) > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def merge_seeds(rows: list[dict]) -> list[dict]:
+    """Rows of one (model, steps, guidance) at several seeds as one row: metric means, ``spread`` (min, max) per
+    metric and ``seeds``; single rows unchanged. Order: first appearance."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["model"], row.get("steps"), row.get("guidance")), []).append(row)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        row = {**group[0], "seeds": len(group), "spread": {}}
+        for metric in (m for m in METRICS if m in group[0]):
+            values = [r[metric] for r in group]
+            row[metric] = sum(values) / len(values)
+            row["spread"][metric] = (min(values), max(values))
+        merged.append(row)
+    return merged
 
 
 def plot_metric_vs_steps(rows: list[dict], metric: str, path: str, floor: float | None = None) -> None:

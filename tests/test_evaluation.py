@@ -319,3 +319,20 @@ def test_gan_probe_sees_a_real_difference_and_no_false_one():
     assert abs(probe_accuracy(net, real, other, **kwargs)["accuracy"] - 0.5) < 0.1
     with pytest.raises(ValueError, match="at least"):
         probe_accuracy(net, (x[:20], None), (x[20:40], None), 0.2, batch_size=32)
+
+
+def test_several_seeds_give_one_row_per_seed_and_a_table_with_their_spread(tmp_path):
+    """--seed 0 1: each seed's row is kept in results.json (the first equals a --seed 0 run's); table.md merges them
+    into the mean with its min-max spread."""
+    args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "15"]
+    single = run_eval(*args, "--seed", "0", "--out", str(tmp_path / "one"), launcher=(sys.executable,))
+    both = run_eval(*args, "--seed", "0", "1", "--out", str(tmp_path / "two"), launcher=(sys.executable,))
+    assert single.returncode == 0 and both.returncode == 0, both.stderr[-3000:]
+    (one,) = json.loads((tmp_path / "one" / "results.json").read_text())["results"]
+    rows = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["fd_domain"] == pytest.approx(one["fd_domain"], rel=1e-6)
+    assert rows[0]["fd_domain"] != rows[1]["fd_domain"]
+    lo, hi = sorted(r["fd_domain"] for r in rows)
+    mean = (lo + hi) / 2
+    table = (tmp_path / "two" / "table.md").read_text()
+    assert f"{mean:.3f} ({lo:.3f}-{hi:.3f})" in table and "30 x 2 seeds" in table

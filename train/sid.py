@@ -8,7 +8,11 @@ without real images.
 
 Per iteration (two optimizer steps) the fake score learns the denoising loss on the generator's samples, then the
 generator follows the score-identity loss through the teacher and the fake score. Only the conditions (class labels)
-are drawn; --data is never read. The generator is exported as a diffusers pipeline folder in OUTPUT_DIR/pipeline (a
+are drawn; --data is never read, unless the adversarial term is on (SiDA / SiD²A: --gan-generator-weight and
+--gan-critic-weight > 0), whose critic compares generated with real images:
+
+    python train/sid.py --preset fashion-sid2a --student benchmarks/students/sid-1step --output-dir outputs/sid2a
+ The generator is exported as a diffusers pipeline folder in OUTPUT_DIR/pipeline (a
 one-step DDIM scheduler at the generator's timestep, or an LCMScheduler for few-step generators) and, for a LoRA
 generator, OUTPUT_DIR/lora. Options: a --preset, overridden by a --config file, overridden by flags.
 """
@@ -92,6 +96,21 @@ PRESETS = {
         "real_guidance_scale": 2.0,
         "fake_train_guidance": 2.0,
         "fake_eval_guidance": 2.0,
+    },
+    # SiD²A with the teacher-feature critic on the bundled teacher (README; not a paper's numbers): fine-tunes a one-step
+    # SiD generator (--student benchmarks/students/sid-1step); the critic's heads on the teacher's down and mid blocks,
+    # noise levels t_max u^2 under 0.3, its own AdamW at 1e-3, trained on every optimizer step.
+    "fashion-sid2a": {
+        **FASHION,
+        "gan_features": "teacher",
+        "gan_t_sampling": "low",
+        "gan_t_max": 0.3,
+        "gan_lr": 1e-3,
+        "gan_generator_weight": 3e-2,
+        "gan_critic_weight": 0.3,
+        "lr": 2e-5,
+        "max_steps": 2000,
+        "eval_every": 500,
     },
     # Few-step SiD: 4 steps from the top time (999/749/499/249), a uniform mixture over the steps.
     "fashion-4step": {**FASHION, "generator_steps": 4, "init_timestep": 999},

@@ -1,5 +1,6 @@
 """Score identity distillation: SiD (Zhou et al. 2024, arXiv 2404.04057), SiD-LSG's long-short guidance
-(arXiv 2406.01561) and few-step SiD (arXiv 2505.12674). Data-free: no real image is read anywhere.
+(arXiv 2406.01561), few-step SiD (arXiv 2505.12674), and SiDA / SiD²A (Zhou et al. 2024, ICLR 2025, arXiv 2410.14919: SiD plus an
+adversarial term). Data-free unless the adversarial term is on: then the critic reads real images (``batch["x0"]``).
 
 Generator (``student``), fake score and teacher start from the same weights. Every iteration is two optimizer
 steps, fake score first: on even steps the fake score learns the denoising loss on the generator's samples (at
@@ -16,6 +17,18 @@ Measured here, the mixture's weak spot: the fake score learns the mixture of the
 zero once that mixture matches the data, whatever each step does, and the last step (the sample) may stay off.
 ``unroll`` (not in the papers) trains the sampler as one generator instead: both losses see only the last step's
 output, and the generator's gradient runs back through every step and re-noising (K times the activations).
+
+The adversarial term (``AdversarialOptions``; on when both GAN weights are > 0). ``gan_features = "fake_score"`` is
+SiDA as its released code defines it: the critic has no parameters of its own, its logits are the channel mean of the
+fake score's encoder output (a UNet's mid block), one per position; in the fake-score step, generated and real images
+are noised to the same levels with the same noise and go through the fake score in one forward, whose denoising loss
+(generated half) and the critic's cross-entropy (both halves, averaged) are summed with weight ``gan_critic_weight``;
+in the generator step, the same forward that gives the fake score's x0 gives the logits of the generated ``x_t``, and
+the generator adds ``gan_generator_weight`` times their non-saturating loss (logits clamped to +-10) averaged over the
+whole batch (the paper's per-GPU batch "fakeness"), scaled by the batch mean of 1 / SiD's per-sample weight. Deviation: the official code weights the critic's loss per sample by EDM's lambda(sigma); here it
+carries the fake score's own (unweighted) loss scale. ``gan_features = "teacher"`` uses the teacher-feature critic
+(``adversarial.TeacherCritic``, its own optimizer ``disc``, trained on every step) instead. SiD²A is the same run
+started from a trained SiD generator (``--student``). ``gan_warmup_steps`` holds the generator's term back.
 
 Options from few-step SiD: ``zero_cfg`` (teacher unguided, fake score without the condition: trained and evaluated
 on the null class / empty prompt) and ``anti_cfg`` (the fake score evaluated at guidance ``-fake_eval_guidance``).
@@ -171,14 +184,23 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
                 return self._fake_score_and_critic_losses(x_gen, batch["x0"], cond)
             return {"fake_score": self._fake_score_loss(x_gen, cond), **self._critic_losses(batch["x0"], x_gen, cond)}
         gan_on = self.config.gan and step >= self.config.gan_warmup_steps
-        return self._generator_loss(self.student_samples(noise, cond, step, with_grad=True), cond, gan_on)
+        x_gen = self.student_samples(noise, cond, step, with_grad=True)
+        out = self._generator_loss(x_gen, cond, gan_on)
+        if self.disc is not None:  # the teacher-feature critic has its own optimizer: it learns on every step
+            out.update(self._critic_losses(batch["x0"], x_gen.detach(), cond))
+        return out
 
     def export_spec(self, step: int) -> ExportSpec:
         cfg = self.config
         guidance = (cfg.real_guidance_scale, cfg.fake_train_guidance, cfg.fake_eval_guidance)
         method = "SiD (Zhou et al. 2024, arXiv 2404.04057)" + (", long-short guidance" if max(guidance) != 1 else "")
+        how = "data-free"
+        if cfg.gan:
+            method = "SiDA (Zhou et al. 2024, arXiv 2410.14919): SiD" + method[3:] + " with an adversarial term"
+            critic = "the fake score's encoder" if self.disc is None else "heads on the teacher's features"
+            how = f"with a critic ({critic}) against real images, GAN weight {cfg.gan_generator_weight:g},"
         details = (
-            f"Trained data-free for {step} optimizer steps (fake score and generator alternating); "
+            f"Trained {how} for {step} optimizer steps (fake score and generator alternating); "
             f"alpha = {cfg.alpha:g}; guidance kappa_1 = {guidance[1]:g}, kappa_2 = kappa_3 = {guidance[2]:g}, "
             f"kappa_4 = {guidance[0]:g}, baked in."
         )
@@ -226,8 +248,8 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
     def _generator_loss(self, x_gen: Tensor, cond: Condition | None, gan_on: bool = False) -> dict[str, Tensor]:
         """The score-identity loss at one noisy ``x_t`` of ``x_gen``; gradient through both score networks' inputs,
         none into their parameters. With ``gan_on`` the adversarial term is added: SiDA's, the non-saturating loss
-        of the fake score's encoder logits at the same ``x_t`` (clamped to +-10, divided per sample by SiD's
-        weight ``mean|x_gen - x0_real|``), or the teacher-feature critic's."""
+        of the fake score's encoder logits at the same ``x_t`` (clamped to +-10; its batch mean times the batch mean
+        of 1 / SiD's weight ``mean|x_gen - x0_real|``), or the teacher-feature critic's."""
         cfg = self.config
         t = self._loss_times(len(x_gen), x_gen, self.config.time_sampling, self.config.t_range)
         x_t = add_noise(x_gen, torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
@@ -243,7 +265,9 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
             if sida:
                 weight = (x_gen - x0_real).detach().float().abs().mean((1, 2, 3)).clamp_min(1e-5)
                 logits = encoder_logits(features).clamp(-10, 10)
-                gan = (torch.nn.functional.softplus(-logits).mean((1, 2)) / weight).mean()
+                # the batch's mean "fakeness" (the official code's one cross-entropy over the whole batch) times the
+                # batch mean of 1 / SiD's per-sample weight
+                gan = torch.nn.functional.softplus(-logits).mean() * weight.reciprocal().mean()
             else:
                 gan = self._teacher_gan_loss(x_gen, cond)
             loss = loss + cfg.gan_generator_weight * gan
