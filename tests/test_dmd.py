@@ -124,6 +124,20 @@ def unet_teacher():
 BATCH = {"x0": torch.randn(8, 1, 8, 8).clamp(-1, 1), "labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
 
 
+def assert_each_loss_reaches_only_its_network(losses, strategy, teacher):
+    """Each optimised loss in ``losses`` (the keys without ``log/``) puts gradient on its own trainable network of
+    ``strategy`` and on no other, and never on the frozen ``teacher``."""
+    networks = {name: getattr(strategy, name) for name in strategy.trainable()}
+    for name in (k for k in losses if not k.startswith("log/")):
+        for net in (*networks.values(), teacher):
+            net.zero_grad(set_to_none=True)
+        losses[name].backward(retain_graph=True)
+        for other, net in networks.items():
+            has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+            assert has_grad == (other == name), (name, other)
+        assert all(p.grad is None for p in teacher.parameters())
+
+
 def grads(module):
     return [p.grad for p in module.parameters() if p.grad is not None]
 
@@ -402,15 +416,7 @@ def test_teacher_feature_critic_trains_by_its_own_optimizer_and_never_leaks_grad
     losses = strategy.losses(BATCH, 0)
     assert {"student", "fake_score", "disc", "log/gan_generator", "log/gan_r1"} <= set(losses)
     assert any(k.startswith("log/critic_acc_t") for k in losses)
-    networks = {"student": strategy.student, "fake_score": strategy.fake_score, "disc": strategy.disc}
-    for name in ("student", "fake_score", "disc"):
-        for net in (*networks.values(), teacher):
-            net.zero_grad(set_to_none=True)
-        losses[name].backward(retain_graph=True)
-        for other, net in networks.items():
-            has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-            assert has_grad == (other == name), (name, other)
-        assert all(p.grad is None for p in teacher.parameters())
+    assert_each_loss_reaches_only_its_network(losses, strategy, teacher)
     warm = DMDStrategy(DMDConfig(fake_updates_per_generator=1, gan_warmup_steps=5, **options), unet_teacher())
     assert "log/gan_generator" not in warm.losses(BATCH, 0) and "log/gan_generator" in warm.losses(BATCH, 5)
     with pytest.raises(ValueError, match="add --gan-features teacher"):

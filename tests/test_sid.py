@@ -290,7 +290,7 @@ def test_sida_losses_reach_only_their_own_network(features):
     heads with their own optimizer) on real against generated images; the generator step adds the adversarial term
     (after ``gan_warmup_steps``). Each loss reaches only its own network, never the teacher; the critic's loss never
     reaches the generator, the generator's never the critic."""
-    from test_dmd import BATCH
+    from test_dmd import BATCH, assert_each_loss_reaches_only_its_network
 
     options = {"gan_generator_weight": 1e-2, "gan_critic_weight": 1.0, "gan_features": features, "gan_warmup_steps": 3}
     teacher = unet_teacher()
@@ -304,16 +304,8 @@ def test_sida_losses_reach_only_their_own_network(features):
     )
     assert any(k.startswith("log/critic_acc_t") for k in critic_step) and "log/gan_critic" in critic_step
     assert "log/gan_generator" not in early and "log/gan_generator" in generator_step
-    networks = {k: getattr(strategy, k) for k in names}
     for losses in (critic_step, generator_step):
-        for name in (k for k in losses if not k.startswith("log/")):
-            for net in (*networks.values(), teacher):
-                net.zero_grad(set_to_none=True)
-            losses[name].backward(retain_graph=True)
-            for other, net in networks.items():
-                has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-                assert has_grad == (other == name), (name, other)
-            assert all(p.grad is None for p in teacher.parameters())
+        assert_each_loss_reaches_only_its_network(losses, strategy, teacher)
 
 
 def test_sida_reads_real_images_and_refuses_options_its_critic_ignores():
