@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..discriminator import (
     head_layers,
@@ -46,11 +45,11 @@ from ..export import ExportSpec
 from ..io import atomic_torch_save
 from ..losses import denoising_loss, distribution_matching_loss, gan_critic_loss, gan_generator_loss
 from ..sampling import ddim_sample
-from ..schedules import add_noise, combine, timestep_grid
+from ..schedules import add_noise, combine
 from .adversarial import TeacherCritic
 from .base import register, unwrap
 from .options import AdversarialOptions, ScoreDistillationOptions
-from .score_distillation import ScoreDistillationStrategy, cat_conditions, generator_times
+from .score_distillation import ScoreDistillationStrategy, cat_conditions, input_grid
 
 
 @dataclass
@@ -129,20 +128,9 @@ class DMDStrategy(TeacherCritic, ScoreDistillationStrategy):
         super().__init__(config, teacher, student, fake_score)
         self._add_teacher_critic()
         if config.gan and self.disc is None:
-            backbone = self.fake_score.backbone
-            if backbone is None:
-                raise ValueError("The GAN term reads a UNet's bottleneck features: the fake score has no backbone.")
-            adapter = adapter_for(backbone)
-            if adapter.feature_module(backbone) is None:
-                raise ValueError(
-                    f"The GAN term reads the fake score's bottleneck features, and this {type(backbone).__name__} has "
-                    "no middle block: set --gan-generator-weight 0 --gan-critic-weight 0."
-                )
-            self.fake_score.gan_head = GANHead(adapter.feature_channels(backbone))
-        if config.init_timestep is None:  # [K], times[0] = 1
-            self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")
-        else:
-            self.times = generator_times(teacher.schedule, config.generator_steps, config.init_timestep)
+            channels = self._fake_score_bottleneck("set --gan-generator-weight 0 --gan-critic-weight 0")
+            self.fake_score.gan_head = GANHead(channels)
+        self.times = input_grid(teacher.schedule, config.generator_steps, config.init_timestep)  # [K]
         self.pairs: dict[str, Tensor] | None = None  # DMD's regression pairs, made on first use
 
     def trainable(self) -> dict[str, nn.Module]:

@@ -28,12 +28,12 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..export import ExportSpec
-from ..sampling import ddim_sample, multistep_sample
-from ..schedules import add_noise, timestep_grid
+from ..sampling import ddim_sample
+from ..schedules import add_noise
 from .adversarial import TeacherCritic
-from .base import Strategy, register, unwrap
+from .base import register
 from .options import AdversarialOptions, GeneratorOptions
-from .score_distillation import generator_scheduler_spec, generator_times
+from .score_distillation import ReNoisingGenerator, input_grid
 
 DATA_SOURCES = ("real", "teacher")
 INPUTS = ("data", "generator")
@@ -83,7 +83,7 @@ class LADDConfig(GeneratorOptions, AdversarialOptions):
 
 
 @register("ladd")
-class LADDStrategy(TeacherCritic, Strategy):
+class LADDStrategy(TeacherCritic, ReNoisingGenerator):
     """LADD (see the module docstring).
 
     Args:
@@ -98,16 +98,13 @@ class LADDStrategy(TeacherCritic, Strategy):
         super().__init__(config, teacher)
         self.student = self.initial_student(student)
         self._add_teacher_critic()
-        if config.init_timestep is None:
-            self.times = timestep_grid(teacher.schedule, config.generator_steps, "trailing")
-        else:
-            self.times = generator_times(teacher.schedule, config.generator_steps, config.init_timestep)
+        self.times = input_grid(teacher.schedule, config.generator_steps, config.init_timestep)
 
     def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.student, **self._critic_trainable()}
+        return {**super().trainable(), **self._critic_trainable()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"student": self.adamw(self.student), **self._critic_optimizers(self.config.lr)}
+        return {**super().optimizers(), **self._critic_optimizers(self.config.lr)}
 
     def check_compatible(self) -> None:
         if self.config.teacher_guidance_scale != 1 and not self.teacher.can_guide:
@@ -117,7 +114,7 @@ class LADDStrategy(TeacherCritic, Strategy):
         """The critic's loss and (after ``gan_warmup_steps``) the generator's, on one step ``k`` of the sampler."""
         cfg, x0 = self.config, batch["x0"]
         cond = Condition.from_batch(batch)
-        k = int(torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step)))
+        k = self._draw_step(step)
         real = x0 if cfg.data_source == "real" else self._teacher_samples(x0, cond)
         x_gen = self.student(self._generator_input(real, cond, k), self.times[k].to(x0).expand(len(x0)), cond)
         out = self._critic_losses(real, x_gen.detach(), cond)
@@ -130,7 +127,7 @@ class LADDStrategy(TeacherCritic, Strategy):
         """Step ``k``'s input: ``real`` noised to ``times[k]``, or the generator's own first k steps from noise."""
         noise = torch.randn_like(real)
         if self.config.input_from == "generator":
-            return multistep_sample(unwrap(self.student), noise, cond, self.times, until=k) if k else noise
+            return self._simulated_input(noise, cond, k)
         return add_noise(real, noise, *self.teacher.schedule.alpha_sigma(self.times[k].to(real).expand(len(real))))
 
     @torch.no_grad()
@@ -139,16 +136,6 @@ class LADDStrategy(TeacherCritic, Strategy):
         w = self.config.teacher_guidance_scale if cond is not None else 1.0
         with self.teacher_network() as teacher:
             return ddim_sample(teacher, torch.randn_like(like), cond, self.config.teacher_steps, w)
-
-    def scheduler_spec(self) -> dict:
-        return generator_scheduler_spec(self.teacher.schedule, self.times)
-
-    @torch.no_grad()
-    def sample(self, noise: Tensor, cond: Condition | None = None, guidance_scale=None, generator=None) -> Tensor:
-        """Samples of the generator's re-noising sampler (no guidance: the student samples at guidance 1)."""
-        if guidance_scale not in (None, 1, 1.0):
-            raise ValueError(f"A LADD generator samples at guidance 1, not {guidance_scale}.")
-        return multistep_sample(unwrap(self.student), noise, cond, self.times, generator=generator)
 
     def export_spec(self, step: int) -> ExportSpec:
         cfg = self.config

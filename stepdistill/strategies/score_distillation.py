@@ -1,5 +1,6 @@
 """What the score-distillation methods (DMD/DMD2, SiD) share: a generator and a fake score built from the teacher
-(full copies or LoRA adapters), the teacher as the real score, the generator's few-step sampler and its export.
+(full copies or LoRA adapters), the teacher as the real score, the generator's few-step sampler and its export (the
+last in ``ReNoisingGenerator``, which LADD's generator stands on too).
 
 The generator maps noise at ``times[0]`` to an image in ``len(times)`` steps; between steps its x0 is re-noised
 with fresh noise to the next time (``sampling.multistep_sample``), which diffusers' LCMScheduler reproduces when its
@@ -13,14 +14,72 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..export import IDENTITY_TIMESTEP_SCALING
 from ..sampling import multistep_sample, renoising_loop
-from ..schedules import karras_sigma, time_at_edm_sigma
+from ..schedules import karras_sigma, time_at_edm_sigma, timestep_grid
 from .base import Strategy, unwrap
 
 
-class ScoreDistillationStrategy(Strategy):
+class ReNoisingGenerator(Strategy):
+    """Base of the strategies whose student is a one- or few-step generator that re-noises between its steps (DMD,
+    SiD, LADD; not registered itself): the step trained at each optimizer step, backward simulation of a step's
+    input, the sampler and its export. Subclasses set ``self.times``."""
+
+    times: Tensor  # [K] the generator's decreasing sampling times, set by the subclass
+
+    def _draw_step(self, step: int) -> int:
+        """The generator step trained at optimizer step ``step``: uniform, the same on every rank."""
+        return int(torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step)))
+
+    def _simulated_input(self, noise: Tensor, cond: Condition | None, k: int) -> Tensor:
+        """Step ``k``'s input made by the generator's own first ``k`` steps from ``noise`` (no gradient): DMD2's
+        backward simulation, few-step SiD's detached earlier steps."""
+        if k == 0:
+            return noise
+        return multistep_sample(self.student, noise, cond, self.times, until=k)
+
+    def scheduler_spec(self) -> dict:
+        """``export.configure_scheduler`` arguments reproducing ``sample``. From the top time: diffusers' LCMScheduler
+        at the generator's times (its ``original_inference_steps`` grid is exactly the trailing grid), with the
+        boundary scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step
+        takes the generator's x0 and re-noises it with fresh noise. From a lower input time (``generator_times``):
+        one step is diffusers' DDIMScheduler with ``leading`` spacing offset to that timestep (one DDIM step from
+        there to the clean end returns the x0); several steps are the same LCMScheduler with a grid of every index
+        up to the input time, which ``num_inference_steps=K`` subsamples to exactly the generator's times."""
+        big_t = self.teacher.schedule.num_train_timesteps
+        top = self.teacher.schedule.time_index(self.times[0])
+        if len(self.times) == 1 and top < big_t - 1:
+            options = {"timestep_spacing": "leading", "steps_offset": top}
+            return {"scheduler_class": "DDIMScheduler", "times": self.times, "scheduler_options": options}
+        return {
+            "scheduler_class": "LCMScheduler",
+            "times": self.times,
+            "scheduler_options": {
+                "original_inference_steps": len(self.times) if top == big_t - 1 else top + 1,
+                "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
+            },
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: Tensor,
+        cond: Condition | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Samples of the generator's few-step sampler; the teacher's guidance is baked in, so a ``guidance_scale``
+        other than 1 is refused."""
+        if guidance_scale not in (None, 1, 1.0):
+            raise ValueError(
+                f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
+            )
+        return multistep_sample(self.student, noise, cond, self.times, generator=generator)
+
+
+class ScoreDistillationStrategy(ReNoisingGenerator):
     """Base of DMD and SiD (not registered itself).
 
     The config is a ``ScoreDistillationOptions``.
@@ -31,8 +90,6 @@ class ScoreDistillationStrategy(Strategy):
         student: the initial generator (default: a copy of the teacher, or the teacher + LoRA).
         fake_score: the initial fake score (default: a copy of the teacher, + LoRA with ``fake_lora_rank``).
     """
-
-    times: Tensor  # [K] the generator's decreasing sampling times, set by the subclass
 
     def __init__(self, config, teacher: Denoiser, student: Denoiser | None = None, fake_score: Denoiser | None = None):
         super().__init__(config, teacher)
@@ -51,6 +108,22 @@ class ScoreDistillationStrategy(Strategy):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.adamw(self.student), "fake_score": self.adamw(self.fake_score, self.config.fake_lr)}
+
+    def _fake_score_bottleneck(self, fix: str) -> int:
+        """The channels of the fake score's bottleneck features (a UNet's mid block), which DMD2's GAN head and
+        SiDA's critic read; a ValueError ending in ``fix`` when it has none."""
+        backbone = self.fake_score.backbone
+        if backbone is None:
+            raise ValueError(
+                f"The GAN term reads the fake score's bottleneck features, and it has no backbone: {fix}."
+            )
+        adapter = adapter_for(backbone)
+        if adapter.feature_module(backbone) is None:
+            raise ValueError(
+                f"The GAN term reads the fake score's bottleneck features, and this {type(backbone).__name__} has no "
+                f"middle block: {fix}."
+            )
+        return adapter.feature_channels(backbone)
 
     def _real_x0(self, x_t: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
         """The real score's x0 (guided at ``real_guidance_scale``); for a LoRA generator its base network with the
@@ -86,13 +159,6 @@ class ScoreDistillationStrategy(Strategy):
         with torch.no_grad():
             return unwrap(self.student)(x_in, t_in, cond)
 
-    def _simulated_input(self, noise: Tensor, cond: Condition | None, k: int) -> Tensor:
-        """Step ``k``'s input made by the generator's own first ``k`` steps from ``noise`` (no gradient): DMD2's
-        backward simulation, few-step SiD's detached earlier steps."""
-        if k == 0:
-            return noise
-        return multistep_sample(self.student, noise, cond, self.times, until=k)
-
     def _unrolled_sample(self, noise: Tensor, cond: Condition | None) -> Tensor:
         """The K-step sampler with gradient through every step and re-noising (the ``unroll`` option of SiD and
         DMD): the generator trained as one network from noise to its last step's output. The earlier steps call the
@@ -119,59 +185,19 @@ class ScoreDistillationStrategy(Strategy):
         t = time_at_edm_sigma(schedule, karras_sigma(u))
         return t.clamp(1 / schedule.num_train_timesteps, 1.0).to(like.dtype)
 
-    def _draw_step(self, step: int) -> int:
-        """The generator step trained at optimizer step ``step``: uniform, the same on every rank."""
-        return int(torch.randint(len(self.times), (1,), generator=torch.Generator().manual_seed(step)))
 
-    # --------------------------------------------------------------------------------------- sampling
-    def scheduler_spec(self) -> dict:
-        """``generator_scheduler_spec`` of the generator's times."""
-        return generator_scheduler_spec(self.teacher.schedule, self.times)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        noise: Tensor,
-        cond: Condition | None = None,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Samples of the generator's few-step sampler; the teacher's guidance is baked in, so a ``guidance_scale``
-        other than 1 is refused."""
-        if guidance_scale not in (None, 1, 1.0):
-            raise ValueError(
-                f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
-            )
-        return multistep_sample(self.student, noise, cond, self.times, generator=generator)
-
-
-def generator_scheduler_spec(schedule, times: Tensor) -> dict:
-    """``export.configure_scheduler`` arguments reproducing a generator's re-noising sampler at ``times``. From the top
-    time: diffusers' LCMScheduler at those times (its ``original_inference_steps`` grid is exactly the trailing grid),
-    with the boundary scalings made the identity (``timestep_scaling`` so large that ``c_skip < 1e-13``), so each step
-    takes the generator's x0 and re-noises it with fresh noise. From a lower input time (``generator_times``): one step
-    is diffusers' DDIMScheduler with ``leading`` spacing offset to that timestep (one DDIM step from there to the clean
-    end returns the x0); several steps are the same LCMScheduler with a grid of every index up to the input time, which
-    ``num_inference_steps=K`` subsamples to exactly the generator's times."""
-    big_t = schedule.num_train_timesteps
-    top = schedule.time_index(times[0])
-    if len(times) == 1 and top < big_t - 1:
-        options = {"timestep_spacing": "leading", "steps_offset": top}
-        return {"scheduler_class": "DDIMScheduler", "times": times, "scheduler_options": options}
-    return {
-        "scheduler_class": "LCMScheduler",
-        "times": times,
-        "scheduler_options": {
-            "original_inference_steps": len(times) if top == big_t - 1 else top + 1,
-            "timestep_scaling": IDENTITY_TIMESTEP_SCALING,
-        },
-    }
+def input_grid(schedule, steps: int, init_timestep: int | None) -> Tensor:
+    """``[steps]`` times of a generator: the trailing grid from the top time (999/749/499/249 for 4), or with
+    ``init_timestep`` the ``generator_times`` below it."""
+    if init_timestep is None:
+        return timestep_grid(schedule, steps, "trailing")
+    return generator_times(schedule, steps, init_timestep)
 
 
 def generator_times(schedule, steps: int, top: int) -> Tensor:
     """``[steps]`` input times of a generator whose first step starts at training index ``top``: the indices
     ``top - floor(i (top + 1) / steps)``, as ``t = (index + 1) / T``. That is the grid of diffusers' LCMScheduler with
-    ``original_inference_steps = top + 1`` (``ScoreDistillationStrategy.scheduler_spec``): the trailing grid
+    ``original_inference_steps = top + 1`` (``ReNoisingGenerator.scheduler_spec``): the trailing grid
     999/749/499/249 from the top index, 755/566/377/188 from index 755 (EDM sigma 2.5 on the bundled teacher)."""
     big_t = schedule.num_train_timesteps
     if not 0 <= top < big_t:

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..backbones import adapter_for
 from ..denoiser import Condition, Denoiser
 from ..discriminator import accuracy_by_level, critic_loss
 from ..export import ExportSpec
@@ -133,15 +132,8 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
         self.sample_shape = tuple(sample_shape)
         self.times = self._generator_times()
         self._add_teacher_critic()
-        if config.gan and self.disc is None and (self.fake_score.backbone is None or not self._has_encoder()):
-            raise ValueError(
-                "SiDA's critic reads the fake score's encoder output (a UNet's mid block): use --gan-features teacher "
-                "with this network."
-            )
-
-    def _has_encoder(self) -> bool:
-        backbone = self.fake_score.backbone
-        return adapter_for(backbone).feature_module(backbone) is not None
+        if config.gan and self.disc is None:  # SiDA's critic: the fake score's encoder output
+            self._fake_score_bottleneck("use --gan-features teacher with this network")
 
     def trainable(self) -> dict[str, nn.Module]:
         return {**super().trainable(), **self._critic_trainable()}
@@ -172,14 +164,12 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
         b = len(cond) if cond is not None else len(next(iter(batch.values())))
         device = next(iter(batch.values())).device
         noise = torch.randn((b, *self.sample_shape), device=device)
+        if self.config.gan and "x0" not in batch:
+            raise ValueError("SiDA's critic compares generated with real images: the batch holds no 'x0' (--data).")
         if step % 2 == 0:
             x_gen = self.student_samples(noise, cond, step, with_grad=False)
             if not self.config.gan:
                 return {"fake_score": self._fake_score_loss(x_gen, cond)}
-            if "x0" not in batch:
-                raise ValueError(
-                    "SiDA's critic compares generated with real images: the batch holds no 'x0' (--data)."
-                )
             if self.disc is None:  # SiDA: the critic is the fake score's encoder, trained in the same forward
                 return self._fake_score_and_critic_losses(x_gen, batch["x0"], cond)
             return {"fake_score": self._fake_score_loss(x_gen, cond), **self._critic_losses(batch["x0"], x_gen, cond)}
