@@ -40,6 +40,9 @@ CONFIGS = {
     "dmd2-nogan": ("dmd", {"lr": 1e-4}),
     "dmd2-4step": ("dmd", {"lr": 1e-4, "generator_steps": 4, "gan_generator_weight": 3e-3, "gan_critic_weight": 1e-2}),
     "dmd2-lora": ("dmd", {"lr": 1e-4, "lora_rank": 16, "fake_lora_rank": 16}),
+    # sCD against consistency: the price of the JVP (forward-mode AD, or two more forward passes)
+    "scm": ("scm", {"lr": 5e-5}),
+    "scm-finite-difference": ("scm", {"lr": 5e-5, "jvp": "finite_difference"}),
 }
 
 

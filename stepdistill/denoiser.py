@@ -260,7 +260,9 @@ class Denoiser(nn.Module):
             x_t: ``[B, C, H, W]``; t: ``[B]`` in [0, 1]; cond: batched like ``x_t``;
             w: ``[B]`` guidance scales, only for backbones with a guidance embedding.
         """
-        timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=torch.float32)
+        # float32 timesteps (sCM: lower precision time embeddings make grad-norm spikes); float64 for float64 inputs
+        time_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=time_dtype)
         timestep_cond = None
         if self.guidance_embedding_dim:
             if w is None:

@@ -359,6 +359,10 @@ TWO_PROCESS_VARIANTS = {
             "lr": 1e-3,
         },
     },
+    "scm": {
+        "default": {"lr": 1e-3},
+        "lora-finite-difference-2step": {"lora_rank": 4, "jvp": "finite_difference", "generator_steps": 2, "lr": 1e-3},
+    },
     "ladd": {
         "default": {},
         "1step-lora": {"generator_steps": 1, "lora_rank": 4, "lr": 1e-3},

@@ -217,6 +217,9 @@ CASES = [
     ("sd3", "sid", ["--preset", "fashion", *SIDA], "pipeline", "multistep"),
     ("sd15", "ladd", ["--preset", "fashion"], "pipeline", "multistep"),
     ("sd3", "ladd", ["--generator-steps", "2", "--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
+    # continuous-time consistency: the JVP through the SD 1.5 UNet (forward-mode AD) and SD3's transformer (LoRA)
+    ("sd15", "scm", ["--preset", "fashion"], "pipeline", "multistep"),
+    ("sd3", "scm", ["--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
 ]
 
 

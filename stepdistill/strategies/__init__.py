@@ -6,6 +6,7 @@ from .dmd import DMDConfig, DMDStrategy
 from .knowledge import KnowledgeDistillationConfig, KnowledgeDistillationStrategy
 from .ladd import LADDConfig, LADDStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
+from .scm import SCMConfig, SCMStrategy
 from .sid import SiDConfig, SiDStrategy
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "LADDStrategy",
     "ProgressiveConfig",
     "ProgressiveStrategy",
+    "SCMConfig",
+    "SCMStrategy",
     "SiDConfig",
     "SiDStrategy",
     "Strategy",

@@ -1,0 +1,184 @@
+"""Continuous-time consistency distillation: sCD (Lu & Song 2024, "Simplifying, Stabilizing and Scaling
+Continuous-Time Consistency Models", arXiv 2410.11081, Algorithm 1 and Sec. 4).
+
+The student is a consistency function in TrigFlow (``stepdistill.trigflow``): ``f(x_s, s) = cos(s) x_s -
+sin(s) sigma_d F(x_s, s)``, which for a network in the teacher's own parametrisation is its x0 prediction, so the
+student keeps the teacher's architecture and prediction type, starts as the teacher, and is sampled and exported like
+any re-noising generator (one step from the top time, or several with fresh noise between them). Each step:
+
+1. times from sCM's proposal, ``tan(s) = exp(tau) / sigma_d`` with ``tau ~ N(p_mean, p_std^2)``, mapped to the
+   teacher's time; ``x_s`` from real data;
+2. the teacher's PF-ODE ``dx_s/ds`` (its classifier-free guidance baked in);
+3. ``F`` of the student without gradient and its JVP ``dF/ds`` along ``(dx_s/ds, 1)`` (``trigflow.velocity_jvp``:
+   forward-mode AD on PyTorch's math attention kernel, or a finite difference);
+4. the tangent ``g`` with warm-up ``r`` (0 -> 1 over ``tangent_warmup_steps``) and normalisation ``g / (||g|| + c)``;
+5. ``L = exp(w(s)) / D ||F_theta - F_theta^- - g||^2 - w(s)`` with the adaptive weight ``w`` a learned log-variance
+   over time (``LogVarianceWeighting``), split into the student's term (``w`` held fixed) and the weighting's term
+   (the error held fixed), whose gradients are exactly those of ``L``.
+
+Deviations: the times are drawn in TrigFlow and then clamped to the teacher's range (``sigma / alpha <= 1e4``); the
+student's time input is the teacher's own timestep (fractional between training indices), not TrigFlow's ``s``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Condition, Denoiser
+from ..export import ExportSpec
+from ..schedules import add_noise
+from ..trigflow import JVP_METHODS, TrigFlow, scm_tangent, teacher_velocity, velocity_jvp
+from .base import register, unwrap
+from .options import GeneratorOptions, TeacherGuidanceOptions
+from .score_distillation import ReNoisingGenerator, input_grid
+
+# the largest sigma / alpha the time proposal reaches: beyond it dt/ds and the input scale leave float range
+MAX_NOISE_RATIO = 1e4
+
+
+@dataclass
+class SCMConfig(GeneratorOptions, TeacherGuidanceOptions):
+    """sCD options (sCM's CIFAR-10 defaults, App. G.2 of Lu & Song 2024, where the paper gives them)."""
+
+    sigma_d: float = field(default=0.5, metadata={"help": "TrigFlow's data standard deviation (sCM: 0.5)"})
+    p_mean: float = field(default=-1.0, metadata={"help": "mean of log(sigma_d tan s) in the time proposal (-1.0)"})
+    p_std: float = field(default=1.4, metadata={"help": "its standard deviation (sCM CIFAR-10: 1.4)"})
+    tangent_warmup_steps: int = field(
+        default=10000, metadata={"help": "optimizer steps over which the tangent's second term ramps in (sCM: 10k)"}
+    )
+    tangent_norm_c: float = field(
+        default=0.1, metadata={"help": "c of the tangent normalisation g / (||g|| + c) (sCM: 0.1; 0: none)"}
+    )
+    adaptive_weighting: bool = field(
+        default=True, metadata={"help": "learn sCM's log-variance weighting w(s) over time (off: w = 0)"}
+    )
+    jvp: str = field(
+        default="forward",
+        metadata={
+            "help": "'forward' (forward-mode AD, math attention kernel) or 'finite_difference' (for fused kernels "
+            "and sharded networks)"
+        },
+    )
+    jvp_eps: float = field(default=1e-3, metadata={"help": "step of the finite-difference JVP"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = type(self).__name__
+        if not self.sigma_d > 0:
+            raise ValueError(f"{name}.sigma_d must be positive, got {self.sigma_d}.")
+        if not self.p_std > 0:
+            raise ValueError(f"{name}.p_std must be positive, got {self.p_std}.")
+        if self.tangent_warmup_steps < 0 or self.tangent_norm_c < 0:
+            raise ValueError(f"{name}.tangent_warmup_steps and tangent_norm_c must be >= 0.")
+        if self.jvp not in JVP_METHODS:
+            raise ValueError(f"{name}.jvp must be one of {JVP_METHODS}, got {self.jvp!r}.")
+        if not self.jvp_eps > 0:
+            raise ValueError(f"{name}.jvp_eps must be positive, got {self.jvp_eps}.")
+
+
+class LogVarianceWeighting(nn.Module):
+    """sCM's adaptive weight ``w(s)``: a linear layer on fixed random Fourier features of ``log(sigma_d tan s) / 4``
+    (EDM2's log-variance head), zero at the start so the first steps weigh every time equally."""
+
+    def __init__(self, features: int = 128, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(features, generator=g))
+        self.register_buffer("phases", torch.rand(features, generator=g))
+        self.linear = nn.Linear(features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, log_sigma: Tensor) -> Tensor:
+        """``w`` ``[B]`` at ``log(sigma_d tan s)`` ``[B]``."""
+        x = log_sigma.float()[:, None] / 4
+        features = math.sqrt(2) * torch.cos(2 * math.pi * (x * self.freqs + self.phases))  # [B, features]
+        return self.linear(features)[:, 0]
+
+
+@register("scm")
+class SCMStrategy(ReNoisingGenerator):
+    """Continuous-time consistency distillation (sCD; Lu & Song 2024, arXiv 2410.11081).
+
+    Args:
+        config: an ``SCMConfig``.
+        teacher: the frozen teacher (its PF-ODE is the target).
+        student: the initial student (default: a trainable copy of the teacher, or the teacher + LoRA).
+    """
+
+    config_class = SCMConfig
+
+    def __init__(self, config: SCMConfig, teacher: Denoiser, student: Denoiser | None = None):
+        super().__init__(config, teacher)
+        self.student = self.initial_student(student)
+        self.weighting = LogVarianceWeighting() if config.adaptive_weighting else None
+        self.trig = TrigFlow(teacher.schedule, config.sigma_d)
+        self.times = input_grid(teacher.schedule, config.generator_steps, config.init_timestep)
+        self.t_min = float(teacher.schedule.index_time(0)) if teacher.schedule.kind == "discrete" else 1e-4
+        self.t_max = float(self.trig.t_of_s(math.atan(MAX_NOISE_RATIO / config.sigma_d)))
+
+    def check_compatible(self) -> None:
+        if self.config.guidance_scale != 1 and not self.teacher.can_guide:
+            raise ValueError("guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.student, **({"weighting": self.weighting} if self.weighting is not None else {})}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        weighting = {"weighting": self.adamw(self.weighting)} if self.weighting is not None else {}
+        return {"student": self.adamw(self.student), **weighting}
+
+    def draw_times(self, b: int, like: Tensor) -> Tensor:
+        """``[B]`` teacher times from sCM's proposal ``tan(s) = exp(tau) / sigma_d``, ``tau ~ N(p_mean, p_std^2)``."""
+        cfg = self.config
+        tau = cfg.p_mean + cfg.p_std * torch.randn(b, dtype=torch.float64)
+        s = torch.atan(torch.exp(tau) / cfg.sigma_d)
+        return self.trig.t_of_s(s).clamp(self.t_min, self.t_max).to(device=like.device, dtype=like.dtype)
+
+    def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        cfg, trig = self.config, self.trig
+        x0 = batch["x0"]
+        cond = Condition.from_batch(batch)
+        t = self.draw_times(len(x0), x0)
+        x_s = trig.to_trigflow(add_noise(x0, torch.randn_like(x0), *self.teacher.schedule.alpha_sigma(t)), t)
+        with self.teacher_network() as teacher:
+            dx_ds = teacher_velocity(trig, teacher, x_s, t, cond, cfg.guidance_scale)
+        network = unwrap(self.student)
+        # forward-mode AD through the bare module; the finite difference's plain forwards through the wrapper, which
+        # gathers sharded (FSDP) parameters
+        jvp_network = self.student if cfg.jvp == "finite_difference" else network
+
+        def velocity(x: Tensor, time: Tensor) -> Tensor:
+            return trig.network_velocity(jvp_network, network.prediction, x, time, cond)
+
+        f_minus, df_ds = velocity_jvp(velocity, x_s, t, dx_ds, trig.dt_ds(t), cfg.jvp, cfg.jvp_eps)
+        warmup = min(1.0, step / cfg.tangent_warmup_steps) if cfg.tangent_warmup_steps else 1.0
+        cos_s, sin_s, _ = trig.scales(t)
+        g = scm_tangent(x_s, f_minus, df_ds, dx_ds, cos_s, sin_s, cfg.sigma_d, warmup, cfg.tangent_norm_c)
+        target = (f_minus + g).detach()
+        f_theta = trig.network_velocity(self.student, network.prediction, x_s, t, cond)
+        error = (f_theta.float() - target.float()).square().flatten(1).mean(1)  # [B]: ||.||^2 / D
+        logs = {"log/tangent_warmup": torch.tensor(warmup), "log/tangent_norm": g.flatten(1).norm(dim=1).mean()}
+        if self.weighting is None:
+            return {"student": error.mean(), **logs}
+        w = self.weighting(torch.log(cfg.sigma_d * sin_s / cos_s))
+        return {
+            "student": (torch.exp(w.detach()) * error).mean(),
+            "weighting": (torch.exp(w) * error.detach() - w).mean(),
+            **logs,
+        }
+
+    def export_spec(self, step: int) -> ExportSpec:
+        cfg = self.config
+        spec = super().export_spec(step)
+        spec.lora_method = "sCM"
+        spec.details = (
+            f"Trained {step} optimizer steps (sigma_d = {cfg.sigma_d}, tau ~ N({cfg.p_mean}, {cfg.p_std}^2), tangent "
+            f"warm-up {cfg.tangent_warmup_steps} steps, JVP: {cfg.jvp}); teacher guidance {cfg.guidance_scale}, "
+            "baked in."
+        )
+        return spec
