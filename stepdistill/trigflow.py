@@ -151,8 +151,10 @@ def velocity_jvp(
         fn: ``(x [B, ...], t [B]) -> [B, ...]``.
         x, t: the point; dx ``[B, ...]``, dt ``[B]``: the direction (``dx/ds`` and ``dt/ds`` for a derivative in s).
         method: ``"forward"`` (``torch.func.jvp``, exact) or ``"finite_difference"`` (central difference with step
-            ``eps`` along the direction normalised per sample, two more forward passes, in ``x``'s dtype).
-        eps: the finite difference's step.
+            ``eps`` along the direction, two more forward passes, in ``x``'s dtype).
+        eps: the finite difference's step in the direction's parameter (``s`` for ``(dx/ds, dt/ds)``). A network
+            trained on a discrete timestep grid is only defined on it: a step of about one grid spacing
+            (``pi / 2 / T`` in ``s``) reads its derivative at that scale, not its embedding's sub-grid oscillation.
     """
     if method == "forward":
         with torch.no_grad(), forward_ad_attention():
@@ -160,11 +162,8 @@ def velocity_jvp(
     if method != "finite_difference":
         raise ValueError(f"Unknown JVP method {method!r}; expected one of {JVP_METHODS}.")
     with torch.no_grad():
-        size = (dx.flatten(1).square().sum(1) + dt.square()).sqrt().clamp_min(1e-12)  # [B]
-        h = eps / size
-        plus = fn(x + _bcast(h, x) * dx, t + h * dt)
-        minus = fn(x - _bcast(h, x) * dx, t - h * dt)
-        return fn(x, t), (plus - minus) / _bcast(2 * h, x)
+        plus, minus = fn(x + eps * dx, t + eps * dt), fn(x - eps * dx, t - eps * dt)
+        return fn(x, t), (plus - minus) / (2 * eps)
 
 
 def teacher_velocity(

@@ -124,6 +124,18 @@ def mlp_student(schedule, dim: int, seed: int = 0, prediction: str = "x0"):
     return student
 
 
+def train_on_tiny_teacher(main, tmp_path, *flags) -> list[dict]:
+    """Run a train script's ``main`` for 2 steps on a tiny class-conditional teacher saved under ``tmp_path``, with
+    ``flags``; its run folder is ``tmp_path / "r"``. Returns the JSONL log's entries."""
+    import json
+
+    tiny_unet(num_classes=10).save_pretrained(tmp_path / "teacher" / "unet")
+    tiny_scheduler().save_pretrained(tmp_path / "teacher" / "scheduler")
+    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "16", "--log-every", "1"]
+    main(["--teacher", str(tmp_path / "teacher"), *flags, *common, "--output-dir", str(tmp_path / "r")])
+    return [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+
+
 def reset_accelerate_state():
     """Forget accelerate's process-wide state, so that each test (or a resumed run inside one) builds a fresh
     Accelerator."""

@@ -71,33 +71,19 @@ def test_step_inputs_come_from_the_generators_own_steps_or_from_noised_data(monk
 
 @pytest.mark.parametrize("steps", [1, 4])
 def test_exported_generator_matches_the_toolkit_sampler_in_fresh_process(tmp_path, steps):
-    from test_export import LOAD_SCRIPT, run_isolated
-
-    from stepdistill.export import export_student
+    from test_export import assert_export_reproduces_sampler
 
     strategy = LADDStrategy(LADDConfig(generator_steps=steps), unet_teacher())
-    folder = tmp_path / "ladd"
-    export_student(strategy.student.frozen(), folder, steps, 1.0, "# t\n", {}, strategy.scheduler_spec())
-    out = tmp_path / "out.pt"
-    run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(steps), "1.0", str(out), cwd=tmp_path)
-    result = torch.load(out)
+    result = assert_export_reproduces_sampler(strategy, tmp_path, steps)
     assert result["timesteps"] == [round(float(t) * 1000) - 1 for t in strategy.times]
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(4, 1, 8, 8, generator=g)
-    ours = strategy.sample(noise, Condition(labels=torch.tensor([0, 1, 2, 0])), generator=g)
-    assert (result["images"] - ours).abs().max() < 1e-4
 
 
 def test_train_script_logs_the_critic_and_exports_a_pipeline(tmp_path):
-    from conftest import tiny_scheduler, tiny_unet
+    from conftest import train_on_tiny_teacher
 
     from train.ladd import main
 
-    tiny_unet(num_classes=10).save_pretrained(tmp_path / "teacher" / "unet")
-    tiny_scheduler().save_pretrained(tmp_path / "teacher" / "scheduler")
-    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "16", "--log-every", "1"]
-    main(["--teacher", str(tmp_path / "teacher"), "--preset", "fashion", *common, "--output-dir", str(tmp_path / "r")])
-    logs = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    logs = train_on_tiny_teacher(main, tmp_path, "--preset", "fashion")
     assert "loss/disc" in logs[-1] and "loss/student" in logs[-1]
     saved = json.loads((tmp_path / "r" / "pipeline" / "stepdistill.json").read_text())
     assert saved["timesteps"] == [999, 749, 499, 249]

@@ -3,12 +3,11 @@ schedule, the JVP against a float64 finite difference through a UNet with attent
 of the consistency function, a one-step map that approaches the exact PF-ODE map on the Gaussian mixture, gradient
 isolation, and exports reproduced by plain diffusers."""
 
-import json
 import math
 
 import pytest
 import torch
-from conftest import mlp_student, tiny_scheduler, tiny_unet
+from conftest import mlp_student, tiny_scheduler, tiny_unet, train_on_tiny_teacher
 from test_dmd import BATCH, unet_teacher
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
@@ -169,31 +168,16 @@ def test_each_loss_reaches_only_its_network_and_the_warm_up_ramps_the_tangent():
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_exported_student_matches_the_toolkit_sampler_in_fresh_process(tmp_path, steps):
-    from test_export import LOAD_SCRIPT, run_isolated
-
-    from stepdistill.export import export_student
+    from test_export import assert_export_reproduces_sampler
 
     strategy = SCMStrategy(SCMConfig(generator_steps=steps), unet_teacher())
-    folder = tmp_path / "scm"
-    export_student(strategy.student.frozen(), folder, steps, 1.0, "# t\n", {}, strategy.scheduler_spec())
-    out = tmp_path / "out.pt"
-    run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(steps), "1.0", str(out), cwd=tmp_path)
-    result = torch.load(out)
-    assert result["timesteps"] == [999, 499][:steps]
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(4, 1, 8, 8, generator=g)
-    ours = strategy.sample(noise, Condition(labels=torch.tensor([0, 1, 2, 0])), generator=g)
-    assert (result["images"] - ours).abs().max() < 1e-4
+    assert assert_export_reproduces_sampler(strategy, tmp_path, steps)["timesteps"] == [999, 499][:steps]
 
 
 def test_train_script_trains_and_exports_a_pipeline(tmp_path):
     from train.scm import main
 
-    tiny_unet(num_classes=10).save_pretrained(tmp_path / "teacher" / "unet")
-    tiny_scheduler().save_pretrained(tmp_path / "teacher" / "scheduler")
-    common = ["--max-steps", "2", "--batch-size", "4", "--data-limit", "16", "--log-every", "1"]
-    main(["--teacher", str(tmp_path / "teacher"), "--preset", "fashion", *common, "--output-dir", str(tmp_path / "r")])
-    logs = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    logs = train_on_tiny_teacher(main, tmp_path, "--preset", "fashion")
     assert {"loss/student", "loss/weighting", "log/tangent_warmup"} <= set(logs[-1])
     card = (tmp_path / "r" / "pipeline" / "README.md").read_text()
     assert "sCD" in card and (tmp_path / "r" / "pipeline" / "model_index.json").exists()
