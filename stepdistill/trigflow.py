@@ -152,9 +152,7 @@ def velocity_jvp(
         x, t: the point; dx ``[B, ...]``, dt ``[B]``: the direction (``dx/ds`` and ``dt/ds`` for a derivative in s).
         method: ``"forward"`` (``torch.func.jvp``, exact) or ``"finite_difference"`` (central difference with step
             ``eps`` along the direction, two more forward passes, in ``x``'s dtype).
-        eps: the finite difference's step in the direction's parameter (``s`` for ``(dx/ds, dt/ds)``). A network
-            trained on a discrete timestep grid is only defined on it: a step of about one grid spacing
-            (``pi / 2 / T`` in ``s``) reads its derivative at that scale, not its embedding's sub-grid oscillation.
+        eps: the finite difference's step in the direction's parameter (``s`` for ``(dx/ds, dt/ds)``).
     """
     if method == "forward":
         with torch.no_grad(), forward_ad_attention():
@@ -177,9 +175,8 @@ def teacher_velocity(
     """The teacher's PF-ODE in TrigFlow units, ``dx_s/ds = sigma_d F_teacher(x_s, s)`` ``[B, ...]``, with its
     classifier-free guidance."""
     with torch.no_grad():
-        x_t = x_s / _bcast(trig.scales(t)[2], x_s)
-        x0, eps = teacher.split(x_t, t, cond, guidance_scale)
-        return trig.sigma_d * trig.velocity(x0, eps, t)
+        velocity = trig.network_velocity(teacher, teacher.prediction, x_s, t, cond, guidance_scale=guidance_scale)
+        return trig.sigma_d * velocity
 
 
 def scm_tangent(
