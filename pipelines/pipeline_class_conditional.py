@@ -15,6 +15,7 @@ takes ``w`` as an embedding in a single pass instead.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -83,6 +84,7 @@ class ClassConditionalPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin
         generator=None,
         latents: torch.Tensor | None = None,
         timesteps: list[int] | None = None,
+        eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
@@ -95,6 +97,8 @@ class ClassConditionalPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin
             generator: a ``torch.Generator`` (or list) for the initial noise and stochastic schedulers.
             latents: ``[B, C, H, W]`` initial noise instead of drawing it.
             timesteps: explicit training timesteps, for schedulers that accept them.
+            eta: the stochasticity of schedulers whose ``step`` takes one (DDIM, TCD), as in diffusers' pipelines
+                (0: deterministic).
             output_type: ``"pil"``, ``"np"`` (uint8-ready floats in [0, 1], NHWC) or ``"pt"`` (NCHW in [-1, 1]).
         """
         unet = self.unet
@@ -110,9 +114,10 @@ class ClassConditionalPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin
             self.scheduler.set_timesteps(timesteps=timesteps, device=self._execution_device)
         else:
             self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        step_kwargs = {"eta": eta} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self._model_output(x, t, labels, guidance_scale)
-            x = self.scheduler.step(out, t, x, generator=generator, return_dict=False)[0]
+            x = self.scheduler.step(out, t, x, generator=generator, return_dict=False, **step_kwargs)[0]
         if output_type == "pt":
             images = x
         else:

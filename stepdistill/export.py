@@ -38,6 +38,8 @@ class ExportSpec:
         guidance_scale: the guidance the student samples with (1 when the teacher's guidance is baked in).
         lora_method: the LoRA card's name of the method (LCM, DMD2, SiD).
         folder: the pipeline folder's name in the run folder.
+        interval_input: the network's guidance embedding takes the length of each jump, ``1 / num_inference_steps``
+            (MeanFlow), not a guidance scale; recorded so that ``pipeline_call`` passes it for any step count.
     """
 
     num_steps: int
@@ -47,6 +49,7 @@ class ExportSpec:
     guidance_scale: float = 1.0
     lora_method: str = ""
     folder: str = "pipeline"
+    interval_input: bool = False
 
 
 def student_timesteps(denoiser: Denoiser, times: torch.Tensor) -> list[int]:
@@ -165,6 +168,7 @@ def export_pipeline(
     times: torch.Tensor | None = None,
     scheduler_options: dict | None = None,
     source: str | None = None,
+    interval_input: bool = False,
 ) -> str:
     """Write ``denoiser`` as a few-step pipeline folder (atomically): the toolkit's class-conditional pipeline, or
     for a text-to-image teacher (``source``, an SD 1.x/2.x, SDXL or SD3 pipeline) the teacher's own pipeline class
@@ -184,6 +188,7 @@ def export_pipeline(
         scheduler_options: extra scheduler config (e.g. LCM's ``original_inference_steps``).
         source: the teacher's folder or Hub id; a text-to-image pipeline there is exported in its own class, its
             VAE, tokenizers and text encoders copied unchanged.
+        interval_input: the guidance embedding takes ``1 / num_inference_steps`` (``ExportSpec.interval_input``).
 
     Returns:
         the folder path.
@@ -198,6 +203,8 @@ def export_pipeline(
         raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
     with atomic_dir(folder) as tmp:
         saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps}
+        if interval_input:
+            saved["interval_input"] = True
         if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
             saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
             card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"
@@ -286,6 +293,13 @@ def pipeline_call(folder: str | os.PathLike, num_steps: int, guidance_scale: flo
                 raise ValueError(f"{path} is not valid JSON ({err}): export the student again.") from None
         _check_saved_call(saved, path)
     call = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale}
+    if saved.get("interval_input"):  # the embedding takes each jump's length, 1 / K; the guidance is baked in
+        if guidance_scale != 1:
+            raise ValueError(
+                f"{os.fspath(folder)!r} has its guidance baked in and takes the jump's length as its guidance input: "
+                "evaluate it at guidance 1."
+            )
+        guidance_scale = call["guidance_scale"] = 1.0 / num_steps
     if "pipeline_guidance_scale" in saved:
         call["guidance_scale"] = guidance_scale + saved["pipeline_guidance_scale"] - saved["guidance_scale"]
     times = "sigmas" if "sigmas" in saved else "timesteps" if saved.get("pass_timesteps") else None
@@ -315,6 +329,8 @@ def _check_saved_call(saved, path: str) -> None:
     steps = saved.get("num_inference_steps", 1)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         problems.append(f"num_inference_steps {steps!r} is not a positive integer")
+    if not isinstance(saved.get("interval_input", False), bool):
+        problems.append(f"interval_input {saved['interval_input']!r} is not true or false")
     for key in ("guidance_scale", "pipeline_guidance_scale"):
         if key in saved and not number(saved[key]):
             problems.append(f"{key} {saved[key]!r} is not a finite number")
@@ -444,6 +460,7 @@ def export_student(
     lora_method: str = "",
     teacher: str = "",
     folder: str = "pipeline",
+    interval_input: bool = False,
 ) -> list[str]:
     """Write ``output_dir/<folder>`` (default ``pipeline``), and for a LoRA student first ``output_dir/lora`` (the
     adapter with its scheduler); the pipeline then holds the fused weights. ``scheduler`` holds
@@ -464,7 +481,15 @@ def export_student(
     pipeline = os.path.join(output_dir, folder)
     written.append(
         export_pipeline(
-            student, pipeline, num_steps, guidance_scale, card=card, config=config, source=teacher or None, **scheduler
+            student,
+            pipeline,
+            num_steps,
+            guidance_scale,
+            card=card,
+            config=config,
+            source=teacher or None,
+            interval_input=interval_input,
+            **scheduler,
         )
     )
     return written
@@ -491,6 +516,7 @@ def export_spec(
         spec.lora_method,
         teacher,
         spec.folder,
+        spec.interval_input,
     )
 
 

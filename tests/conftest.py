@@ -94,33 +94,34 @@ def tiny_model_dir(tmp_path):
 class MLPDenoiser(torch.nn.Module):
     """A small trainable x0-predictor for vector "images" [B, 1, 1, D], used as the student of analytic teachers."""
 
-    def __init__(self, dim: int, hidden: int = 128):
+    def __init__(self, dim: int, hidden: int = 128, extra: int = 0):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim + 2, hidden),
+            torch.nn.Linear(dim + 2 + extra, hidden),
             torch.nn.SiLU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.SiLU(),
             torch.nn.Linear(hidden, dim),
         )
 
-    def forward(self, x_t, t):
+    def forward(self, x_t, t, *extra):
         flat = x_t.reshape(len(x_t), -1)
-        feats = torch.cat([flat, torch.sin(t)[:, None], torch.cos(t)[:, None]], dim=1)
+        feats = torch.cat([flat, torch.sin(t)[:, None], torch.cos(t)[:, None], *(e[:, None] for e in extra)], dim=1)
         return (flat + self.net(feats)).reshape(x_t.shape)
 
 
-def mlp_student(schedule, dim: int, seed: int = 0, prediction: str = "x0"):
-    """A Denoiser whose native prediction (x0 unless told) comes from an MLP (no diffusers backbone)."""
+def mlp_student(schedule, dim: int, seed: int = 0, prediction: str = "x0", interval: bool = False):
+    """A Denoiser whose native prediction (x0 unless told) comes from an MLP (no diffusers backbone); with
+    ``interval``, the MLP also takes the guidance-embedding input ``w`` (a MeanFlow student's jump length)."""
     from stepdistill.denoiser import Denoiser
 
     class Student(Denoiser):
         def native(self, x_t, t, cond, w=None):
-            return self.mlp(x_t, t)
+            return self.mlp(x_t, t, w.to(x_t.dtype)) if interval else self.mlp(x_t, t)
 
     torch.manual_seed(seed)
-    student = Student(None, schedule, prediction)
-    student.mlp = MLPDenoiser(dim)
+    student = Student(None, schedule, prediction, guidance_embedding_dim=1 if interval else None)
+    student.mlp = MLPDenoiser(dim, extra=int(interval))
     return student
 
 

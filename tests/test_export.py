@@ -118,12 +118,15 @@ def assert_export_reproduces_sampler(strategy, tmp_path, steps: int) -> dict:
     """Export ``strategy``'s student with its scheduler spec, load it with plain diffusers in an interpreter without
     stepdistill, and require the pipeline's images to equal ``strategy.sample`` from the same noise to 1e-4 (a tiny
     class-conditional UNet teacher). Returns what the loading script saved (its timesteps among them)."""
-    from stepdistill.export import export_student
+    from stepdistill.export import export_student, pipeline_call
 
     folder = tmp_path / "export"
-    export_student(strategy.student.frozen(), folder, steps, 1.0, "# t\n", {}, strategy.scheduler_spec())
+    interval = strategy.export_spec(0).interval_input  # MeanFlow: the pipeline's guidance input is 1 / steps
+    spec = strategy.scheduler_spec()
+    export_student(strategy.student.frozen(), folder, steps, 1.0, "# t\n", {}, spec, interval_input=interval)
+    w = pipeline_call(folder / "pipeline", steps)["guidance_scale"]  # as the evaluation command calls it
     out = tmp_path / "out.pt"
-    run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(steps), "1.0", str(out), cwd=tmp_path)
+    run_isolated(LOAD_SCRIPT, str(folder / "pipeline"), str(steps), str(w), str(out), cwd=tmp_path)
     result = torch.load(out)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 1, 8, 8, generator=g)

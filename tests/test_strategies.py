@@ -363,6 +363,10 @@ TWO_PROCESS_VARIANTS = {
         "default": {"lr": 1e-3},
         "lora-finite-difference-2step": {"lora_rank": 4, "jvp": "finite_difference", "generator_steps": 2, "lr": 1e-3},
     },
+    "meanflow": {
+        "default": {"lr": 1e-3, "flow_fraction": 0.5},
+        "finite-difference-2step": {"jvp": "finite_difference", "generator_steps": 2, "lr": 1e-3},
+    },
     "ladd": {
         "default": {},
         "1step-lora": {"generator_steps": 1, "lora_rank": 4, "lr": 1e-3},

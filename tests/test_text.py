@@ -13,6 +13,7 @@ from tiny_text import PROMPTS, build_pipeline, build_sd3, captioned_folder
 
 from stepdistill.denoiser import Denoiser
 from stepdistill.sampling import consistency_sample, ddim_sample, multistep_sample
+from stepdistill.strategies.meanflow import MeanFlowConfig, MeanFlowStrategy, meanflow_sample
 from stepdistill.text import encode_captioned_folder, load_text_to_image, read_captions
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -220,6 +221,8 @@ CASES = [
     # continuous-time consistency: the JVP through the SD 1.5 UNet (forward-mode AD) and SD3's transformer (LoRA)
     ("sd15", "scm", ["--preset", "fashion"], "pipeline", "multistep"),
     ("sd3", "scm", ["--lora-rank", "4", "--lr", "1e-3"], "lora", "multistep"),
+    # MeanFlow: the interval input through the SD 1.5 UNet's time_cond_proj_dim, TCDScheduler's deterministic jumps
+    ("sd15", "meanflow", ["--preset", "fashion"], "pipeline", "meanflow"),
 ]
 
 
@@ -238,6 +241,8 @@ def _toolkit_sample(folder, sampler, noise, cond, saved):
         return consistency_sample(den, noise, cond, len(times), guidance_scale=w, times=times, generator=g)
     if sampler == "phased":  # the toolkit's own edge-to-edge jumps; diffusers steps at the exported timesteps
         return consistency_sample(den, noise, cond, len(times), guidance_scale=w, phases=len(times))
+    if sampler == "meanflow":  # deterministic jumps down the grid to index 0, the interval input 1 / K
+        return meanflow_sample(den, noise, cond, times, float(den.schedule.index_time(0)))
     return multistep_sample(den, noise, cond, times, generator=g)
 
 
@@ -303,7 +308,8 @@ def _check_evaluation_samples_the_student(folder, sampler, saved, prompts, cond)
         sys.path.pop(0)
     pipe = load_model(str(folder), "cpu")
     steps = saved["num_inference_steps"]
-    call = pipeline_call(folder, steps, saved["guidance_scale"])
+    w = 1.0 if saved.get("interval_input") else saved["guidance_scale"]  # MeanFlow: guidance baked, 1 / K passed
+    call = pipeline_call(folder, steps, w)
     images = generate_with_pipeline(pipe, 3, steps, prompts=prompts, batch_size=3, progress=False, call=call)
     latents = _toolkit_sample(folder, sampler, seeded_noise(3, (4, 8, 8), seed=0), cond, saved)
     vae = pipe.vae
@@ -359,3 +365,10 @@ def test_text_encoders_are_released_once_the_prompts_are_encoded(pipelines):
     ]
     assert setup.data["text"].shape[0] == 12 and setup.decode is not None
     assert not ours, [type(o).__name__ for o in ours]
+
+
+def test_meanflow_refuses_a_transformer_teacher_naming_the_input_it_lacks(pipelines):
+    """SD3's transformer has no timestep_cond slot for MeanFlow's interval input: one error saying so."""
+    teacher = load_text_to_image(pipelines["sd3"]).teacher
+    with pytest.raises(TypeError, match="time_cond_proj_dim input: A guidance embedding needs a UNet2DConditionModel"):
+        MeanFlowStrategy(MeanFlowConfig(), teacher)

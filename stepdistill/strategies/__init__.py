@@ -5,6 +5,7 @@ from .consistency import ConsistencyConfig, ConsistencyStrategy
 from .dmd import DMDConfig, DMDStrategy
 from .knowledge import KnowledgeDistillationConfig, KnowledgeDistillationStrategy
 from .ladd import LADDConfig, LADDStrategy
+from .meanflow import MeanFlowConfig, MeanFlowStrategy
 from .progressive import ProgressiveConfig, ProgressiveStrategy
 from .scm import SCMConfig, SCMStrategy
 from .sid import SiDConfig, SiDStrategy
@@ -19,6 +20,8 @@ __all__ = [
     "KnowledgeDistillationStrategy",
     "LADDConfig",
     "LADDStrategy",
+    "MeanFlowConfig",
+    "MeanFlowStrategy",
     "ProgressiveConfig",
     "ProgressiveStrategy",
     "SCMConfig",
