@@ -1,6 +1,12 @@
 """stepdistill: distil many-step diffusion teachers into one- to few-step students that load in diffusers."""
 
+import logging
 import os
+
+# bitsandbytes (which peft imports on start-up whenever it is installed, as for --optimizer adamw8bit) tries to fetch a
+# 4-bit CPU kernel from the Hugging Face Hub on AVX512-BF16 CPUs and logs an error-like warning when it cannot (offline,
+# or a publisher it cannot verify). No code here uses 4-bit kernels, so that one logger only reports errors.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

@@ -188,7 +188,7 @@ def export_pipeline(
         scheduler_options: extra scheduler config (e.g. LCM's ``original_inference_steps``).
         source: the teacher's folder or Hub id; a text-to-image pipeline there is exported in its own class, its
             VAE, tokenizers and text encoders copied unchanged.
-        interval_input: the guidance embedding takes ``1 / num_inference_steps`` (``ExportSpec.interval_input``).
+        interval_input: ``ExportSpec.interval_input``.
 
     Returns:
         the folder path.
@@ -196,15 +196,13 @@ def export_pipeline(
     from .text import is_text_to_image
 
     scheduler = configure_scheduler(denoiser, num_steps, scheduler_class, times, scheduler_options)
-    timesteps = scheduler.timesteps.tolist()
     text = source is not None and is_text_to_image(source)
     flow = denoiser.schedule.kind == "flow"
     if flow and not text:
         raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
     with atomic_dir(folder) as tmp:
-        saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale, "timesteps": timesteps}
-        if interval_input:
-            saved["interval_input"] = True
+        saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale}
+        saved.update(timesteps=scheduler.timesteps.tolist(), **({"interval_input": True} if interval_input else {}))
         if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
             saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
             card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"

@@ -94,6 +94,9 @@ SCRIPT_CONFIGS = {
     "consistency": "stepdistill.strategies.consistency:ConsistencyConfig",
     "dmd": "stepdistill.strategies.dmd:DMDConfig",
     "sid": "stepdistill.strategies.sid:SiDConfig",
+    "ladd": "stepdistill.strategies.ladd:LADDConfig",
+    "scm": "stepdistill.strategies.scm:SCMConfig",
+    "meanflow": "stepdistill.strategies.meanflow:MeanFlowConfig",
 }
 
 

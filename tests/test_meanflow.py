@@ -132,6 +132,12 @@ def test_the_loss_reaches_only_the_student_and_bad_settings_are_refused():
     assert set(strategy.trainable()) == {"student"} and {"log/mse_flow", "log/mse_mean"} <= set(losses)
     assert_each_loss_reaches_only_its_network(losses, strategy, teacher)
     assert strategy.student.backbone.time_embedding.cond_proj.weight.grad.abs().sum() > 0  # the interval input learns
+    gridded = MeanFlowStrategy(MeanFlowConfig(generator_steps=2, flow_fraction=0.0, grid_fraction=1.0), teacher)
+    t, r = gridded.draw_times(64, BATCH["x0"])
+    pairs = {(round(a, 4), round(b, 4)) for a, b in zip(t.tolist(), r.tolist())}
+    assert pairs == {(1.0, 0.001), (1.0, 0.5), (0.5, 0.001)}  # the one-step jump and the two-step grid's jumps
+    with pytest.raises(ValueError, match="grid_fraction"):
+        MeanFlowConfig(flow_fraction=0.75, grid_fraction=0.5)
     with pytest.raises(ValueError, match="drop --lora-rank"):
         MeanFlowConfig(lora_rank=4)
     with pytest.raises(ValueError, match="jvp"):
@@ -199,3 +205,18 @@ def test_train_script_trains_and_exports_a_pipeline(tmp_path):
     assert saved["interval_input"] is True and saved["timesteps"] == [999, 499]
     scheduler = json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "TCDScheduler"
+
+
+def test_the_samplers_jumps_from_the_top_time_train_finitely_on_the_bundled_teacher():
+    """The bundled teacher's top training index has sigma / alpha near 1e4 (squaredcos_cap_v2): the jumps drawn from
+    there (grid_fraction) are clamped to the proposal's range, where dt/ds and the input scale stay finite."""
+    from stepdistill.data import from_uint8, load_fashion_mnist
+
+    teacher = Denoiser.from_pretrained("assets/fashion-teacher").frozen()
+    strategy = MeanFlowStrategy(MeanFlowConfig(generator_steps=2, flow_fraction=0.0, grid_fraction=1.0), teacher)
+    images, labels = load_fashion_mnist("assets/fashion-mnist")
+    batch = {"x0": from_uint8(images[:8], 16), "labels": torch.as_tensor(labels[:8]).long()}
+    losses = strategy.losses(batch, 0)
+    assert all(torch.isfinite(v).all() for v in losses.values()), losses
+    losses["student"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in strategy.student.parameters() if p.grad is not None)

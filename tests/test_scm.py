@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import mlp_student, tiny_scheduler, tiny_unet, train_on_tiny_teacher
-from test_dmd import BATCH, unet_teacher
+from test_dmd import BATCH, assert_each_loss_reaches_only_its_network, unet_teacher
 
 from stepdistill.analytic import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import Condition, Denoiser
@@ -164,6 +164,32 @@ def test_each_loss_reaches_only_its_network_and_the_warm_up_ramps_the_tangent():
         SCMConfig(jvp="reverse")
     with pytest.raises(ValueError, match="sigma_d"):
         SCMConfig(sigma_d=0.0)
+
+
+def test_rcm_alternates_fake_score_and_student_updates_and_batches_the_students_forwards():
+    """rCM: between student updates only the fake score learns; a student update (after the tangent warm-up) adds
+    DMD's term on the student's own samples, each loss reaching only its network; the sCM velocity and the generated
+    x0 come from one batched forward that equals the two separate calls."""
+    teacher = unet_teacher()
+    config = SCMConfig(dmd_weight=0.02, fake_updates_per_generator=2, tangent_warmup_steps=2, generator_steps=2)
+    strategy = SCMStrategy(config, teacher)
+    assert set(strategy.optimizers()) == set(strategy.trainable()) == {"student", "weighting", "fake_score"}
+    assert set(strategy.losses(BATCH, 1)) == {"fake_score"}
+    before = strategy.losses(BATCH, 0)  # a student step inside the warm-up: sCD alone, the fake score learning
+    assert "log/dm" not in before and {"student", "fake_score"} <= set(before)
+    losses = strategy.losses(BATCH, 4)
+    assert "log/dm" in losses and "x_gen" not in losses
+    assert_each_loss_reaches_only_its_network(losses, strategy, teacher)
+    cond = Condition.from_batch(BATCH)
+    g = torch.Generator().manual_seed(0)
+    x_s, x_in = torch.randn(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
+    t, t_in = torch.rand(8, generator=g) * 0.9 + 0.05, torch.full((8,), 0.5)
+    velocity, x_gen = strategy._velocity_and_sample(x_s, t, cond, x_in, t_in)
+    torch.testing.assert_close(velocity, strategy.trig.network_velocity(strategy.student, "v", x_s, t, cond))
+    torch.testing.assert_close(x_gen, strategy.student(x_in, t_in, cond))
+    assert "rCM" in strategy.export_spec(3).method
+    with pytest.raises(ValueError, match="drop --lora-rank or --dmd-weight"):
+        SCMConfig(dmd_weight=0.02, lora_rank=4)
 
 
 @pytest.mark.parametrize("steps", [1, 2])

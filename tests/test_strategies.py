@@ -362,6 +362,7 @@ TWO_PROCESS_VARIANTS = {
     "scm": {
         "default": {"lr": 1e-3},
         "lora-finite-difference-2step": {"lora_rank": 4, "jvp": "finite_difference", "generator_steps": 2, "lr": 1e-3},
+        "rcm": {"dmd_weight": 0.02, "fake_updates_per_generator": 2, "tangent_warmup_steps": 0, "lr": 1e-3},
     },
     "meanflow": {
         "default": {"lr": 1e-3, "flow_fraction": 0.5},

@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline
 from stepdistill.data import to_uint8
 from stepdistill.denoiser import Denoiser
 from stepdistill.evaluation import balanced_labels, domain_scorers, generate
+from stepdistill.export import pipeline_call
 
 STUDENTS = sorted(p.parent for p in Path("benchmarks/students").glob("*/model_index.json"))
 NUM_SAMPLES = 500
@@ -45,9 +46,8 @@ def test_student_loads_with_plain_diffusers_and_beats_the_teachers_sampler(folde
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     labels = balanced_labels(NUM_SAMPLES, 10)
-    out = pipe(
-        class_labels=labels, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt"
-    )
+    call = pipeline_call(folder, steps)  # as its card says (MeanFlow: the jump's length as guidance_scale = 1/K)
+    out = pipe(class_labels=labels, generator=torch.Generator().manual_seed(0), output_type="pt", **call)
     student = score(to_uint8(out.images), labels)
     teacher = Denoiser.from_pretrained("assets/fashion-teacher").frozen()
     own = score(generate(teacher, NUM_SAMPLES, steps, 1.0, seed=0, labels=labels, progress=False), labels)

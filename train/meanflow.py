@@ -7,13 +7,13 @@
 The student starts as the teacher with one more input, the length of a jump (the UNet's time_cond_proj_dim slot,
 zero-initialised), and learns the average velocity between two times: each step takes the teacher's ODE velocity at a
 noised real image and the student's JVP along it (forward-mode AD on PyTorch's math attention kernel; --jvp
-finite_difference for fused kernels or FSDP) and pulls the student toward the MeanFlow identity. Three quarters of
-the pairs have equal times (plain flow matching on the teacher's velocity). The student is exported as a diffusers
-pipeline folder in OUTPUT_DIR/pipeline with TCDScheduler, whose deterministic jumps (eta 0) down the trailing grid
-are the student's sampler: call it with guidance_scale = 1 / num_inference_steps (the jump's length; SD pipelines:
-1 + 1 / num_inference_steps). A UNet2DConditionModel teacher is needed (SD3's transformer has no such input); the
-student is a full network (a LoRA adapter cannot carry the new input). Options: a --preset, overridden by a --config
-file, overridden by flags.
+finite_difference for fused kernels or FSDP) and pulls the student toward the MeanFlow identity. Some pairs have
+equal times (--flow-fraction: plain flow matching on the teacher's velocity), some are the sampler's own jumps
+(--grid-fraction). The student is exported as a diffusers pipeline folder in OUTPUT_DIR/pipeline with
+TCDScheduler, whose deterministic jumps (eta 0) down the trailing grid are the student's sampler: call it with
+guidance_scale = 1 / num_inference_steps (the jump's length; SD pipelines: 1 + 1 / num_inference_steps). A
+UNet2DConditionModel teacher is needed (SD3's transformer has no such input); the student is a full network (a LoRA
+adapter cannot carry the new input). Options: a --preset, overridden by a --config file, overridden by flags.
 """
 
 from stepdistill.cli import run_cli
@@ -23,7 +23,10 @@ from stepdistill.strategies.meanflow import MeanFlowConfig, MeanFlowStrategy
 from stepdistill.trainer import TrainerConfig
 
 # The bundled teacher on 2 CPU cores: this toolkit's settings (not a paper's), the optimizer of the sCD preset
-# (train/scm.py: a linear learning-rate decay kept what constant-rate runs lost) and MeanFlow's time proposal.
+# (train/scm.py: a linear learning-rate decay kept what constant-rate runs lost) and MeanFlow's time proposal. Not
+# yet a good student (README, "Flow maps"): the proposal almost never draws the jumps from the top time, so the one
+# step stays the teacher's; a quarter of the pairs on the sampler's jumps (--grid-fraction 0.25 --flow-fraction 0.5)
+# made both step counts worse (benchmarks/meanflow).
 FASHION = {
     "generator_steps": 2,
     "lr": 5e-5,

@@ -1,6 +1,7 @@
 """Continuous-time consistency distillation (sCD, Lu & Song 2024) of a diffusion teacher into a 1- or 2-step student.
 
     python train/scm.py --preset fashion --output-dir outputs/scm-fashion
+    python train/scm.py --preset fashion-rcm --output-dir outputs/rcm-fashion                  # rCM: sCD + DMD
     accelerate launch train/scm.py --preset sd15 --teacher stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --data CAPTIONED_DIR --output-dir outputs/scm-sd15
 
@@ -10,8 +11,9 @@ attention kernel; --jvp finite_difference for fused kernels or FSDP), and pulls 
 tangent, weighted by a learned log-variance over time. Any teacher schedule works (discrete VP, cosine, rectified
 flow): its times are mapped to TrigFlow exactly. The student is exported as a diffusers pipeline folder in
 OUTPUT_DIR/pipeline whose LCMScheduler samples in one step from the top time or, with --generator-steps 2, in two
-(999 then 499, with fresh noise between, near sCM's middle time 1.1); a LoRA student also in OUTPUT_DIR/lora. Options:
-a --preset, overridden by a --config file, overridden by flags.
+(999 then 499, with fresh noise between, near sCM's middle time 1.1); a LoRA student also in OUTPUT_DIR/lora. With
+--dmd-weight (rCM; --preset fashion-rcm) a fake score learns the student's samples and DMD's distribution-matching term
+joins the sCM loss after the tangent warm-up. Options: a --preset, overridden by a --config file, overridden by flags.
 """
 
 from stepdistill.cli import run_cli
@@ -59,6 +61,27 @@ PRESETS = {
         "max_steps": 10000,
     },
     "fashion": FASHION,
+    # rCM on the bundled teacher (this toolkit's settings, not a paper's): the sCD preset plus DMD's term at rCM's
+    # 1:100 against the sCM loss (0.02 here), its noise levels log(sigma/alpha) ~ N(0, 1.6^2), on after the tangent
+    # warm-up; two fake-score updates per student update (rCM: 5), so 3,000 iterations give 1,500 student updates.
+    "fashion-rcm": {**FASHION, "dmd_weight": 0.02, "fake_updates_per_generator": 2, "max_steps": 3000},
+    # rCM's Wan2.1 1.3B recipe (Zheng et al. 2025, released config): student lr 2e-6 and fake score 4e-7, Adam betas
+    # (0, 0.999), 5 fake-score updates per student update, sCM times N(-0.8, 1.6^2), DMD times N(0, 1.6^2), tangent
+    # warm-up 1,000, teacher guidance 5; the DMD weight as rCM's 1:100 in this toolkit's units. Not measured here.
+    "paper-rcm": {
+        "generator_steps": 4,
+        "dmd_weight": 0.02,
+        "fake_updates_per_generator": 5,
+        "lr": 2e-6,
+        "fake_lr": 4e-7,
+        "betas": [0.0, 0.999],
+        "weight_decay": 0.01,
+        "p_mean": -0.8,
+        "p_std": 1.6,
+        "tangent_warmup_steps": 1000,
+        "guidance_scale": 5.0,
+        "max_steps": 100000,
+    },
 }
 
 

@@ -8,6 +8,9 @@ v-prediction denoising score matching on the discrete cosine schedule (``squared
 Writes ``unet/`` and ``scheduler/`` (diffusers format), ``training.json`` and ``samples.png``.
 """
 
+import stepdistill  # noqa: F401  (first: it quiets bitsandbytes, which importing diffusers can load)
+
+# isort: split
 import argparse
 import os
 import time

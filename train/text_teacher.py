@@ -12,6 +12,9 @@ result loads with ``StableDiffusionPipeline.from_pretrained(OUT)`` and with ``--
 
 from __future__ import annotations
 
+import stepdistill  # noqa: F401  (first: it quiets bitsandbytes, which importing diffusers can load)
+
+# isort: split
 import argparse
 import os
 import tempfile

@@ -48,12 +48,12 @@ from ..sampling import ddim_sample
 from ..schedules import add_noise, combine
 from .adversarial import TeacherCritic
 from .base import register, unwrap
-from .options import AdversarialOptions, ScoreDistillationOptions
+from .options import AdversarialOptions, ScoreDistillationOptions, TwoTimeScaleOptions
 from .score_distillation import ScoreDistillationStrategy, cat_conditions, input_grid
 
 
 @dataclass
-class DMDConfig(ScoreDistillationOptions, AdversarialOptions):
+class DMDConfig(ScoreDistillationOptions, TwoTimeScaleOptions, AdversarialOptions):
     """DMD / DMD2 options (DMD2's ImageNet-64 defaults where they apply; presets in train/dmd.py). The options DMD
     shares with SiD (generator steps and input time, unroll, guidance, LoRA, t_range) are in
     ``ScoreDistillationOptions``."""
@@ -63,9 +63,6 @@ class DMDConfig(ScoreDistillationOptions, AdversarialOptions):
     backward_simulation: bool = field(
         default=True,
         metadata={"help": "multi-step: step k's input from the generator's own first k steps (else noised data)"},
-    )
-    fake_updates_per_generator: int = field(
-        default=5, metadata={"help": "two time-scale update rule: fake-score steps per generator step (DMD: 1)"}
     )
     regression_weight: float = field(default=0.0, metadata={"help": "DMD's regression loss weight (0: off)"})
     regression_pairs: int = field(default=0, metadata={"help": "teacher noise-image pairs for the regression loss"})
@@ -80,8 +77,6 @@ class DMDConfig(ScoreDistillationOptions, AdversarialOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.fake_updates_per_generator < 1:
-            raise ValueError("DMDConfig.fake_updates_per_generator must be >= 1.")
         if self.regression_weight < 0:
             raise ValueError("DMDConfig.regression_weight must be >= 0.")
         if self.regression_weight and (self.regression_pairs < 1 or self.generator_steps != 1):

@@ -41,23 +41,29 @@ from torch import Tensor
 from ..denoiser import Condition, Denoiser
 from ..export import ExportSpec
 from ..schedules import _bcast, add_noise, split
-from ..trigflow import JVP_METHODS, TrigFlow, teacher_velocity, velocity_jvp
+from ..trigflow import TrigFlow, teacher_velocity, velocity_jvp
 from .base import register, unwrap
-from .options import GeneratorOptions, TeacherGuidanceOptions
+from .options import GeneratorOptions, TeacherGuidanceOptions, TrigFlowOptions
 from .scm import MAX_NOISE_RATIO
 from .score_distillation import ReNoisingGenerator, input_grid
 
 
 @dataclass
-class MeanFlowConfig(GeneratorOptions, TeacherGuidanceOptions):
+class MeanFlowConfig(GeneratorOptions, TeacherGuidanceOptions, TrigFlowOptions):
     """MeanFlow options (the paper's ImageNet defaults where it gives them: logit-normal (-0.4, 1.0), 25% of the pairs
     with r != t, adaptive weight p = 1)."""
 
-    sigma_d: float = field(default=0.5, metadata={"help": "TrigFlow's data standard deviation (the velocity's units)"})
     p_mean: float = field(default=-0.4, metadata={"help": "mean of log(sigma / alpha) in the time proposal (-0.4)"})
     p_std: float = field(default=1.0, metadata={"help": "its standard deviation (MeanFlow: 1.0)"})
     flow_fraction: float = field(
         default=0.75, metadata={"help": "fraction of the batch with r = t, plain flow matching (MeanFlow: 0.75)"}
+    )
+    grid_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of the batch whose (t, r) is one of the sampler's jumps (top to end for one step, and "
+            "the K-step grid's jumps), which the proposal rarely reaches on a VP teacher (not in the paper; 0: off)"
+        },
     )
     adaptive_p: float = field(
         default=1.0, metadata={"help": "power p of the adaptive weight 1 / (loss + c)^p (MeanFlow: 1; 0: none)"}
@@ -66,14 +72,6 @@ class MeanFlowConfig(GeneratorOptions, TeacherGuidanceOptions):
     interval_embedding_dim: int = field(
         default=256, metadata={"help": "width of the interval input's embedding (time_cond_proj_dim)"}
     )
-    jvp: str = field(
-        default="forward",
-        metadata={
-            "help": "'forward' (forward-mode AD, math attention kernel) or 'finite_difference' (for fused kernels "
-            "and sharded networks)"
-        },
-    )
-    jvp_eps: float = field(default=1e-3, metadata={"help": "step of the finite-difference JVP, in TrigFlow time"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,18 +81,17 @@ class MeanFlowConfig(GeneratorOptions, TeacherGuidanceOptions):
                 "MeanFlow's student gets a new input (the jump's length, time_cond_proj_dim) that a LoRA adapter "
                 "cannot carry: train a full student (drop --lora-rank)."
             )
-        if not self.sigma_d > 0 or not self.p_std > 0:
-            raise ValueError(f"{name}.sigma_d and p_std must be positive, got {self.sigma_d} and {self.p_std}.")
-        if not 0 <= self.flow_fraction < 1:
-            raise ValueError(f"{name}.flow_fraction must be in [0, 1), got {self.flow_fraction}.")
+        if not self.p_std > 0:
+            raise ValueError(f"{name}.p_std must be positive, got {self.p_std}.")
+        if not 0 <= self.flow_fraction < 1 or not 0 <= self.grid_fraction <= 1 - self.flow_fraction:
+            raise ValueError(
+                f"{name}.flow_fraction must be in [0, 1) and grid_fraction in [0, 1 - flow_fraction], got "
+                f"{self.flow_fraction} and {self.grid_fraction}."
+            )
         if self.adaptive_p < 0 or not self.adaptive_c > 0:
             raise ValueError(f"{name}.adaptive_p must be >= 0 and adaptive_c > 0.")
         if self.interval_embedding_dim < 2:
             raise ValueError(f"{name}.interval_embedding_dim must be >= 2, got {self.interval_embedding_dim}.")
-        if self.jvp not in JVP_METHODS:
-            raise ValueError(f"{name}.jvp must be one of {JVP_METHODS}, got {self.jvp!r}.")
-        if not self.jvp_eps > 0:
-            raise ValueError(f"{name}.jvp_eps must be positive, got {self.jvp_eps}.")
 
 
 @register("meanflow")
@@ -162,13 +159,30 @@ class MeanFlowStrategy(ReNoisingGenerator):
     # ------------------------------------------------------------------------------------------ training
     def draw_times(self, b: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(t, r)`` ``[B]`` each: two draws of ``log(sigma / alpha) ~ N(p_mean, p_std^2)`` in the teacher's time,
-        ``t >= r``, and ``r = t`` for a ``flow_fraction`` of the batch."""
+        ``t >= r``; ``r = t`` for a ``flow_fraction`` of the batch, and one of the sampler's jumps (``jumps``) for a
+        ``grid_fraction``."""
         cfg = self.config
         log_ratio = cfg.p_mean + cfg.p_std * torch.randn(2, b, dtype=torch.float64)
         times = self.trig.t_of_s(torch.atan(torch.exp(log_ratio) / cfg.sigma_d)).clamp(self.t_end, self.t_max)
         t, r = times.max(0).values, times.min(0).values
-        r = torch.where(torch.rand(b, dtype=torch.float64) < cfg.flow_fraction, t, r)
+        u = torch.rand(b, dtype=torch.float64)
+        r = torch.where(u < cfg.flow_fraction, t, r)
+        if cfg.grid_fraction:
+            starts, ends = self.jumps()
+            pick = torch.randint(len(starts), (b,))
+            on_grid = (u >= cfg.flow_fraction) & (u < cfg.flow_fraction + cfg.grid_fraction)
+            t, r = torch.where(on_grid, starts[pick], t), torch.where(on_grid, ends[pick], r)
+            t = t.clamp(max=self.t_max)  # the top time itself: dt/ds and the input scale can leave float range
         return t.to(like.device, like.dtype), r.to(like.device, like.dtype)
+
+    def jumps(self) -> tuple[Tensor, Tensor]:
+        """The sampler's jumps as ``(starts, ends)`` ``[J]`` (float64): one step from the top to the end, and each
+        jump of the K-step grid."""
+        times = self.times.to(torch.float64)
+        ends = torch.cat([times[1:], times.new_tensor([self.t_end])])
+        starts = torch.cat([times[:1], times]) if len(times) > 1 else times
+        ends = torch.cat([times.new_tensor([self.t_end]), ends]) if len(times) > 1 else ends
+        return starts, ends
 
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         cfg, trig = self.config, self.trig

@@ -127,7 +127,68 @@ class GeneratorOptions(LoRAOptions):
 
 
 @dataclass
-class ScoreDistillationOptions(GeneratorOptions):
+class FakeScoreOptions:
+    """A fake score trained beside the student (DMD, SiD, rCM): its learning rate."""
+
+    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
+
+    def __post_init__(self):
+        if self.fake_lr is not None and not self.fake_lr > 0:
+            raise ValueError(f"{type(self).__name__}.fake_lr must be positive, got {self.fake_lr}.")
+        _chain_post_init(super())
+
+
+@dataclass
+class TwoTimeScaleOptions(FakeScoreOptions):
+    """A fake score that takes several updates per student update (DMD2's two time-scale rule, rCM's alternation)."""
+
+    fake_updates_per_generator: int = field(
+        default=5,
+        metadata={"help": "two time-scale update rule: fake-score updates per student update (DMD2, rCM: 5; DMD: 1)"},
+    )
+
+    def __post_init__(self):
+        if self.fake_updates_per_generator < 1:
+            raise ValueError(f"{type(self).__name__}.fake_updates_per_generator must be >= 1.")
+        super().__post_init__()
+
+
+@dataclass
+class TrigFlowOptions:
+    """Training in TrigFlow time with a JVP of the student (sCD, rCM, MeanFlow; ``stepdistill.trigflow``)."""
+
+    sigma_d: float = field(default=0.5, metadata={"help": "TrigFlow's data standard deviation (sCM: 0.5)"})
+    jvp: str = field(
+        default="forward",
+        metadata={
+            "help": "'forward' (forward-mode AD, math attention kernel) or 'finite_difference' (for fused kernels "
+            "and sharded networks)"
+        },
+    )
+    jvp_eps: float = field(default=1e-3, metadata={"help": "step of the finite-difference JVP, in TrigFlow time"})
+
+    def __post_init__(self):
+        from ..trigflow import JVP_METHODS
+
+        name = type(self).__name__
+        if not self.sigma_d > 0:
+            raise ValueError(f"{name}.sigma_d must be positive, got {self.sigma_d}.")
+        if self.jvp not in JVP_METHODS:
+            raise ValueError(f"{name}.jvp must be one of {JVP_METHODS}, got {self.jvp!r}.")
+        if not self.jvp_eps > 0:
+            raise ValueError(f"{name}.jvp_eps must be positive, got {self.jvp_eps}.")
+        _chain_post_init(super())
+
+
+def _chain_post_init(parent) -> None:
+    """Run the next ``__post_init__`` in the MRO, if any (options mixed in beside one another)."""
+    mixin = getattr(parent, "__post_init__", None)
+    if mixin is not None:
+        mixin()
+
+
+@dataclass
+class ScoreDistillationOptions(GeneratorOptions, FakeScoreOptions):
     """What DMD and SiD share (networks, sampler and times in ``score_distillation.ScoreDistillationStrategy``)."""
 
     unroll: bool = field(
@@ -138,7 +199,6 @@ class ScoreDistillationOptions(GeneratorOptions):
         },
     )
     real_guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of the real score (the teacher)"})
-    fake_lr: float | None = field(default=None, metadata={"help": "learning rate of the fake score (default: lr)"})
     fake_lora_rank: int = field(default=0, metadata={"help": "LoRA fake score on a frozen copy (0: full copy)"})
     time_sampling: str = field(
         default="uniform",
@@ -155,8 +215,6 @@ class ScoreDistillationOptions(GeneratorOptions):
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        if self.fake_lr is not None and not self.fake_lr > 0:
-            raise ValueError(f"{name}.fake_lr must be positive, got {self.fake_lr}.")
         if self.fake_lora_rank < 0:
             raise ValueError(f"{name}.fake_lora_rank must be >= 0, got {self.fake_lora_rank}.")
         if self.time_sampling not in TIME_SAMPLINGS:

@@ -30,10 +30,11 @@ from torch import Tensor, nn
 
 from ..denoiser import Condition, Denoiser
 from ..export import ExportSpec
-from ..schedules import add_noise
-from ..trigflow import JVP_METHODS, TrigFlow, scm_tangent, teacher_velocity, velocity_jvp
+from ..losses import denoising_loss, distribution_matching_loss
+from ..schedules import _bcast, add_noise, split
+from ..trigflow import TrigFlow, scm_tangent, teacher_velocity, velocity_jvp
 from .base import register, unwrap
-from .options import GeneratorOptions, TeacherGuidanceOptions
+from .options import GeneratorOptions, TeacherGuidanceOptions, TrigFlowOptions, TwoTimeScaleOptions
 from .score_distillation import ReNoisingGenerator, input_grid
 
 # the largest sigma / alpha the time proposal reaches: beyond it dt/ds and the input scale leave float range
@@ -41,10 +42,9 @@ MAX_NOISE_RATIO = 1e4
 
 
 @dataclass
-class SCMConfig(GeneratorOptions, TeacherGuidanceOptions):
+class SCMConfig(GeneratorOptions, TeacherGuidanceOptions, TwoTimeScaleOptions, TrigFlowOptions):
     """sCD options (sCM's CIFAR-10 defaults, App. G.2 of Lu & Song 2024, where the paper gives them)."""
 
-    sigma_d: float = field(default=0.5, metadata={"help": "TrigFlow's data standard deviation (sCM: 0.5)"})
     p_mean: float = field(default=-1.0, metadata={"help": "mean of log(sigma_d tan s) in the time proposal (-1.0)"})
     p_std: float = field(default=1.4, metadata={"help": "its standard deviation (sCM CIFAR-10: 1.4)"})
     tangent_warmup_steps: int = field(
@@ -56,28 +56,32 @@ class SCMConfig(GeneratorOptions, TeacherGuidanceOptions):
     adaptive_weighting: bool = field(
         default=True, metadata={"help": "learn sCM's log-variance weighting w(s) over time (off: w = 0)"}
     )
-    jvp: str = field(
-        default="forward",
+    dmd_weight: float = field(
+        default=0.0,
         metadata={
-            "help": "'forward' (forward-mode AD, math attention kernel) or 'finite_difference' (for fused kernels "
-            "and sharded networks)"
+            "help": "rCM: weight of DMD's distribution-matching term on the student's samples, with a fake score (0: "
+            "sCD alone; 0.02 is rCM's 1:100 against the sCM loss in this toolkit's per-element means)"
         },
     )
-    jvp_eps: float = field(default=1e-3, metadata={"help": "step of the finite-difference JVP"})
+    dmd_p_mean: float = field(
+        default=0.0, metadata={"help": "rCM: mean of log(sigma / alpha) of the DMD and fake-score noise (rCM: 0.0)"}
+    )
+    dmd_p_std: float = field(default=1.6, metadata={"help": "rCM: its standard deviation (rCM: 1.6)"})
 
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        if not self.sigma_d > 0:
-            raise ValueError(f"{name}.sigma_d must be positive, got {self.sigma_d}.")
         if not self.p_std > 0:
             raise ValueError(f"{name}.p_std must be positive, got {self.p_std}.")
         if self.tangent_warmup_steps < 0 or self.tangent_norm_c < 0:
             raise ValueError(f"{name}.tangent_warmup_steps and tangent_norm_c must be >= 0.")
-        if self.jvp not in JVP_METHODS:
-            raise ValueError(f"{name}.jvp must be one of {JVP_METHODS}, got {self.jvp!r}.")
-        if not self.jvp_eps > 0:
-            raise ValueError(f"{name}.jvp_eps must be positive, got {self.jvp_eps}.")
+        if self.dmd_weight < 0 or not self.dmd_p_std > 0:
+            raise ValueError(f"{name}: dmd_weight must be >= 0 and dmd_p_std > 0.")
+        if self.dmd_weight and self.lora_rank:
+            raise ValueError(
+                "rCM's fake score is a full copy of the teacher, which a LoRA student shares: drop --lora-rank or "
+                "--dmd-weight."
+            )
 
 
 class LogVarianceWeighting(nn.Module):
@@ -112,8 +116,17 @@ class SCMStrategy(ReNoisingGenerator):
 
     config_class = SCMConfig
 
-    def __init__(self, config: SCMConfig, teacher: Denoiser, student: Denoiser | None = None):
+    def __init__(
+        self,
+        config: SCMConfig,
+        teacher: Denoiser,
+        student: Denoiser | None = None,
+        fake_score: Denoiser | None = None,
+    ):
         super().__init__(config, teacher)
+        if config.dmd_weight and fake_score is None:
+            fake_score = teacher.trainable_copy()
+        self.fake_score = fake_score if config.dmd_weight else None
         self.student = self.initial_student(student)
         self.weighting = LogVarianceWeighting() if config.adaptive_weighting else None
         self.trig = TrigFlow(teacher.schedule, config.sigma_d)
@@ -126,20 +139,74 @@ class SCMStrategy(ReNoisingGenerator):
             raise ValueError("guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
 
     def trainable(self) -> dict[str, nn.Module]:
-        return {"student": self.student, **({"weighting": self.weighting} if self.weighting is not None else {})}
+        extra = {"weighting": self.weighting} if self.weighting is not None else {}
+        if self.fake_score is not None:
+            extra["fake_score"] = self.fake_score
+        return {"student": self.student, **extra}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        weighting = {"weighting": self.adamw(self.weighting)} if self.weighting is not None else {}
-        return {"student": self.adamw(self.student), **weighting}
+        extra = {"weighting": self.adamw(self.weighting)} if self.weighting is not None else {}
+        if self.fake_score is not None:
+            extra["fake_score"] = self.adamw(self.fake_score, self.config.fake_lr)
+        return {"student": self.adamw(self.student), **extra}
 
-    def draw_times(self, b: int, like: Tensor) -> Tensor:
-        """``[B]`` teacher times from sCM's proposal ``tan(s) = exp(tau) / sigma_d``, ``tau ~ N(p_mean, p_std^2)``."""
+    def draw_times(self, b: int, like: Tensor, p_mean: float | None = None, p_std: float | None = None) -> Tensor:
+        """``[B]`` teacher times from sCM's proposal ``tan(s) = exp(tau) / sigma_d``, ``tau ~ N(p_mean, p_std^2)``
+        (``tau = log(sigma / alpha)``; the config's ``p_mean`` and ``p_std`` unless given)."""
         cfg = self.config
-        tau = cfg.p_mean + cfg.p_std * torch.randn(b, dtype=torch.float64)
+        p_mean, p_std = cfg.p_mean if p_mean is None else p_mean, cfg.p_std if p_std is None else p_std
+        tau = p_mean + p_std * torch.randn(b, dtype=torch.float64)
         s = torch.atan(torch.exp(tau) / cfg.sigma_d)
         return self.trig.t_of_s(s).clamp(self.t_min, self.t_max).to(device=like.device, dtype=like.dtype)
 
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        cfg = self.config
+        if not cfg.dmd_weight:
+            return self._scd_losses(batch, step)
+        x0 = batch["x0"]
+        cond = Condition.from_batch(batch)
+        k = self._draw_step(step)
+        x_in = self._simulated_input(torch.randn_like(x0), cond, k)  # DMD2's backward simulation on the export grid
+        t_in = self.times[k].to(x0).expand(len(x0))
+        dmd_on = step >= cfg.tangent_warmup_steps  # rCM: the DMD term after the tangent warm-up
+        if step % cfg.fake_updates_per_generator:  # a fake-score step only (rCM's alternation)
+            with torch.no_grad():
+                x_gen = unwrap(self.student)(x_in, t_in, cond)
+            return {"fake_score": self._fake_score_loss(x_gen, cond)}
+        out = self._scd_losses(batch, step, (x_in, t_in) if dmd_on else None)
+        if dmd_on:
+            x_gen = out.pop("x_gen")
+            dm = self._distribution_matching(x_gen, cond)
+            out["student"] = out["student"] + cfg.dmd_weight * dm
+            out["log/dm"] = dm.detach()
+        else:
+            with torch.no_grad():
+                x_gen = unwrap(self.student)(x_in, t_in, cond)
+        out["fake_score"] = self._fake_score_loss(x_gen.detach(), cond)
+        return out
+
+    def _dmd_times(self, b: int, like: Tensor) -> Tensor:
+        return self.draw_times(b, like, self.config.dmd_p_mean, self.config.dmd_p_std)
+
+    def _distribution_matching(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
+        """DMD's loss on the student's samples ``x_gen`` (with gradient) at rCM's noise levels: the teacher (guided
+        at ``guidance_scale``) as the real score, the fake score as the fake one."""
+        t = self._dmd_times(len(x_gen), x_gen)
+        x_t = add_noise(x_gen.detach(), torch.randn_like(x_gen), *self.teacher.schedule.alpha_sigma(t))
+        with torch.no_grad(), self.teacher_network() as teacher:
+            x0_real = teacher(x_t, t, cond, guidance_scale=self.config.guidance_scale)
+            x0_fake = unwrap(self.fake_score)(x_t, t, cond)
+        return distribution_matching_loss(x_gen, x0_real, x0_fake)
+
+    def _fake_score_loss(self, x_gen: Tensor, cond: Condition | None) -> Tensor:
+        """The fake score's denoising loss on the student's samples, at rCM's noise levels."""
+        return denoising_loss(self.fake_score, x_gen.detach(), cond, t=self._dmd_times(len(x_gen), x_gen))
+
+    def _scd_losses(
+        self, batch: dict[str, Tensor], step: int, generate: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """sCD's losses; with ``generate = (x_in, t_in)`` the student's x0 there rides in the same forward (one
+        forward per backward under DDP) and is returned as ``x_gen``."""
         cfg, trig = self.config, self.trig
         x0 = batch["x0"]
         cond = Condition.from_batch(batch)
@@ -160,9 +227,12 @@ class SCMStrategy(ReNoisingGenerator):
         cos_s, sin_s, _ = trig.scales(t)
         g = scm_tangent(x_s, f_minus, df_ds, dx_ds, cos_s, sin_s, cfg.sigma_d, warmup, cfg.tangent_norm_c)
         target = (f_minus + g).detach()
-        f_theta = trig.network_velocity(self.student, network.prediction, x_s, t, cond)
-        error = (f_theta.float() - target.float()).square().flatten(1).mean(1)  # [B]: ||.||^2 / D
         logs = {"log/tangent_warmup": torch.tensor(warmup), "log/tangent_norm": g.flatten(1).norm(dim=1).mean()}
+        if generate is None:
+            f_theta = trig.network_velocity(self.student, network.prediction, x_s, t, cond)
+        else:
+            f_theta, logs["x_gen"] = self._velocity_and_sample(x_s, t, cond, *generate)
+        error = (f_theta.float() - target.float()).square().flatten(1).mean(1)  # [B]: ||.||^2 / D
         if self.weighting is None:
             return {"student": error.mean(), **logs}
         w = self.weighting(torch.log(cfg.sigma_d * sin_s / cos_s))
@@ -172,13 +242,34 @@ class SCMStrategy(ReNoisingGenerator):
             **logs,
         }
 
+    def _velocity_and_sample(
+        self, x_s: Tensor, t: Tensor, cond: Condition | None, x_in: Tensor, t_in: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The student's TrigFlow velocity at ``(x_s, t)`` and its x0 at ``(x_in, t_in)`` from one forward."""
+        network, b = unwrap(self.student), len(x_s)
+        schedule, kind = network.schedule, network.prediction
+        x_t = x_s / _bcast(self.trig.scales(t)[2], x_s)
+        conds = None if cond is None else cond.cat(cond)
+        out = self.student(torch.cat([x_t, x_in]), torch.cat([t, t_in]), conds, kind=kind)
+        x0, eps = split(out[:b], kind, x_t, *schedule.alpha_sigma(t))
+        x_gen = split(out[b:], kind, x_in, *schedule.alpha_sigma(t_in))[0]
+        return self.trig.velocity(x0, eps, t), x_gen
+
     def export_spec(self, step: int) -> ExportSpec:
         cfg = self.config
         spec = super().export_spec(step)
         spec.lora_method = "sCM"
+        rcm = (
+            f"; rCM: DMD term weight {cfg.dmd_weight:g} with a fake score, {cfg.fake_updates_per_generator} fake-score "
+            "updates per student update"
+            if cfg.dmd_weight
+            else ""
+        )
         spec.details = (
             f"Trained {step} optimizer steps (sigma_d = {cfg.sigma_d}, tau ~ N({cfg.p_mean}, {cfg.p_std}^2), tangent "
-            f"warm-up {cfg.tangent_warmup_steps} steps, JVP: {cfg.jvp}); teacher guidance {cfg.guidance_scale}, "
+            f"warm-up {cfg.tangent_warmup_steps} steps, JVP: {cfg.jvp}{rcm}); teacher guidance {cfg.guidance_scale}, "
             "baked in."
         )
+        if cfg.dmd_weight:
+            spec.method = "rCM: sCD + DMD (Zheng et al. 2025, arXiv 2510.08431)"
         return spec
