@@ -214,18 +214,10 @@ class MeanFlowStrategy(ReNoisingGenerator):
         return {"student": (weight * error).mean(), **logs}
 
     # ------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        noise: Tensor,
-        cond: Condition | None = None,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def generate(self, noise: Tensor, cond: Condition | None, generator: torch.Generator | None) -> Tensor:
         """K deterministic jumps down ``self.times`` to the first training index (DDIM's update with the student's
-        ``(x0, eps)``), each with interval input ``1 / K``; the teacher's guidance is baked in."""
-        if guidance_scale not in (None, 1, 1.0):
-            raise ValueError(f"A MeanFlow student has its guidance baked in; it samples at 1, not {guidance_scale}.")
+        ``(x0, eps)``), each with interval input ``1 / K`` (``sample`` refuses a guidance other than 1: it is baked
+        in)."""
         return meanflow_sample(unwrap(self.student), noise, cond, self.times, self.t_end)
 
     def scheduler_spec(self) -> dict:

@@ -76,6 +76,11 @@ class ReNoisingGenerator(Strategy):
             raise ValueError(
                 f"A distilled generator has its guidance baked in; it samples at guidance 1, not {guidance_scale}."
             )
+        return self.generate(noise, cond, generator)
+
+    def generate(self, noise: Tensor, cond: Condition | None, generator: torch.Generator | None) -> Tensor:
+        """The sampler behind ``sample``: ``multistep_sample`` at ``self.times`` (a subclass with another sampler,
+        MeanFlow's deterministic jumps, overrides this)."""
         return multistep_sample(self.student, noise, cond, self.times, generator=generator)
 
 
