@@ -23,6 +23,7 @@ def ddim_sample(
     uncond: Condition | None = None,
     times: Tensor | None = None,
     progress: bool = False,
+    end: float = 0.0,
 ) -> Tensor:
     """Run the deterministic DDIM sampler (eta = 0) from ``noise`` to a clean sample.
 
@@ -40,6 +41,8 @@ def ddim_sample(
             ``x0`` so that the step stays on the same line through ``x_t`` (diffusers' DDIM does the same).
         times: an explicit decreasing grid ``[N]`` in (0, 1], overriding ``num_steps``/``spacing``.
         progress: show a progress bar.
+        end: the time the last step lands at (0: it returns the predicted ``x0``; the first training index: a
+            diffusers scheduler without ``set_alpha_to_one``, such as TCD's last step).
 
     Returns:
         ``[B, C, H, W]`` samples.
@@ -58,9 +61,9 @@ def ddim_sample(
             alpha, sigma = schedule.alpha_sigma(times[i])
             if sigma > 0:
                 eps = (x - alpha * x0) / sigma
-        if i + 1 == len(times):
+        if i + 1 == len(times) and end == 0:
             return x0
-        alpha_s, sigma_s = schedule.alpha_sigma(times[i + 1])
+        alpha_s, sigma_s = schedule.alpha_sigma(times[i + 1] if i + 1 < len(times) else times.new_tensor(end))
         x = ddim_step(x0, eps, alpha_s, sigma_s)
     return x
 

@@ -36,7 +36,7 @@ from ..denoiser import Condition, Denoiser
 from ..distributed import frozen, unwrap
 from ..export import ExportSpec
 from ..sampling import ddim_sample
-from .options import LoRAOptions
+from .options import LoRAOptions, TeacherGuidanceOptions
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -194,4 +194,9 @@ class Strategy(nn.Module, metaclass=abc.ABCMeta):
         """Restore ``extra_state()``."""
 
     def check_compatible(self) -> None:
-        """Raise ``ValueError`` before training if the teacher does not suit the method."""
+        """Raise ``ValueError`` before training if the teacher does not suit the method. Default: a teacher guidance
+        scale (``TeacherGuidanceOptions``) needs a teacher that can do classifier-free guidance; an override adds its
+        own checks to ``super().check_compatible()``."""
+        cfg = self.config
+        if isinstance(cfg, TeacherGuidanceOptions) and cfg.guidance_scale != 1 and not self.teacher.can_guide:
+            raise ValueError("guidance_scale != 1 needs a teacher with a null class or an empty prompt for CFG.")

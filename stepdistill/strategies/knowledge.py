@@ -48,10 +48,6 @@ class KnowledgeDistillationStrategy(Strategy):
         super().__init__(config, teacher)
         self.student = self.initial_student(student)
 
-    def check_compatible(self) -> None:
-        if self.config.guidance_scale != 1 and not self.teacher.can_guide:
-            raise ValueError("guidance_scale != 1 needs a teacher with a null class or an empty prompt.")
-
     def losses(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """The regression loss on fresh noise shaped like the batch's images (their content is not read)."""
         cond = Condition.from_batch(batch)

@@ -40,7 +40,8 @@ from torch import Tensor
 
 from ..denoiser import Condition, Denoiser
 from ..export import ExportSpec
-from ..schedules import _bcast, add_noise, split
+from ..sampling import ddim_sample
+from ..schedules import _bcast, add_noise
 from ..trigflow import TrigFlow, teacher_velocity, velocity_jvp
 from .base import register, unwrap
 from .options import GeneratorOptions, TeacherGuidanceOptions, TrigFlowOptions
@@ -130,10 +131,6 @@ class MeanFlowStrategy(ReNoisingGenerator):
         self.t_top = float(self.times[0])
         self.t_max = min(self.t_top, float(self.trig.t_of_s(math.atan(MAX_NOISE_RATIO / config.sigma_d))))
 
-    def check_compatible(self) -> None:
-        if self.config.guidance_scale != 1 and not self.teacher.can_guide:
-            raise ValueError("guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
-
     # ------------------------------------------------------------------------------------------ the model
     def interval(self, t: Tensor, r: Tensor) -> Tensor:
         """The student's interval input ``(t - r) / (t_top - t_end)`` ``[B]``: 1 for the one-step jump, ``1 / K``
@@ -144,17 +141,11 @@ class MeanFlowStrategy(ReNoisingGenerator):
         """``u(x_s, s(t), s_r)`` ``[B, ...]`` of a student (or its distributed wrapper) whose native output kind is
         ``prediction``, from its ``(x0, eps)`` at ``(x_s, t)`` with interval input ``interval(t, r)``; smooth in
         ``(x_s, t)`` for the JVP (``r`` and ``s_r = s(r)`` are held)."""
-        trig = self.trig
-        cos_s, sin_s, c = trig.scales(t)
-        alpha, sigma = self.teacher.schedule.alpha_sigma(t)
-        x_t = x_s / _bcast(c, x_s)
-        out = network(x_t, t, cond, kind=prediction, guidance_scale=self.interval(t, r))
-        x0, eps = split(out, prediction, x_t, alpha, sigma)
-        s = torch.atan2(sin_s, cos_s)
-        half = (s - s_r) / 2
-        m = s - half
-        scale = torch.sinc(half / math.pi)  # sin(h/2) / (h/2)
-        return _bcast(scale, x_s) * (-_bcast(torch.sin(m), x0) * x0 + _bcast(torch.cos(m), x0) * trig.sigma_d * eps)
+        velocity = self.trig.network_velocity(network, prediction, x_s, t, cond, guidance_scale=self.interval(t, r))
+        half = (self.trig.s_of_t(t) - s_r) / 2
+        # -sin(m) x0 + cos(m) sigma_d eps at m = s - h/2, written through x_s and sigma_d F at s
+        jump = _bcast(torch.sin(half), x_s) * x_s + _bcast(torch.cos(half), x_s) * self.trig.sigma_d * velocity
+        return _bcast(torch.sinc(half / math.pi), x_s) * jump  # sinc: sin(h/2) / (h/2)
 
     # ------------------------------------------------------------------------------------------ training
     def draw_times(self, b: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -257,14 +248,7 @@ class MeanFlowStrategy(ReNoisingGenerator):
 def meanflow_sample(
     student: Denoiser, noise: Tensor, cond: Condition | None, times: Tensor, t_end: float = 0.0
 ) -> Tensor:
-    """A MeanFlow student's sampler: from ``noise`` at ``times[0]``, jump to each next time and last to ``t_end``
-    with DDIM's deterministic update from the student's ``(x0, eps)``, its interval input ``1 / K`` at every jump
-    (what diffusers' TCDScheduler at ``eta = 0`` does with a constant ``timestep_cond``)."""
-    times = times.to(device=noise.device, dtype=noise.dtype)
-    ends = torch.cat([times[1:], times.new_tensor([t_end])])
-    x, w = noise, 1.0 / len(times)
-    for t, nxt in zip(times, ends):
-        x0, eps = student.split(x, t.expand(len(x)), cond, guidance_scale=w)
-        alpha, sigma = student.schedule.alpha_sigma(nxt.expand(len(x)))
-        x = _bcast(alpha, x) * x0 + _bcast(sigma, x) * eps
-    return x
+    """A MeanFlow student's sampler: from ``noise`` at ``times[0]``, DDIM's deterministic jumps with the student's
+    ``(x0, eps)`` to each next time and last to ``t_end``, its interval input ``1 / K`` at every jump (what diffusers'
+    TCDScheduler at ``eta = 0`` does with a constant ``timestep_cond``)."""
+    return ddim_sample(student, noise, cond, guidance_scale=1.0 / len(times), times=times, end=t_end)

@@ -40,9 +40,7 @@ class StrategyOptions:
             raise ValueError(f"{name}.weight_decay must be >= 0, got {self.weight_decay}.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"{name}.betas must be two numbers in [0, 1), got {self.betas}.")
-        mixin = getattr(super(), "__post_init__", None)  # options mixed in beside this base (AdversarialOptions)
-        if mixin is not None:
-            mixin()
+        _chain_post_init(super())  # options mixed in beside this base (AdversarialOptions, FakeScoreOptions)
 
 
 @dataclass

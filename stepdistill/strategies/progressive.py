@@ -113,8 +113,7 @@ class ProgressiveStrategy(Strategy):
         self.teacher.check_matches(unwrap(self.student))
         if self.config.guidance_range is not None and not self.teacher.can_guide:
             raise ValueError("Guided PD needs a teacher with a null class or an empty prompt.")
-        if self.config.guidance_scale != 1.0 and not self.teacher.can_guide:
-            raise ValueError("guidance_scale != 1 needs a teacher with a null class or an empty prompt for CFG.")
+        super().check_compatible()
 
     # ------------------------------------------------------------------------------------ schedule
     def round_of(self, step: int) -> int:

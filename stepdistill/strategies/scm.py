@@ -134,10 +134,6 @@ class SCMStrategy(ReNoisingGenerator):
         self.t_min = float(teacher.schedule.index_time(0)) if teacher.schedule.kind == "discrete" else 1e-4
         self.t_max = float(self.trig.t_of_s(math.atan(MAX_NOISE_RATIO / config.sigma_d)))
 
-    def check_compatible(self) -> None:
-        if self.config.guidance_scale != 1 and not self.teacher.can_guide:
-            raise ValueError("guidance_scale != 1 needs a teacher with a null class or empty-prompt embeddings.")
-
     def trainable(self) -> dict[str, nn.Module]:
         extra = {"weighting": self.weighting} if self.weighting is not None else {}
         if self.fake_score is not None:
@@ -168,12 +164,9 @@ class SCMStrategy(ReNoisingGenerator):
         k = self._draw_step(step)
         x_in = self._simulated_input(torch.randn_like(x0), cond, k)  # DMD2's backward simulation on the export grid
         t_in = self.times[k].to(x0).expand(len(x0))
-        dmd_on = step >= cfg.tangent_warmup_steps  # rCM: the DMD term after the tangent warm-up
-        if step % cfg.fake_updates_per_generator:  # a fake-score step only (rCM's alternation)
-            with torch.no_grad():
-                x_gen = unwrap(self.student)(x_in, t_in, cond)
-            return {"fake_score": self._fake_score_loss(x_gen, cond)}
-        out = self._scd_losses(batch, step, (x_in, t_in) if dmd_on else None)
+        train_student = step % cfg.fake_updates_per_generator == 0  # else a fake-score step only (rCM's alternation)
+        dmd_on = train_student and step >= cfg.tangent_warmup_steps  # rCM: the DMD term after the tangent warm-up
+        out = self._scd_losses(batch, step, (x_in, t_in) if dmd_on else None) if train_student else {}
         if dmd_on:
             x_gen = out.pop("x_gen")
             dm = self._distribution_matching(x_gen, cond)
@@ -182,7 +175,7 @@ class SCMStrategy(ReNoisingGenerator):
         else:
             with torch.no_grad():
                 x_gen = unwrap(self.student)(x_in, t_in, cond)
-        out["fake_score"] = self._fake_score_loss(x_gen.detach(), cond)
+        out["fake_score"] = self._fake_score_loss(x_gen, cond)
         return out
 
     def _dmd_times(self, b: int, like: Tensor) -> Tensor:
