@@ -411,7 +411,18 @@ def test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs
         "lora": ["train/sid.py", "--preset", "fashion", "--lora-rank", "4", "--lr", "1e-3"],
     }
     common = ["--teacher", str(teacher), "--data", "assets/fashion-mnist", "--data-limit", "32", "--max-steps", "6"]
-    common += ["--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "0", "--seed", "3"]
+    common += [
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "8",
+        "--eval-every",
+        "0",
+        "--seed",
+        "3",
+    ]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
     def start(case, out, *extra):
@@ -420,13 +431,16 @@ def test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs
 
     runs = {case: start(case, tmp_path / f"{case}-whole") for case in cases}
     killed = {case: start(case, tmp_path / f"{case}-killed") for case in cases}
-    deadline = time.time() + 300
-    for case, proc in killed.items():  # SIGKILL once step 3's checkpoint is in place (step 4 may be mid-save)
-        while not (tmp_path / f"{case}-killed" / "checkpoints" / "step-00000003").is_dir():
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    deadline, waiting = time.time() + 300, dict(killed)
+    while waiting:  # SIGKILL each run once step 3's checkpoint is in place (step 4 may be mid-save); poll all at once
+        for case, proc in list(waiting.items()):
+            if (tmp_path / f"{case}-killed" / "checkpoints" / "step-00000003").is_dir():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                del waiting[case]
+            else:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
     resumed = {case: start(case, tmp_path / f"{case}-killed", "--resume", "latest") for case in cases}
     for proc in (*runs.values(), *resumed.values()):
         _, err = proc.communicate(timeout=300)
