@@ -44,6 +44,23 @@ class ModelConfig:
             "captioned images (metadata.jsonl with file_name and text, diffusers' imagefolder layout)"
         },
     )
+    dataset: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "training images from Hugging Face datasets, instead of --data: a Hub id, a local imagefolder "
+            "(class subfolders, or metadata.jsonl with file_name and text) or a save_to_disk folder (pip install "
+            "'stepdistill[data]')"
+        },
+    )
+    dataset_split: str = dataclasses.field(default="train", metadata={"help": "the split of --dataset to train on"})
+    image_column: str = dataclasses.field(default="image", metadata={"help": "--dataset's column of images"})
+    label_column: str | None = dataclasses.field(
+        default=None, metadata={"help": "--dataset's column of class labels (default: 'label' if it has one)"}
+    )
+    caption_column: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "--dataset's column of captions (default: the first of text, caption, prompt it has)"},
+    )
     data_limit: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
     prompts: str | None = dataclasses.field(
         default=None,
@@ -59,8 +76,8 @@ class ModelConfig:
     stream_data: bool = dataclasses.field(
         default=False,
         metadata={
-            "help": "read an image folder, or a folder of webdataset-style .tar shards (key.png + key.cls), from "
-            "disk batch by batch (--num-workers loader processes) instead of loading it into memory; unreadable "
+            "help": "read an image folder, a folder of webdataset-style .tar shards (key.png + key.cls) or a "
+            "--dataset from disk batch by batch (--num-workers loader processes) instead of loading it into memory; unreadable "
             "files are skipped and counted"
         },
     )
@@ -186,9 +203,12 @@ def load_config_file(path: str | os.PathLike) -> dict:
     if data and all(isinstance(v, dict) and k.endswith("Config") for k, v in data.items()):
         # a saved resolved config (an export's training_config.json, a run's config.json): one section per class
         data = {k: v for section in upgrade_saved(data, path).values() for k, v in section.items()}
-        return {k: v for k, v in data.items() if k not in ("output_dir", "resume", "overwrite")}
+        return {k: v for k, v in data.items() if k not in RUN_LOCAL_OPTIONS}
     return upgrade_options(data, path)
 
+
+# options of one run, not of its recipe: a saved config read back as --config leaves them out
+RUN_LOCAL_OPTIONS = ("output_dir", "resume", "overwrite")
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -267,6 +287,11 @@ def parse_configs(
     parser.add_argument("--config", help="YAML or JSON file of options; flags given here override it")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="a named set of options (from the paper)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved options (preset, file and flags) as a YAML --config file, and exit",
+    )
     for cls in classes:
         group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
         for f in dataclasses.fields(cls):
@@ -274,6 +299,7 @@ def parse_configs(
     _add_renamed_flags(parser, owner)
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
+    print_config = args.pop("print_config")
     preset = args.pop("preset", None)
     if preset:
         preset_values = upgrade_options(presets[preset], f"preset {preset!r}")
@@ -285,7 +311,21 @@ def parse_configs(
         _check_keys(file_values, set(owner), config_path)
         values.update({k: _coerce(k, v, hints[owner[k]][k], config_path) for k, v in file_values.items()})
     values.update(args)
-    return tuple(cls(**{k: v for k, v in values.items() if owner[k] is cls}) for cls in classes)
+    configs = tuple(cls(**{k: v for k, v in values.items() if owner[k] is cls}) for cls in classes)
+    if print_config:
+        print_options(configs)
+        raise SystemExit(0)
+    return configs
+
+
+def print_options(configs) -> None:
+    """Print ``configs`` as one flat YAML mapping that ``--config`` reads back (without the run's own folder and
+    resume settings)."""
+    import yaml
+
+    flat = {k: v for section in to_dict(*configs).values() for k, v in section.items()}
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items() if k not in RUN_LOCAL_OPTIONS}
+    print(yaml.safe_dump(flat, sort_keys=False), end="")
 
 
 def _add_renamed_flags(parser: argparse.ArgumentParser, owner: dict[str, type]) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .hf_datasets import DatasetImages
 
 # Fashion-MNIST's class names, index = label (Xiao et al. 2017, arXiv 1708.07747).
 FASHION_CLASSES = (
@@ -191,8 +195,8 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
 
 def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, Tensor | None]:
     """uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` (or ``None``) from a folder of Fashion-MNIST idx
-    files (its training split, or ``FOLDER:test`` for the test split) or a folder of images (see
-    ``load_image_folder``), at most ``limit`` of them."""
+    files (its training split, or ``FOLDER:test`` for the test split), a folder of images (see
+    ``load_image_folder``) or of webdataset ``.tar`` shards (``streams.read_shards``), at most ``limit`` of them."""
     path = os.fspath(path)
     split = "train"
     if path.endswith((":train", ":test")) and os.path.isdir(path.rsplit(":", 1)[0]):
@@ -200,7 +204,10 @@ def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tens
     if os.path.isdir(path) and any(n.startswith(f"{_SPLITS[split]}-images-idx3-ubyte") for n in os.listdir(path)):
         images, labels = load_fashion_mnist(path, split)
         return torch.from_numpy(images[:limit].copy())[:, None], torch.from_numpy(labels[:limit].copy())
-    images, labels = load_image_folder(path, limit)
+    from .streams import read_shards, shard_files
+
+    shards = shard_files(path) if os.path.isdir(path) else []
+    images, labels = read_shards(shards, limit) if shards else load_image_folder(path, limit)
     return images, None if labels is None else torch.from_numpy(labels).long()
 
 
@@ -243,16 +250,21 @@ def check_images(
 
 
 def load_training_data(
-    path: str | os.PathLike,
+    path: str | os.PathLike | DatasetImages,
     resolution: int,
     limit: int | None = None,
     channels: int | None = None,
     num_classes: int | None = None,
 ) -> dict[str, Tensor]:
-    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder or an image folder,
-    checked with ``check_images`` against the model's channels and classes."""
-    images, labels = load_images(path, limit)
-    check_images(images, labels, f"training data {os.fspath(path)!r}", channels, num_classes, training=True)
+    """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder, an image folder or a
+    ``hf_datasets.DatasetImages``, checked with ``check_images`` against the model's channels and classes."""
+    if hasattr(path, "image"):  # a --dataset (hf_datasets.DatasetImages)
+        from .hf_datasets import load_dataset_images
+
+        (images, labels), where = load_dataset_images(path, limit), f"training dataset {path.name!r}"
+    else:
+        (images, labels), where = load_images(path, limit), f"training data {os.fspath(path)!r}"
+    check_images(images, labels, where, channels, num_classes, training=True)
     out = {"x0": from_uint8(images, resolution)}
     if labels is not None:
         out["labels"] = labels

@@ -34,6 +34,16 @@ class Setup:
     decode: Callable[[Tensor], Tensor] | None = None
 
 
+def training_source(model_cfg: ModelConfig):
+    """Where the training images come from: ``--dataset`` (a ``hf_datasets.DatasetImages``) or the ``--data`` path."""
+    if not model_cfg.dataset:
+        return model_cfg.data
+    from .hf_datasets import DatasetImages
+
+    names = (model_cfg.image_column, model_cfg.label_column, model_cfg.caption_column)
+    return DatasetImages(model_cfg.dataset, model_cfg.dataset_split, *names)
+
+
 def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
     """A text-to-image teacher (SD 1.x/2.x, SDXL): latents and prompt embeddings of a captioned folder, or only the
     prompts' embeddings of ``model_cfg.prompts`` for data-free methods; the grid shows the first 16 prompts."""
@@ -48,7 +58,7 @@ def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
         copies = -(-MIN_PROMPT_EPOCH // len(data["text"]))  # whole copies: each prompt equally often per epoch
         data = {k: v.repeat(copies, *([1] * (v.ndim - 1))) for k, v in data.items()}
     else:
-        data = encode_captioned_folder(model, model_cfg.data, model_cfg.data_limit, model_cfg.cache_dir)
+        data = encode_captioned_folder(model, training_source(model_cfg), model_cfg.data_limit, model_cfg.cache_dir)
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
     grid = Condition.from_batch({k: v[:16] for k, v in data.items() if k != "x0"})
     return Setup(model.teacher, data, student, grid, model.codec.decode)
@@ -81,9 +91,9 @@ def load_setup(model_cfg: ModelConfig, data_free: bool = False) -> Setup:
     elif model_cfg.stream_data:
         if model_cfg.data_limit is not None:
             raise ValueError("--data-limit works on data held in memory; it cannot be combined with --stream-data.")
-        data = ImageFolderData(model_cfg.data, config.sample_size, config.in_channels, teacher.null_class)
+        data = ImageFolderData(training_source(model_cfg), config.sample_size, config.in_channels, teacher.null_class)
     else:
-        data = load_training_data(model_cfg.data, *args)
+        data = load_training_data(training_source(model_cfg), *args)
     student = Denoiser.from_pretrained(model_cfg.student).trainable_copy() if model_cfg.student else None
     classes = teacher.null_class
     grid = Condition(labels=torch.arange(classes).repeat_interleave(8)) if classes else None

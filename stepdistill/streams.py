@@ -44,9 +44,9 @@ def index_shards(shards: list[str], extensions: tuple[str, ...] = ()) -> list[tu
                 for member in tar:
                     if not member.isfile():
                         continue
-                    head, base = os.path.split(member.name)
-                    stem, _, ext = base.partition(".")
-                    key = os.path.join(head, stem)
+                    key, ext = shard_key(member.name)  # webdataset's own rule: KEY.EXT, EXT from the first dot
+                    if key is None:
+                        continue
                     if ("." + ext.lower()) in IMAGE_EXTENSIONS:
                         images[key] = (shard, member.offset_data, member.size, member.name)
                     elif ext in extensions:
@@ -57,6 +57,61 @@ def index_shards(shards: list[str], extensions: tuple[str, ...] = ()) -> list[tu
     if not samples:
         raise ValueError(f"The shards {shards[0]!r}... hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return samples
+
+
+def shard_key(path: str) -> tuple[str | None, str | None]:
+    """A shard member's ``(key, extensions)`` as webdataset splits it (the path up to the first dot of the base
+    name), without the library where it is not installed."""
+    try:
+        from webdataset.tariterators import base_plus_ext as split
+    except ImportError:
+        head, base = os.path.split(path)
+        stem, dot, ext = base.partition(".")
+        return (os.path.join(head, stem), ext) if dot and stem else (None, None)
+    return split(path)
+
+
+def read_shards(shards: list[str], limit: int | None = None) -> tuple[Tensor, np.ndarray | None]:
+    """Every image of the webdataset ``shards`` (``KEY.png`` and an optional ``KEY.cls``), read in order by the
+    ``webdataset`` library, as uint8 ``[N, C, H, W]`` with their labels (``None`` unless every sample has one); at
+    most ``limit``. All images must share one size and mode, as for an image folder."""
+    try:
+        import webdataset as wds
+    except ImportError:
+        raise ImportError(
+            "Loading .tar shards into memory reads them with the `webdataset` package: pip install "
+            "'stepdistill[data]' (or stream them with --stream-data, which does not need it)."
+        ) from None
+    def whole(urls):  # every process and loader worker reads every shard (the data is held in memory)
+        return urls
+
+    samples = wds.WebDataset(shards, shardshuffle=False, nodesplitter=whole, workersplitter=whole, empty_check=False)
+    arrays, labels, first = [], [], None
+    for sample in samples:  # undecoded: each image is read as data.read_image reads a file (greyscale stays so)
+        ext = next((k for k in sample if "." + k.lower() in IMAGE_EXTENSIONS), None)
+        if ext is None:
+            continue
+        name = f"{sample['__url__']}:{sample['__key__']}.{ext}"
+        array = read_image(io.BytesIO(sample[ext]), name)
+        if first is None:
+            first = (name, array.shape)
+        elif array.shape != first[1]:
+            raise ValueError(
+                f"Images differ in size or channels: {first[0]!r} is {first[1]}, {name!r} is {array.shape}; resize "
+                "them to one size first (or train with --stream-data, which skips them)."
+            )
+        arrays.append(array)
+        label = sample.get("cls", b"").decode().strip()
+        if label and not label.isdigit():
+            raise ValueError(f"Label of {name!r} is {label[:20]!r}, not a class index (an integer from 0).")
+        labels.append(int(label) if label else None)
+        if limit and len(arrays) == limit:
+            break
+    if not arrays:
+        raise ValueError(f"The shards {shards[0]!r}... hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    images = torch.from_numpy(np.stack(arrays))
+    images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), None if None in labels else np.array(labels)
 
 
 def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
@@ -136,30 +191,50 @@ class DataStream(BatchOrder):
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
+class _RowNames:
+    """``ImageFolderData.paths`` of a dataset: row ``i``'s name, made when a message needs it."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> str:
+        return self.images.where(i)
+
+
 class ImageFolderData:
     """Images read from disk while training (``Trainer`` calls ``stream``).
 
     Args:
         folder: images, with integer-named class subfolders for labels; or webdataset-style ``.tar`` shards
-            (``key.png`` + ``key.cls`` members, see ``list_shard_images``) when it holds any.
+            (``key.png`` + ``key.cls`` members, see ``list_shard_images``) when it holds any; or the rows of a
+            ``hf_datasets.DatasetImages`` (``--dataset``), read by index.
         resolution: the square size the model trains at (images are resized as ``data.from_uint8`` does).
         channels: the model's input channels (1: greyscale, 3: RGB).
         num_classes: the model's classes (labels must lie below it), if class-conditional.
     """
 
-    def __init__(self, folder: str, resolution: int, channels: int, num_classes: int | None = None):
-        shards = shard_files(folder)  # none for a missing folder: list_images then says it does not exist
-        if shards:
-            self.items, labels = list_shard_images(shards)
-            self.paths = [f"{shard}:{name}" for shard, _, _, name in self.items]  # for messages
+    def __init__(self, folder, resolution: int, channels: int, num_classes: int | None = None):
+        if hasattr(folder, "image"):  # a --dataset (hf_datasets.DatasetImages): rows read by index
+            self.source, self.items, labels = folder, range(len(folder)), folder.labels
+            self.paths = _RowNames(folder)
+            where = f"training dataset {folder.name!r}"
         else:
-            self.paths, labels = list_images(folder)
-            self.items = self.paths
+            self.source, where = None, f"training data {folder!r}"
+            shards = shard_files(folder)  # none for a missing folder: list_images then says it does not exist
+            if shards:
+                self.items, labels = list_shard_images(shards)
+                self.paths = [f"{shard}:{name}" for shard, _, _, name in self.items]  # for messages
+            else:
+                self.paths, labels = list_images(folder)
+                self.items = self.paths
         self.labels = None if labels is None else torch.from_numpy(labels).long()
         self.resolution, self.channels = resolution, channels
         first = torch.from_numpy(np.array(self._read(0)))
         first = first[None, None] if first.ndim == 2 else first.permute(2, 0, 1)[None]
-        check_images(first, self.labels, f"training data {folder!r}", channels, num_classes, training=True)
+        check_images(first, self.labels, where, channels, num_classes, training=True)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -178,6 +253,8 @@ class ImageFolderData:
         return from_uint8(image[None], self.resolution)[0], -1 if self.labels is None else int(self.labels[i])
 
     def _read(self, i: int) -> np.ndarray:
+        if self.source is not None:
+            return self.source.image(i)
         item = self.items[i]
         return read_image(item) if isinstance(item, str) else read_shard_image(item)
 

@@ -245,7 +245,15 @@ def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
     """``(image, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
     ``{"file_name": ..., "text": ...}`` per line) or ``metadata.csv`` with ``file_name`` and a ``text``, ``caption``
     or ``prompt`` column; or of a folder of webdataset-style ``.tar`` shards (``KEY.png`` + ``KEY.txt``). The image
-    is a path, or a shard member (``streams.index_shards``)."""
+    is a path, or a shard member (``streams.index_shards``); for a ``--dataset`` (``hf_datasets.DatasetImages``),
+    a ``DatasetItem`` and its row's caption."""
+    if hasattr(folder, "captions"):
+        if folder.captions is None:
+            raise ValueError(
+                f"Dataset {folder.name!r} has no caption column (text, caption or prompt): a text-to-image teacher "
+                f"trains on captioned images; name the column with --caption-column (columns: {folder.data.column_names})."
+            )
+        return [(folder.item(i), caption) for i, caption in enumerate(folder.captions)]
     jsonl, table = os.path.join(folder, "metadata.jsonl"), os.path.join(folder, "metadata.csv")
     if os.path.isfile(jsonl):
         rows, where = _read_jsonl(jsonl), jsonl
@@ -335,15 +343,37 @@ def read_prompt_labels(path: str | os.PathLike) -> Tensor | None:
     return torch.tensor([int(v) for v in values])
 
 
-def _load_rgb(source: str | tuple, size: int, channels: int) -> Tensor:
-    """One image (a path or a shard member) resized (shorter side, bicubic) and centre-cropped to ``size``, in
+def _source_name(source) -> str:
+    """An image of ``read_captions`` (a path, a shard member or a dataset row) as messages name it."""
+    if isinstance(source, str):
+        return source
+    return source.name if hasattr(source, "images") else f"{source[0]}:{source[3]}"
+
+
+def _source_version(source):
+    """What changes when an image of ``read_captions`` does: its file's mtime, or its dataset's fingerprint."""
+    if hasattr(source, "images"):
+        return source.images.fingerprint
+    return os.path.getmtime(source if isinstance(source, str) else source[0])
+
+
+def _open_image(source):
+    if hasattr(source, "images"):
+        return source.images.pil(source.index)
+    from PIL import Image
+
+    return Image.open(shard_member(source) if isinstance(source, tuple) else source)
+
+
+def _load_rgb(source, size: int, channels: int) -> Tensor:
+    """One image (a path, a shard member or a dataset row) resized (shorter side, bicubic) and centre-cropped to ``size``, in
     [-1, 1], ``[C, size, size]``."""
     import numpy as np
     from PIL import Image
 
-    name = f"{source[0]}:{source[3]}" if isinstance(source, tuple) else source
+    name = _source_name(source)
     try:
-        with Image.open(shard_member(source) if isinstance(source, tuple) else source) as im:
+        with _open_image(source) as im:
             im = im.convert("RGB" if channels == 3 else "L")
             scale = size / min(im.size)
             im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
@@ -387,7 +417,7 @@ def encode_captioned_folder(
     image encoded once by the VAE and each caption by the text encoders (cached in ``cache_dir`` if given)."""
     pairs = read_captions(folder)[:limit]
     size, channels = model.image_size, model.codec.vae.config.in_channels
-    stats = [(p, c, os.path.getmtime(p if isinstance(p, str) else p[0])) for p, c in pairs]
+    stats = [(_source_name(p), c, _source_version(p)) for p, c in pairs]
     key = {"kind": "captioned", "teacher": model.source, "size": size, "items": stats}
 
     def build():

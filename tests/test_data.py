@@ -161,3 +161,58 @@ def test_webdataset_shards_stream_like_the_folder_and_bad_shards_are_named(tmp_p
     (tmp_path / "shards" / "shard-00001.tar").write_bytes(blob[:700])
     with pytest.raises(ValueError, match="shard-00001.tar"):
         ImageFolderData(str(tmp_path / "shards"), 16, 1, num_classes=10)
+
+
+def test_shards_load_into_memory_through_webdataset_as_the_folder_does(tmp_path):
+    """Shards in memory (read by the webdataset library) give the folder's images and labels, in key order."""
+    pytest.importorskip("webdataset")
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    write_shards(tmp_path / "shards", images[:30], labels[:30], per_shard=12)
+    memory = load_training_data(tmp_path / "shards", 16, num_classes=10, channels=1)
+    expected = load_training_data("assets/fashion-mnist", 16, limit=30)
+    assert torch.equal(memory["labels"], expected["labels"]) and torch.allclose(memory["x0"], expected["x0"])
+    assert len(load_training_data(tmp_path / "shards", 16, limit=7)["x0"]) == 7
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """`datasets` writes its Arrow cache under tmp_path, not the user's home."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    return datasets
+
+
+def test_a_datasets_imagefolder_and_saved_dataset_give_the_folders_images_and_stream_resumes(tmp_path, datasets_cache):
+    """--dataset on a local imagefolder (class subfolders 0-9, including class 10's sorting trap) and on its
+    save_to_disk copy gives exactly the --data folder's images and labels, in memory and streamed per process, and
+    the stream resumes exactly; a missing column or split is named."""
+    from stepdistill.hf_datasets import DatasetImages
+    from stepdistill.streams import DataStream, ImageFolderData
+
+    images, labels = load_fashion_mnist("assets/fashion-mnist", "train")
+    labels = labels[:40].copy()
+    labels[:3] = 10  # a class "10": sorted as text it would come before "2"
+    write_image_folder(tmp_path / "folder", images[:40], labels)
+    folder = load_training_data(tmp_path / "folder", 16, num_classes=11)
+    hub = DatasetImages(str(tmp_path / "folder"))
+    from_hub = load_training_data(hub, 16, num_classes=11)
+    assert torch.equal(folder["labels"], from_hub["labels"]) and torch.equal(folder["x0"], from_hub["x0"])
+    hub.data.save_to_disk(str(tmp_path / "saved"))
+    saved = load_training_data(DatasetImages(str(tmp_path / "saved")), 16, num_classes=11)
+    assert torch.equal(saved["labels"], folder["labels"]) and torch.equal(saved["x0"], folder["x0"])
+    streamed = ImageFolderData(hub, 16, 1, num_classes=11)
+    for rank in (0, 1):
+        disk, ram = streamed.stream(6, seed=2, rank=rank, world=2, num_workers=2), DataStream(folder, 6, 2, rank, 2)
+        for _ in range(5):  # crosses an epoch (40 images, global batches of 12)
+            a, b = disk.next(), ram.next()
+            assert torch.equal(a["labels"], b["labels"]) and torch.allclose(a["x0"], b["x0"])
+        state, after = disk.state_dict(), [disk.next()["labels"] for _ in range(3)]
+        again = streamed.stream(6, seed=2, rank=rank, world=2)
+        again.load_state_dict(state)
+        assert all(torch.equal(x, again.next()["labels"]) for x in after)
+    with pytest.raises(ValueError, match=r"no image column 'picture'.*\['image', 'label'\]"):
+        DatasetImages(str(tmp_path / "folder"), image_column="picture")
+    with pytest.raises(ValueError, match="test"):
+        DatasetImages(str(tmp_path / "folder"), split="test")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DatasetImages(str(tmp_path / "missing"))

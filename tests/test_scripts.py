@@ -14,8 +14,8 @@ from stepdistill.denoiser import Denoiser
 ENV = {**os.environ, "PYTHONPATH": os.getcwd()}
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=600)
+def run(*args, env=None):
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env or ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # a quiet run: bitsandbytes' failed Hub fetch of a 4-bit CPU kernel (it is imported by peft when installed, and the
     # dev extra installs it) is silenced by stepdistill's import
@@ -322,3 +322,38 @@ def test_importing_stepdistill_keeps_bitsandbytes_kernel_fetch_quiet():
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "gemm_4bit" not in proc.stderr and "quantization-bitsandbytes" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_lcm_lora_of_the_text_teacher_from_a_datasets_imagefolder_and_from_shards(tmp_path):
+    """The docs' data guide, as a user runs it: the captioned Fashion-MNIST written as a `datasets` imagefolder and as
+    webdataset shards (train/captioned_fashion.py --shard-size); one train/consistency.py command on each
+    (--dataset FOLDER, --data SHARDS) distils an LCM-LoRA of the bundled text-to-image teacher. The two sources hold
+    the same samples in the same order, so the two LoRAs are byte-identical, and plain diffusers loads it with
+    load_lora_weights and samples with it."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("webdataset")
+    common = ["--limit", "24", "--resolution", "16"]
+    run("train/captioned_fashion.py", "--out", str(tmp_path / "folder"), *common)
+    run("train/captioned_fashion.py", "--out", str(tmp_path / "shards"), "--shard-size", "10", *common)
+    train = ["train/consistency.py", "--preset", "fashion-lora", "--teacher", "assets/fashion-text-teacher"]
+    train += ["--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--sample-steps", "2"]
+    env = {**ENV, "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}  # datasets' Arrow cache: not the user's home
+    run(*train, "--dataset", str(tmp_path / "folder"), "--output-dir", str(tmp_path / "from-dataset"), env=env)
+    run(*train, "--data", str(tmp_path / "shards"), "--output-dir", str(tmp_path / "from-shards"))
+    weights = [
+        tmp_path / run_dir / "lora" / "pytorch_lora_weights.safetensors" for run_dir in ("from-dataset", "from-shards")
+    ]
+    assert weights[0].read_bytes() == weights[1].read_bytes()
+    script = (
+        "import sys, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        "pipe = StableDiffusionPipeline.from_pretrained('assets/fashion-text-teacher')\n"
+        "pipe.load_lora_weights(sys.argv[1])\n"
+        "images = pipe('a photo of a sneaker', num_inference_steps=2, guidance_scale=1.0, output_type='pt',\n"
+        "              generator=torch.Generator().manual_seed(0)).images\n"
+        "assert images.shape[-1] == 16 and torch.isfinite(images).all()\n"
+    )
+    proc = subprocess.run(  # plain diffusers and peft (without stepdistill's import, bitsandbytes may log its fetch)
+        [sys.executable, "-c", script, str(tmp_path / "from-dataset" / "lora")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

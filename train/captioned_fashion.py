@@ -1,5 +1,5 @@
 """Write Fashion-MNIST as a captioned image folder in diffusers' imagefolder layout: one PNG per image and a
-``metadata.jsonl`` line ``{"file_name": "train/00000.png", "text": "a photo of an ankle boot", "label": 9}``
+``metadata.jsonl`` line ``{"file_name": "images/00000.png", "text": "a photo of an ankle boot", "label": 9}``
 each, with the captions the bundled text-to-image teacher was trained on (a template drawn per image, seeded).
 It is the ``--data`` of distilling that teacher:
 
@@ -15,6 +15,7 @@ their training images (antialiased bilinear, ``stepdistill.data.from_uint8``), w
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 
@@ -33,24 +34,47 @@ except ImportError:  # run as a script from the repository root
 
 
 def write_captioned(
-    data: str, out: str, split: str = "train", limit: int | None = None, seed: int = 0, resolution: int | None = None
+    data: str,
+    out: str,
+    split: str = "train",
+    limit: int | None = None,
+    seed: int = 0,
+    resolution: int | None = None,
+    shard_size: int = 0,
 ) -> int:
-    """Write ``split`` of the Fashion-MNIST idx files in ``data`` to ``out`` (resized to ``resolution`` if given);
-    returns the number of images."""
+    """Write ``split`` of the Fashion-MNIST idx files in ``data`` to ``out`` (resized to ``resolution`` if given),
+    or with ``shard_size`` as webdataset shards of that many samples; returns the number of images."""
     images, labels = load_fashion_mnist(data, split)
     images, labels = images[:limit], labels[:limit]
     if resolution is not None:
         images = to_uint8(from_uint8(images, resolution))[:, 0].numpy()
     templates = np.random.default_rng(seed).integers(len(TEMPLATES), size=len(labels))
+    captions = [TEMPLATES[templates[i]].format(NAMES[int(label)]) for i, label in enumerate(labels)]
+    if shard_size:
+        write_shards(images, labels, captions, out, shard_size)
+        return len(labels)
     with atomic_dir(out) as tmp:
-        os.makedirs(os.path.join(tmp, split))
+        os.makedirs(os.path.join(tmp, "images"))  # not "train/": `datasets` would read that as a split name
         with open(os.path.join(tmp, "metadata.jsonl"), "w") as f:
             for i, (image, label) in enumerate(tqdm(zip(images, labels), total=len(labels), desc="writing")):
-                name = f"{split}/{i:05d}.png"
+                name = f"images/{i:05d}.png"
                 Image.fromarray(np.asarray(image)).save(os.path.join(tmp, name))
-                caption = TEMPLATES[templates[i]].format(NAMES[int(label)])
-                f.write(json.dumps({"file_name": name, "text": caption, "label": int(label)}) + "\n")
+                f.write(json.dumps({"file_name": name, "text": captions[i], "label": int(label)}) + "\n")
     return len(labels)
+
+
+def write_shards(images, labels, captions, out: str, shard_size: int) -> None:
+    """The same samples as webdataset shards ``out/shard-NNNNNN.tar`` (``KEY.png``, ``KEY.txt``, ``KEY.cls``),
+    written by webdataset's ``ShardWriter``."""
+    import webdataset as wds
+
+    with atomic_dir(out) as tmp:
+        pattern = os.path.join(tmp, "shard-%06d.tar")
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+            for i, (image, label) in enumerate(tqdm(zip(images, labels), total=len(labels), desc="writing")):
+                png = io.BytesIO()
+                Image.fromarray(np.asarray(image)).save(png, format="PNG")
+                sink.write({"__key__": f"{i:06d}", "png": png.getvalue(), "txt": captions[i], "cls": int(label)})
 
 
 def main():
@@ -61,8 +85,15 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="write only the first N images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption templates")
     parser.add_argument("--resolution", type=int, default=None, help="resize to R x R (default: the native 28 px)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=0,
+        help="write webdataset .tar shards of this many samples (KEY.png, KEY.txt caption, KEY.cls label) instead "
+        "of an image folder",
+    )
     args = parser.parse_args()
-    n = write_captioned(args.data, args.out, args.split, args.limit, args.seed, args.resolution)
+    n = write_captioned(args.data, args.out, args.split, args.limit, args.seed, args.resolution, args.shard_size)
     print(f"{n} captioned images in {args.out}")
 
 
