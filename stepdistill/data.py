@@ -110,16 +110,13 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def image_grid(x: Tensor, nrow: int) -> np.ndarray:
-    """Tile ``[N, C, H, W]`` images in [-1, 1] into one uint8 array ``[rows*H, nrow*W(, C)]`` with 1-px gaps."""
+    """Tile ``[N, C, H, W]`` images in [-1, 1] into one uint8 array ``[rows*H, nrow*W(, C)]`` with 1-px white gaps
+    (torchvision's ``make_grid``; greyscale stays one channel)."""
+    from torchvision.utils import make_grid
+
     images = to_uint8(x).cpu()
-    n, c, h, w = images.shape
-    rows = (n + nrow - 1) // nrow
-    grid = torch.full((c, rows * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = images[i]
-    grid = grid.permute(1, 2, 0).numpy()
-    return grid[..., 0] if c == 1 else grid
+    grid = make_grid(images, nrow=nrow, padding=1, pad_value=255).permute(1, 2, 0).numpy()
+    return grid[..., 0] if images.shape[1] == 1 else grid
 
 
 def save_grid(x: Tensor, path: str | os.PathLike, nrow: int, scale: int = 1) -> None:

@@ -50,6 +50,15 @@ def test_uint8_conversions_and_grid():
     assert small.shape == (1, 1, 8, 8)
     grid = image_grid(torch.zeros(5, 1, 4, 4), nrow=3)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1)
+    # each image in its cell, row-major, 1-px white gaps and a white empty cell; RGB keeps its channels
+    images = torch.linspace(-1, 1, 5 * 3 * 16).reshape(5, 3, 4, 4)
+    rgb = image_grid(images, nrow=3)
+    assert rgb.shape == (11, 16, 3) and (rgb[0] == 255).all() and (rgb[:, 0] == 255).all()
+    for i in range(5):
+        r, k = divmod(i, 3)
+        cell = rgb[1 + 5 * r : 5 + 5 * r, 1 + 5 * k : 5 + 5 * k]
+        assert np.array_equal(cell, to_uint8(images[i]).permute(1, 2, 0).numpy())
+    assert (rgb[6:10, 11:15] == 255).all()
 
 
 def test_load_images_reads_either_split_of_an_idx_folder():
