@@ -97,7 +97,7 @@ class ReferenceStats:
 
     def save(self, path: str | os.PathLike) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp.npz"
+        tmp = f"{path}.{os.getpid()}.tmp.npz"  # one per process: two runs may fill the same cache at once
         np.savez(tmp, mu=self.mu, sigma=self.sigma, n=self.n, source=self.source)
         os.replace(tmp, path)
 

@@ -7,7 +7,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("STEPDISTILL_TEST_THREADS", "2")))
+# one thread per pytest-xdist worker (the workers share the cores), two in a plain `pytest` run
+DEFAULT_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("STEPDISTILL_TEST_THREADS", DEFAULT_THREADS)))
 
 
 def tiny_unet(num_classes: int = 3, time_cond_proj_dim: int | None = None, sample_size: int = 8, seed: int = 0):

@@ -186,7 +186,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
     single = run_eval(*args, "--out", str(tmp_path / "one"), launcher=(sys.executable,))
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")  # what accelerate runs
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")  # what accelerate runs
     double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.load(open(tmp_path / "one" / "results.json"))["results"][0]

@@ -137,6 +137,7 @@ def test_progressive_script_on_two_processes(tmp_path):
     run(
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port: runs beside other tests' launches (pytest -n)
         "--nproc_per_node",
         "2",
         "train/progressive.py",

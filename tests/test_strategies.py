@@ -392,7 +392,7 @@ def two_process_results(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ddp") / "out.json"
     cases = {f"{name}-{variant}": [name, options] for name, variant, options in TWO_PROCESS_CASES}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
         [*command, "tests/two_process_worker.py", json.dumps(cases), str(out)],
         capture_output=True,
