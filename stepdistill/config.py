@@ -113,6 +113,8 @@ ADDED_OPTIONS = {
     "gan_r1_weight": 0.0,
     "gan_warmup_steps": 0,
     "gan_lr": None,
+    "dataset_split": "train",  # --dataset and its columns (None: --data, as before)
+    "image_column": "image",
 }
 
 

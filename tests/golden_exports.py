@@ -173,7 +173,21 @@ def _diff(saved: dict, now: dict) -> list[str]:
     ]
 
 
+# The fingerprints were recorded with two torch threads; float sums (matmuls, reductions) split over another number of
+# threads round differently, so the cases always run with two (under pytest -n a worker otherwise has one).
+THREADS = 2
+
+
 def compute(cases: list[str], root: str) -> dict[str, dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _compute(cases, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute(cases: list[str], root: str) -> dict[str, dict]:
     folders = build_teachers(os.path.join(root, "teachers"))
     replace = {os.path.join(root, "teachers"): "TEACHERS", os.path.join(root, "runs"): "RUNS", ROOT: "REPO"}
     result = {}
@@ -189,7 +203,6 @@ if __name__ == "__main__":
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     sys.path.insert(0, ROOT)
-    torch.set_num_threads(2)
     wanted = [a for a in sys.argv[1:] if not a.startswith("--")] or [c[0] for c in CASES]
     with tempfile.TemporaryDirectory() as tmp:
         table = compute(wanted, tmp)
