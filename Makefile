@@ -27,8 +27,10 @@ demo: $(STAMP)
 		--steps 4 --num-samples 1000 --trust-remote-code --out outputs/demo/eval
 	@echo "grids: outputs/demo/*.png   table: outputs/demo/eval/table.md"
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist; 1: one process, as before); each worker uses one torch thread.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The documentation site (docs/, mkdocs-material) into site/, offline; --strict fails on any broken link or page.
 docs: $(STAMP)
