@@ -174,20 +174,25 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> tu
     paths, labels = list_images(folder)
     paths = paths[:limit] if limit else paths
     labels = labels[: len(paths)] if labels is not None else None
+    return stack_images((path, read_image(path)) for path in paths), labels
+
+
+def stack_images(named) -> Tensor:
+    """uint8 ``[N, C, H, W]`` of ``(name, [H, W] or [H, W, 3] array)`` pairs, which must share one size and mode
+    (the first that differs is named, with the first image)."""
     arrays, first = [], None
-    for path in paths:
-        array = read_image(path)
+    for name, array in named:
         if first is None:
-            first = (path, array.shape)
+            first = (name, array.shape)
         elif array.shape != first[1]:
             raise ValueError(
-                f"Images differ in size or channels: {first[0]!r} is {first[1]}, {path!r} is {array.shape}; "
-                "resize them to one size first."
+                f"Images differ in size or channels: {first[0]!r} is {first[1]}, {name!r} is {array.shape}; "
+                "resize them to one size first (or train with --stream-data, which skips them)."
             )
         arrays.append(array)
     images = torch.from_numpy(np.stack(arrays))
     images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    return images.contiguous(), labels
+    return images.contiguous()
 
 
 def load_images(path: str | os.PathLike, limit: int | None = None) -> tuple[Tensor, Tensor | None]:

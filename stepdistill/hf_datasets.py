@@ -144,17 +144,9 @@ def load_dataset_images(images: DatasetImages, limit: int | None = None):
     have the first one's size and mode, as for an image folder."""
     import torch
 
+    from .data import stack_images
+
     count = len(images) if limit is None else min(limit, len(images))
-    arrays = []
-    for i in range(count):
-        array = images.image(i)
-        if arrays and array.shape != arrays[0].shape:
-            raise ValueError(
-                f"Images differ in size or channels: {images.where(0)} is {arrays[0].shape}, {images.where(i)} is "
-                f"{array.shape}; resize them to one size first (or train with --stream-data, which skips them)."
-            )
-        arrays.append(array)
-    stacked = torch.from_numpy(np.stack(arrays))
-    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+    stacked = stack_images((images.where(i), images.image(i)) for i in range(count))
     labels = None if images.labels is None else torch.from_numpy(images.labels[:count]).long()
-    return stacked.contiguous(), labels
+    return stacked, labels

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import IMAGE_EXTENSIONS, check_images, from_uint8, list_images, read_image
+from .data import IMAGE_EXTENSIONS, check_images, from_uint8, list_images, read_image, stack_images
 
 
 def shard_files(folder: str) -> list[str]:
@@ -82,36 +82,27 @@ def read_shards(shards: list[str], limit: int | None = None) -> tuple[Tensor, np
             "Loading .tar shards into memory reads them with the `webdataset` package: pip install "
             "'stepdistill[data]' (or stream them with --stream-data, which does not need it)."
         ) from None
+
     def whole(urls):  # every process and loader worker reads every shard (the data is held in memory)
         return urls
 
     samples = wds.WebDataset(shards, shardshuffle=False, nodesplitter=whole, workersplitter=whole, empty_check=False)
-    arrays, labels, first = [], [], None
+    named, labels = [], []
     for sample in samples:  # undecoded: each image is read as data.read_image reads a file (greyscale stays so)
         ext = next((k for k in sample if "." + k.lower() in IMAGE_EXTENSIONS), None)
         if ext is None:
             continue
         name = f"{sample['__url__']}:{sample['__key__']}.{ext}"
-        array = read_image(io.BytesIO(sample[ext]), name)
-        if first is None:
-            first = (name, array.shape)
-        elif array.shape != first[1]:
-            raise ValueError(
-                f"Images differ in size or channels: {first[0]!r} is {first[1]}, {name!r} is {array.shape}; resize "
-                "them to one size first (or train with --stream-data, which skips them)."
-            )
-        arrays.append(array)
+        named.append((name, read_image(io.BytesIO(sample[ext]), name)))
         label = sample.get("cls", b"").decode().strip()
         if label and not label.isdigit():
             raise ValueError(f"Label of {name!r} is {label[:20]!r}, not a class index (an integer from 0).")
         labels.append(int(label) if label else None)
-        if limit and len(arrays) == limit:
+        if limit and len(named) == limit:
             break
-    if not arrays:
+    if not named:
         raise ValueError(f"The shards {shards[0]!r}... hold no images ({', '.join(IMAGE_EXTENSIONS)}).")
-    images = torch.from_numpy(np.stack(arrays))
-    images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    return images.contiguous(), None if None in labels else np.array(labels)
+    return stack_images(named), None if None in labels else np.array(labels)
 
 
 def list_shard_images(shards: list[str]) -> tuple[list[tuple[str, int, int, str]], np.ndarray | None]:
