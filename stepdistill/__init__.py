@@ -4,9 +4,9 @@ import logging
 import os
 
 # bitsandbytes (which peft imports on start-up whenever it is installed, as for --optimizer adamw8bit) tries to fetch a
-# 4-bit CPU kernel from the Hugging Face Hub on AVX512-BF16 CPUs and logs an error-like warning when it cannot (offline,
-# or a publisher it cannot verify; with HF_HUB_OFFLINE the `kernels` package warns that it skips the publisher check).
-# No code here uses 4-bit kernels, so those two loggers only report errors.
+# 4-bit CPU kernel from the Hugging Face Hub on AVX512-BF16 CPUs and logs an error-like warning when it cannot
+# (offline, or a publisher it cannot verify; with HF_HUB_OFFLINE the `kernels` package warns that it skips the
+# publisher check). No code here uses 4-bit kernels, so those two loggers only report errors.
 for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 

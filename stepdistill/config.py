@@ -77,8 +77,8 @@ class ModelConfig:
         default=False,
         metadata={
             "help": "read an image folder, a folder of webdataset-style .tar shards (key.png + key.cls) or a "
-            "--dataset from disk batch by batch (--num-workers loader processes) instead of loading it into memory; unreadable "
-            "files are skipped and counted"
+            "--dataset from disk batch by batch (--num-workers loader processes) instead of loading it into memory; "
+            "unreadable files are skipped and counted"
         },
     )
     eval_every: int = dataclasses.field(

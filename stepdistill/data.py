@@ -9,15 +9,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .hf_datasets import DatasetImages
+from .hf_datasets import DatasetImages, load_dataset_images
 
 # Fashion-MNIST's class names, index = label (Xiao et al. 2017, arXiv 1708.07747).
 FASHION_CLASSES = (
@@ -260,9 +258,7 @@ def load_training_data(
 ) -> dict[str, Tensor]:
     """Training tensors ``{"x0": [N, C, R, R] in [-1, 1], "labels": [N]}`` from an idx folder, an image folder or a
     ``hf_datasets.DatasetImages``, checked with ``check_images`` against the model's channels and classes."""
-    if hasattr(path, "image"):  # a --dataset (hf_datasets.DatasetImages)
-        from .hf_datasets import load_dataset_images
-
+    if isinstance(path, DatasetImages):  # a --dataset
         (images, labels), where = load_dataset_images(path, limit), f"training dataset {path.name!r}"
     else:
         (images, labels), where = load_images(path, limit), f"training data {os.fspath(path)!r}"

@@ -75,7 +75,8 @@ class DatasetImages:
         columns = data.column_names
         if image_column not in columns:
             raise ValueError(
-                f"Dataset {name!r} has no image column {image_column!r}; its columns are {columns}: pass --image-column."
+                f"Dataset {name!r} has no image column {image_column!r}; its columns are {columns}: pass "
+                "--image-column."
             )
         for option, column in (("--label-column", label_column), ("--caption-column", caption_column)):
             if column is not None and column not in columns:
@@ -144,7 +145,7 @@ def load_dataset_images(images: DatasetImages, limit: int | None = None):
     have the first one's size and mode, as for an image folder."""
     import torch
 
-    from .data import stack_images
+    from .data import stack_images  # data imports this module
 
     count = len(images) if limit is None else min(limit, len(images))
     stacked = stack_images((images.where(i), images.image(i)) for i in range(count))

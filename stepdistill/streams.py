@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .data import IMAGE_EXTENSIONS, check_images, from_uint8, list_images, read_image, stack_images
+from .hf_datasets import DatasetImages
 
 
 def shard_files(folder: str) -> list[str]:
@@ -208,18 +209,19 @@ class ImageFolderData:
     """
 
     def __init__(self, folder, resolution: int, channels: int, num_classes: int | None = None):
-        if hasattr(folder, "image"):  # a --dataset (hf_datasets.DatasetImages): rows read by index
-            self.source, self.items, labels = folder, range(len(folder)), folder.labels
+        # items[i] is what reader(items[i]) reads: a dataset's row index, a shard member or an image path
+        if isinstance(folder, DatasetImages):  # a --dataset: rows read by index
+            self.items, self.reader, labels = range(len(folder)), folder.image, folder.labels
             self.paths = _RowNames(folder)
             where = f"training dataset {folder.name!r}"
         else:
-            self.source, where = None, f"training data {folder!r}"
+            where = f"training data {folder!r}"
             shards = shard_files(folder)  # none for a missing folder: list_images then says it does not exist
             if shards:
-                self.items, labels = list_shard_images(shards)
+                (self.items, labels), self.reader = list_shard_images(shards), read_shard_image
                 self.paths = [f"{shard}:{name}" for shard, _, _, name in self.items]  # for messages
             else:
-                self.paths, labels = list_images(folder)
+                (self.paths, labels), self.reader = list_images(folder), read_image
                 self.items = self.paths
         self.labels = None if labels is None else torch.from_numpy(labels).long()
         self.resolution, self.channels = resolution, channels
@@ -244,10 +246,7 @@ class ImageFolderData:
         return from_uint8(image[None], self.resolution)[0], -1 if self.labels is None else int(self.labels[i])
 
     def _read(self, i: int) -> np.ndarray:
-        if self.source is not None:
-            return self.source.image(i)
-        item = self.items[i]
-        return read_image(item) if isinstance(item, str) else read_shard_image(item)
+        return self.reader(self.items[i])
 
     def stream(self, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> FolderStream:
         return FolderStream(self, batch_size, seed, rank, world, num_workers)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .denoiser import Condition, Denoiser
+from .hf_datasets import DatasetImages, DatasetItem
 from .io import atomic_torch_save, check_model_path, hub_errors, read_jsonl
 from .streams import index_shards, shard_files, shard_member
 
@@ -241,17 +242,18 @@ def _read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def read_captions(folder: str) -> list[tuple[str | tuple, str]]:
+def read_captions(folder: str | DatasetImages) -> list[tuple[str | tuple | DatasetItem, str]]:
     """``(image, caption)`` pairs of an image folder in diffusers' imagefolder layout: ``metadata.jsonl`` (one
     ``{"file_name": ..., "text": ...}`` per line) or ``metadata.csv`` with ``file_name`` and a ``text``, ``caption``
     or ``prompt`` column; or of a folder of webdataset-style ``.tar`` shards (``KEY.png`` + ``KEY.txt``). The image
     is a path, or a shard member (``streams.index_shards``); for a ``--dataset`` (``hf_datasets.DatasetImages``),
     a ``DatasetItem`` and its row's caption."""
-    if hasattr(folder, "captions"):
+    if isinstance(folder, DatasetImages):
         if folder.captions is None:
             raise ValueError(
                 f"Dataset {folder.name!r} has no caption column (text, caption or prompt): a text-to-image teacher "
-                f"trains on captioned images; name the column with --caption-column (columns: {folder.data.column_names})."
+                "trains on captioned images; name the column with --caption-column (columns: "
+                f"{folder.data.column_names})."
             )
         return [(folder.item(i), caption) for i, caption in enumerate(folder.captions)]
     jsonl, table = os.path.join(folder, "metadata.jsonl"), os.path.join(folder, "metadata.csv")
@@ -347,18 +349,18 @@ def _source_name(source) -> str:
     """An image of ``read_captions`` (a path, a shard member or a dataset row) as messages name it."""
     if isinstance(source, str):
         return source
-    return source.name if hasattr(source, "images") else f"{source[0]}:{source[3]}"
+    return source.name if isinstance(source, DatasetItem) else f"{source[0]}:{source[3]}"
 
 
 def _source_version(source):
     """What changes when an image of ``read_captions`` does: its file's mtime, or its dataset's fingerprint."""
-    if hasattr(source, "images"):
+    if isinstance(source, DatasetItem):
         return source.images.fingerprint
     return os.path.getmtime(source if isinstance(source, str) else source[0])
 
 
 def _open_image(source):
-    if hasattr(source, "images"):
+    if isinstance(source, DatasetItem):
         return source.images.pil(source.index)
     from PIL import Image
 
@@ -366,8 +368,8 @@ def _open_image(source):
 
 
 def _load_rgb(source, size: int, channels: int) -> Tensor:
-    """One image (a path, a shard member or a dataset row) resized (shorter side, bicubic) and centre-cropped to ``size``, in
-    [-1, 1], ``[C, size, size]``."""
+    """One image (a path, a shard member or a dataset row) resized (shorter side, bicubic) and centre-cropped to
+    ``size``, in [-1, 1], ``[C, size, size]``."""
     import numpy as np
     from PIL import Image
 

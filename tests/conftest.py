@@ -148,6 +148,22 @@ def reset_accelerate_state():
     GradientState._reset_state()
 
 
+def load_script(script: str):
+    """A script file (``train/x.py``) as a module, its ``if __name__ == "__main__"`` block not run; loaded once."""
+    import importlib.util
+    from pathlib import Path
+
+    if script not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"_script_{Path(script).stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    return _SCRIPTS[script]
+
+
+_SCRIPTS: dict = {}
+
+
 def run_entry_point(entry, argv):
     """Run a command's entry point (``entry()``, e.g. ``eval/evaluate.py``'s ``cli``) in this process with
     ``sys.argv = argv``, as its script would run (without the interpreter's start-up, 10-20 s here): output captured,

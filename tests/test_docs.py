@@ -7,7 +7,6 @@ long runs behind the measured numbers are not re-run here; the short ones are (`
 """
 
 import contextlib
-import importlib.util
 import inspect
 import io
 import os
@@ -19,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -46,14 +46,6 @@ COMMANDS = documented_commands()
 
 
 @cache
-def load_script(script: str):
-    spec = importlib.util.spec_from_file_location(f"_documented_{Path(script).stem}", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@cache
 def help_text(script: str) -> str:
     proc = subprocess.run(
         [sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
@@ -73,7 +65,7 @@ def test_the_readme_is_short_and_the_pages_have_commands():
 def test_every_documented_command_parses(where, words, monkeypatch):
     script, argv = words[0], words[1:]
     monkeypatch.chdir(ROOT)
-    module = load_script(script)
+    module = load_script(str(ROOT / script))
     if hasattr(module, "PRESETS") and "argv" in inspect.signature(module.main).parameters:
         # a train script: its preset, config file and flags resolve and validate, then --print-config exits 0
         out = io.StringIO()

@@ -411,18 +411,8 @@ def test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs
         "lora": ["train/sid.py", "--preset", "fashion", "--lora-rank", "4", "--lr", "1e-3"],
     }
     common = ["--teacher", str(teacher), "--data", "assets/fashion-mnist", "--data-limit", "32", "--max-steps", "6"]
-    common += [
-        "--batch-size",
-        "4",
-        "--checkpoint-every",
-        "1",
-        "--keep-checkpoints",
-        "8",
-        "--eval-every",
-        "0",
-        "--seed",
-        "3",
-    ]
+    common += ["--batch-size", "4", "--checkpoint-every", "1", "--keep-checkpoints", "8"]
+    common += ["--eval-every", "0", "--seed", "3"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
     def start(case, out, *extra):

@@ -1,16 +1,13 @@
 """The command-line scripts run end to end on tiny settings (no network, bundled assets only)."""
 
-import functools
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_entry_point
+from conftest import load_script, run_entry_point
 
 from stepdistill.cli import run_cli
 from stepdistill.data import write_idx
@@ -34,19 +31,15 @@ def run(*args, env=None):
         return proc
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env or ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # a quiet run: bitsandbytes' failed Hub fetch of a 4-bit CPU kernel (it is imported by peft when installed, and the
-    # dev extra installs it) is silenced by stepdistill's import
-    assert "gemm_4bit" not in proc.stderr and "quantization-bitsandbytes" not in proc.stderr, proc.stderr[-3000:]
+    assert_quiet_start(proc.stderr)
     return proc
 
 
-@functools.cache
-def load_script(script: str):
-    """A script file as a module (its ``if __name__ == "__main__"`` block not run)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{Path(script).stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def assert_quiet_start(stderr: str) -> None:
+    """No line of bitsandbytes' failed Hub fetch of a 4-bit CPU kernel, or of the `kernels` package skipping its
+    publisher check offline (peft imports bitsandbytes when installed, and the dev extra installs it): stepdistill's
+    import silences both."""
+    assert "gemm_4bit" not in stderr and "quantization-bitsandbytes" not in stderr, stderr[-3000:]
 
 
 def test_teacher_script_smoke(tmp_path):
@@ -139,7 +132,6 @@ def test_evaluate_and_sample_scripts(tmp_path):
 def test_evaluate_reports_bad_input(tmp_path, args, message):
     """One ``error:`` line and exit status 2, no traceback (the command's own entry point, run in this process; the
     first case also as a script)."""
-    from conftest import run_entry_point
     from PIL import Image
 
     from eval.evaluate import cli
@@ -348,7 +340,7 @@ def test_importing_stepdistill_keeps_bitsandbytes_kernel_fetch_quiet():
             [sys.executable, "-c", "import stepdistill, peft"], capture_output=True, text=True, env=env, timeout=300
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "gemm_4bit" not in proc.stderr and "quantization-bitsandbytes" not in proc.stderr, proc.stderr[-3000:]
+        assert_quiet_start(proc.stderr)
 
 
 def test_lcm_lora_of_the_text_teacher_from_a_datasets_imagefolder_and_from_shards(tmp_path, monkeypatch):
