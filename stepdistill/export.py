@@ -202,9 +202,7 @@ def export_pipeline(
         raise ValueError("Flow students are exported in their teacher's pipeline class (SD3): pass its source.")
     with atomic_dir(folder) as tmp:
         saved = {"num_inference_steps": num_steps, "guidance_scale": guidance_scale}
-        saved["timesteps"] = scheduler.timesteps.tolist()
-        if interval_input:
-            saved["interval_input"] = True
+        saved.update(timesteps=scheduler.timesteps.tolist(), **({"interval_input": True} if interval_input else {}))
         if flow:  # SD3's pipeline takes the student's times as `sigmas=[...]`
             saved["sigmas"] = [float(v) for v in scheduler.sigmas[:-1]]
             card += f"\nCall the pipeline with `sigmas={saved['sigmas']}` (not `num_inference_steps`).\n"
