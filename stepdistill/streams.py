@@ -241,7 +241,7 @@ class ImageFolderData:
         channels = 1 if array.ndim == 2 else array.shape[2]
         if array.shape[0] != array.shape[1] or channels != self.channels:
             return None, i
-        image = torch.from_numpy(np.ascontiguousarray(array))
+        image = torch.from_numpy(np.array(array))  # a copy: a decoded array may be read-only (datasets rows are)
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
         return from_uint8(image[None], self.resolution)[0], -1 if self.labels is None else int(self.labels[i])
 
@@ -263,6 +263,12 @@ def _collate(items):
     return batch
 
 
+def _index_lists(order: BatchOrder):
+    """``order``'s batches of indices as lists, endlessly (a DataLoader's ``batch_sampler``)."""
+    while True:
+        yield order.next_indices().tolist()
+
+
 class FolderStream(BatchOrder):
     """``ImageFolderData`` batches through a ``DataLoader`` with ``num_workers`` processes, in ``BatchOrder``."""
 
@@ -270,18 +276,16 @@ class FolderStream(BatchOrder):
         super().__init__(len(data), batch_size, seed, rank, world)
         self.data, self.num_workers, self._batches, self.skipped = data, num_workers, None, set()
 
-    def _index_batches(self):
-        """Index lists from the consumed state on (the loader may prefetch ahead of what ``next`` has returned)."""
-        epoch, position, order = self.epoch, self.position, self._order
-        while True:
-            epoch, position, order, idx = self._step(epoch, position, order)
-            yield idx.tolist()
-
     def next(self) -> dict[str, Tensor]:
         if self._batches is None:
+            # The loader reads ahead on a copy of the consumed state, not on this stream: no reference cycle, so a
+            # dropped stream shuts its worker processes down at once rather than whenever the cyclic GC runs (which
+            # could stall a later, unrelated step, or the interpreter's exit, for seconds).
+            ahead = BatchOrder(self.size, self.batch_size, self.seed, self.rank, self.world)
+            ahead.load_state_dict(self.state_dict())
             loader = torch.utils.data.DataLoader(
                 self.data,
-                batch_sampler=self._index_batches(),
+                batch_sampler=_index_lists(ahead),
                 num_workers=self.num_workers,
                 collate_fn=_collate,
                 persistent_workers=False,

@@ -10,6 +10,49 @@ import torch  # noqa: E402
 # one thread per pytest-xdist worker (the workers share the cores), two in a plain `pytest` run
 DEFAULT_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
 torch.set_num_threads(int(os.environ.get("STEPDISTILL_TEST_THREADS", DEFAULT_THREADS)))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # and the processes a worker starts: one thread each, not one per core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# pytest-xdist scheduling (`make test` runs `-n 2`). Tests that share an expensive module fixture run on one worker,
+# so that the fixture is built once: xdist's own `xdist_group` mark does not group under pytest 9 (xdist 3.8 renames
+# `item._nodeid`, which pytest 9 no longer reads). Every other test is its own unit of work, handed to whichever worker
+# is free, and the longest tests are collected first, so that no worker is left alone with one of them at the end.
+SHARED_FIXTURE_GROUPS = (
+    "tests/test_strategies.py::test_every_strategy_trains_on_two_processes",  # one torchrun launch for all cases
+    "tests/test_golden_exports.py::",  # every golden export computed at once
+)
+LONGEST_FIRST = (
+    "tests/test_evaluation.py::test_inception_fid_on_the_real_network",
+    "tests/test_evaluation.py::test_gan_probe_sees_a_real_difference_and_no_false_one",
+    "tests/test_strategies.py::test_every_strategy_trains_on_two_processes",
+    "tests/test_reliability.py::test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs",
+    "tests/test_trainer.py::test_sigkill_at_random_moments_then_resume_is_bit_identical",
+    "tests/test_golden_exports.py::",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests in LONGEST_FIRST first, in that order; the rest keep their order (a stable sort, the same on every
+    xdist worker, whose collections must agree)."""
+
+    def rank(item):
+        return next(
+            (i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST)
+        )
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        """One work unit per test, except the SHARED_FIXTURE_GROUPS, one unit each; units queued in collection order."""
+
+        def _split_scope(self, nodeid):
+            return next((group for group in SHARED_FIXTURE_GROUPS if nodeid.startswith(group)), nodeid)
+
+    return Scheduling(config, log)
 
 
 def tiny_unet(num_classes: int = 3, time_cond_proj_dim: int | None = None, sample_size: int = 8, seed: int = 0):

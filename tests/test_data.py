@@ -67,7 +67,7 @@ def test_load_images_reads_either_split_of_an_idx_folder():
     train, _ = load_images("assets/fashion-mnist", 3)
     test, labels = load_images("assets/fashion-mnist:test", 3)
     expected, expected_labels = load_fashion_mnist("assets/fashion-mnist", "test")
-    assert test.shape == (3, 1, 28, 28) and torch.equal(test[:, 0], torch.from_numpy(expected[:3]))
+    assert test.shape == (3, 1, 28, 28) and torch.equal(test[:, 0], torch.from_numpy(expected[:3].copy()))
     assert torch.equal(labels, torch.from_numpy(expected_labels[:3]).long()) and not torch.equal(train, test)
 
 

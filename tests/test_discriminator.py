@@ -11,6 +11,7 @@ from stepdistill.discriminator import (
     Discriminator,
     accuracy_by_level,
     approximate_r1,
+    captured_levels,
     critic_loss,
     critic_times,
     feature_levels,
@@ -32,6 +33,13 @@ def test_features_of_every_level_and_projection_logits():
     x, t, cond = torch.randn(4, 1, 8, 8), torch.full((4,), 0.3), Condition(labels=torch.tensor([0, 1, 2, 3]))
     features = read_features(net, x, t, cond, names)
     assert [tuple(f.shape[:2]) for f in features] == [(4, 8), (4, 16), (4, 16)]
+    # read_features stops the forward pass after the mid block: the features of a whole pass, exactly
+    with captured_levels(net.backbone, names) as store:
+        output = net(x, t, cond)
+    assert all(torch.equal(store[n], f) for n, f in zip(names, features)) and output.shape == x.shape
+    x_grad = x.clone().requires_grad_(True)
+    read_features(net, x_grad, t, cond, names)[-1].sum().backward()
+    assert x_grad.grad.abs().sum() > 0  # gradient still reaches the input through the stopped pass
     critic, _ = Discriminator.for_network(net)
     logits = critic(features, cond)
     assert logits.shape == (4,)

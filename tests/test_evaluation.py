@@ -184,9 +184,10 @@ def test_unknown_pipeline_type(tmp_path):
 
 def test_two_processes_give_the_single_process_numbers(tmp_path):
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "8"]
-    single = run_eval(*args, "--out", str(tmp_path / "one"), launcher=(sys.executable,))
+    single = run_eval(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")  # what accelerate runs
+    # what accelerate runs
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     double = run_eval(*args, "--out", str(tmp_path / "two"), launcher=launcher)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.load(open(tmp_path / "one" / "results.json"))["results"][0]
@@ -325,8 +326,8 @@ def test_several_seeds_give_one_row_per_seed_and_a_table_with_their_spread(tmp_p
     """--seed 0 1: each seed's row is kept in results.json (the first equals a --seed 0 run's); table.md merges them
     into the mean with its min-max spread."""
     args = ["--model", "teacher=assets/fashion-teacher", "--steps", "2", "--num-samples", "30", "--batch-size", "15"]
-    single = run_eval(*args, "--seed", "0", "--out", str(tmp_path / "one"), launcher=(sys.executable,))
-    both = run_eval(*args, "--seed", "0", "1", "--out", str(tmp_path / "two"), launcher=(sys.executable,))
+    single = run_eval(*args, "--seed", "0", "--out", str(tmp_path / "one"))
+    both = run_eval(*args, "--seed", "0", "1", "--out", str(tmp_path / "two"))
     assert single.returncode == 0 and both.returncode == 0, both.stderr[-3000:]
     (one,) = json.loads((tmp_path / "one" / "results.json").read_text())["results"]
     rows = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
