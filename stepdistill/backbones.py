@@ -6,9 +6,10 @@ its bottleneck features are (DMD2's GAN head reads them). Strategies see neither
 registered here, with no change to any strategy.
 
 Families: diffusers ``UNet2DModel`` (class labels only) and ``UNet2DConditionModel`` (class labels, text
-cross-attention, SDXL ``text_embeds``/``time_ids``, ``timestep_cond``), and the SD3 transformer
+cross-attention, SDXL ``text_embeds``/``time_ids``, ``timestep_cond``), the SD3 transformer
 ``SD3Transformer2DModel`` (``encoder_hidden_states`` + ``pooled_projections``; its bottleneck features are the image
-tokens of its middle joint-attention block, laid out on the patch grid).
+tokens of its middle joint-attention block, laid out on the patch grid), and FLUX.1's ``FluxTransformer2DModel``
+(packed latents and position ids inside the adapter; FLUX.1-dev's guidance scale is an input).
 """
 
 from __future__ import annotations
@@ -48,14 +49,28 @@ def adapter_for(backbone: nn.Module) -> BackboneAdapter:
     return ADAPTERS[name]()
 
 
+def call_inputs(args: tuple, kwargs: dict) -> dict:
+    """A backbone call's inputs for ``BackboneAdapter.feature_map``: its keyword inputs, and its first input (a
+    UNet's ``sample``, a transformer's ``hidden_states``) also as ``"x_t"``."""
+    return {**kwargs, "x_t": args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))}
+
+
 class BackboneAdapter:
     """Maps ``(x_t, timestep, Condition)`` to one family's call and returns its raw output ``[B, C, H, W]``."""
 
     takes_guidance_embedding: ClassVar[bool] = False
 
     def __call__(
-        self, backbone: nn.Module, x_t: Tensor, timestep: Tensor, cond: Condition, timestep_cond: Tensor | None
+        self,
+        backbone: nn.Module,
+        x_t: Tensor,
+        timestep: Tensor,
+        cond: Condition,
+        timestep_cond: Tensor | None,
+        guidance: Tensor | None = None,
     ) -> Tensor:
+        if guidance is not None:
+            raise TypeError(f"{type(backbone).__name__} takes no guidance input: it is guided by two passes.")
         dtype = next(backbone.parameters()).dtype
         kwargs = self.condition_kwargs(backbone, cond, dtype)
         if timestep_cond is not None:
@@ -63,6 +78,11 @@ class BackboneAdapter:
                 raise TypeError(f"{type(backbone).__name__} cannot take a guidance-scale embedding.")
             kwargs["timestep_cond"] = timestep_cond.to(dtype)
         return backbone(x_t.to(dtype), timestep, return_dict=False, **kwargs)[0]
+
+    def guidance_distilled(self, backbone: nn.Module) -> bool:
+        """Whether the backbone takes the guidance scale as an input (FLUX.1-dev): guided in one pass, with no
+        unconditional branch."""
+        return False
 
     def condition_kwargs(self, backbone: nn.Module, cond: Condition, dtype: torch.dtype) -> dict:
         raise NotImplementedError
@@ -75,8 +95,9 @@ class BackboneAdapter:
         """Channels ``C`` of the features ``capture_features`` returns."""
         return backbone.config.block_out_channels[-1]
 
-    def feature_map(self, backbone: nn.Module, output, x_t: Tensor) -> Tensor:
-        """The output of ``feature_module`` (for a call on ``x_t``) as features ``[B, C, h, w]``."""
+    def feature_map(self, backbone: nn.Module, output, inputs: dict) -> Tensor:
+        """The output of ``feature_module`` as features ``[B, C, h, w]``; ``inputs``: the backbone call's keyword
+        inputs, its first one (the noisy input as the backbone takes it) also as ``"x_t"`` (``call_inputs``)."""
         return output[0] if isinstance(output, tuple) else output
 
     @contextmanager
@@ -93,10 +114,10 @@ class BackboneAdapter:
         store: dict[str, Tensor] = {}
 
         def remember_input(_module, args, kwargs):
-            store["x_t"] = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+            store["inputs"] = call_inputs(args, kwargs)
 
         def hook(_module, _inputs, output):
-            store["features"] = self.feature_map(backbone, output, store["x_t"])
+            store["features"] = self.feature_map(backbone, output, store["inputs"])
 
         handles = [
             backbone.register_forward_pre_hook(remember_input, with_kwargs=True),
@@ -149,16 +170,16 @@ class SD3TransformerAdapter(BackboneAdapter):
     def feature_channels(self, backbone):
         return backbone.config.num_attention_heads * backbone.config.attention_head_dim
 
-    def feature_map(self, backbone, output, x_t):
+    def feature_map(self, backbone, output, inputs):
         """The middle block's image tokens ``[B, h*w, C]`` (it returns ``(context, image)``) on the patch grid."""
         tokens = output[1]
         patch = backbone.config.patch_size
-        h, w = x_t.shape[-2] // patch, x_t.shape[-1] // patch
+        h, w = inputs["x_t"].shape[-2] // patch, inputs["x_t"].shape[-1] // patch
         return tokens.transpose(1, 2).reshape(len(tokens), -1, h, w)
 
-    def __call__(self, backbone, x_t, timestep, cond, timestep_cond):
-        if timestep_cond is not None:
-            raise TypeError("SD3Transformer2DModel cannot take a guidance-scale embedding.")
+    def __call__(self, backbone, x_t, timestep, cond, timestep_cond, guidance=None):
+        if timestep_cond is not None or guidance is not None:
+            raise TypeError("SD3Transformer2DModel takes no guidance input: it is guided by two passes.")
         dtype = next(backbone.parameters()).dtype
         kwargs = self.condition_kwargs(backbone, cond, dtype)
         return backbone(hidden_states=x_t.to(dtype), timestep=timestep, return_dict=False, **kwargs)[0]
@@ -166,4 +187,76 @@ class SD3TransformerAdapter(BackboneAdapter):
     def condition_kwargs(self, backbone, cond, dtype):
         if cond.text is None or cond.pooled is None:
             raise ValueError("An SD3 transformer needs prompt embeddings and pooled embeddings (text and pooled).")
+        return {"encoder_hidden_states": cond.text.to(dtype), "pooled_projections": cond.pooled.to(dtype)}
+
+
+def pack_latents(latents: Tensor) -> Tensor:
+    """FLUX's packing: latents ``[B, C, H, W]`` -> tokens ``[B, (H/2)(W/2), 4C]`` of 2x2 patches (as
+    ``FluxPipeline._pack_latents``)."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"FLUX packs 2x2 latent patches: the latents' height and width must be even, got {h}x{w}.")
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: Tensor, height: int, width: int) -> Tensor:
+    """``pack_latents``' inverse: tokens ``[B, (H/2)(W/2), 4C]`` -> latents ``[B, C, H, W]``."""
+    b, _, d = tokens.shape
+    patches = tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(b, d // 4, height, width)
+
+
+def latent_image_ids(height: int, width: int, device=None, dtype=None) -> Tensor:
+    """FLUX's image position ids ``[(H/2)(W/2), 3]`` of a ``height`` x ``width`` latent: ``(0, row, column)`` of
+    each packed patch (as ``FluxPipeline._prepare_latent_image_ids``)."""
+    rows = torch.arange(height // 2, dtype=torch.float32)[:, None].expand(-1, width // 2)
+    cols = torch.arange(width // 2, dtype=torch.float32)[None, :].expand(height // 2, -1)
+    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+    return ids.to(device=device, dtype=dtype)
+
+
+@register_backbone("FluxTransformer2DModel")
+class FluxTransformerAdapter(SD3TransformerAdapter):
+    """diffusers ``FluxTransformer2DModel`` (FLUX.1): packed 2x2 latent patches with image and text position ids,
+    the T5 token embeddings (``encoder_hidden_states``) and the pooled CLIP embedding (``pooled_projections``),
+    timestep ``sigma`` (``sigma * 1000 / 1000``); FLUX.1-dev (``guidance_embeds``) takes the guidance scale as an
+    input (``guidance``) and has no unconditional branch. The latents stay ``[B, C, H, W]`` outside the adapter."""
+
+    def guidance_distilled(self, backbone):
+        return bool(backbone.config.guidance_embeds)
+
+    def feature_map(self, backbone, output, inputs):
+        """The middle double-stream block's image tokens ``[B, h*w, C]`` on the grid of packed patches (read from
+        the call's image position ids)."""
+        tokens, ids = output[1], inputs["img_ids"]
+        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        return tokens.transpose(1, 2).reshape(len(tokens), -1, h, w)
+
+    def __call__(self, backbone, x_t, timestep, cond, timestep_cond, guidance=None):
+        if timestep_cond is not None:
+            raise TypeError("FluxTransformer2DModel takes no guidance-scale embedding (timestep_cond).")
+        distilled = self.guidance_distilled(backbone)
+        if distilled and guidance is None:
+            raise ValueError("This FLUX transformer is guidance-distilled: it needs the guidance scale as an input.")
+        if guidance is not None and not distilled:
+            raise TypeError("This FLUX transformer has no guidance input (guidance_embeds=False, as FLUX.1-schnell).")
+        dtype = next(backbone.parameters()).dtype
+        kwargs = self.condition_kwargs(backbone, cond, dtype)
+        h, w = x_t.shape[-2:]
+        text_ids = torch.zeros(kwargs["encoder_hidden_states"].shape[1], 3, device=x_t.device, dtype=dtype)
+        out = backbone(
+            hidden_states=pack_latents(x_t.to(dtype)),
+            timestep=(timestep / 1000).to(dtype),
+            guidance=None if guidance is None else guidance.to(torch.float32),
+            img_ids=latent_image_ids(h, w, x_t.device, dtype),
+            txt_ids=text_ids,
+            return_dict=False,
+            **kwargs,
+        )[0]
+        return unpack_latents(out, h, w)
+
+    def condition_kwargs(self, backbone, cond, dtype):
+        if cond.text is None or cond.pooled is None:
+            raise ValueError("A FLUX transformer needs T5 prompt embeddings and the pooled CLIP embedding.")
         return {"encoder_hidden_states": cond.text.to(dtype), "pooled_projections": cond.pooled.to(dtype)}

@@ -263,17 +263,33 @@ class Denoiser(nn.Module):
         # float32 timesteps (sCM: lower precision time embeddings make grad-norm spikes); float64 for float64 inputs
         time_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=time_dtype)
-        timestep_cond = None
-        if self.guidance_embedding_dim:
+        timestep_cond, guidance = None, None
+        if self.guidance_embedding_dim or self.guidance_distilled:
             if w is None:
-                raise ValueError("This denoiser takes a guidance-scale embedding: pass guidance_scale.")
-            timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
-        out = adapter_for(self.backbone)(self.backbone, x_t, timestep, cond or Condition(), timestep_cond)
+                raise ValueError("This denoiser takes the guidance scale as an input: pass guidance_scale.")
+            if self.guidance_embedding_dim:
+                timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
+            else:
+                guidance = w
+        adapter = adapter_for(self.backbone)
+        out = adapter(self.backbone, x_t, timestep, cond or Condition(), timestep_cond, guidance=guidance)
         return out.to(x_t.dtype)
+
+    @property
+    def guidance_distilled(self) -> bool:
+        """Whether the backbone takes the guidance scale as an input and has no unconditional branch (FLUX.1-dev):
+        guidance is then one pass at that input, never ``u + w (c - u)``."""
+        return self.backbone is not None and adapter_for(self.backbone).guidance_distilled(self.backbone)
 
     def null_condition(self, cond: Condition) -> Condition:
         """The unconditional counterpart of ``cond``: the null class for class labels, the empty prompt's
         embeddings (``null_text`` / ``null_pooled``) for text; SDXL's ``time_ids`` are kept."""
+        if self.guidance_distilled:
+            raise ValueError(
+                f"{type(self.backbone).__name__} is guidance-distilled (FLUX.1-dev): it has no unconditional branch "
+                "for classifier-free guidance. Its guidance scale is an input: set the guidance scale alone, and "
+                "leave out the options that guide by an unconditional pass."
+            )
         if cond.text is not None:
             if self.null_text is None:
                 raise ValueError(
@@ -296,7 +312,7 @@ class Denoiser(nn.Module):
     @property
     def can_guide(self) -> bool:
         """Whether classifier-free guidance is possible: a null class, or the empty prompt's embeddings."""
-        return self.null_class is not None or self.null_text is not None
+        return self.null_class is not None or self.null_text is not None or self.guidance_distilled
 
     def _null_class(self) -> int:
         if self.null_class is None:
@@ -315,10 +331,11 @@ class Denoiser(nn.Module):
 
         Guidance is applied to the native output; every conversion in ``schedules`` is affine in the
         prediction with the same coefficients for both halves, so this equals guidance on x0, eps or v.
-        Scale 1 (or no condition) is a single unguided pass.
+        Scale 1 (or no condition) is a single unguided pass; a backbone that takes the scale as an input (a
+        guidance embedding, or FLUX.1-dev's guidance-distilled transformer) is one pass at that input.
         """
         w = torch.as_tensor(guidance_scale, dtype=x_t.dtype, device=x_t.device).expand(len(x_t))
-        if self.guidance_embedding_dim:
+        if self.guidance_embedding_dim or self.guidance_distilled:
             return self.native(x_t, t, cond, w=w)
         if cond is None or not len(cond) or bool((w == 1).all()):
             return self.native(x_t, t, cond)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .backbones import adapter_for
+from .backbones import adapter_for, call_inputs
 from .denoiser import Condition, Denoiser
 from .schedules import add_noise
 
@@ -69,11 +69,11 @@ def captured_levels(backbone: nn.Module, names: list[str], stop: bool = False):
     def remember_input(_module, args, kwargs):
         for name in names:
             store.pop(name, None)
-        store["x_t"] = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        store["inputs"] = call_inputs(args, kwargs)
 
     def hook_for(name):
         def hook(_module, _inputs, output):
-            store[name] = adapter.feature_map(backbone, output, store["x_t"])
+            store[name] = adapter.feature_map(backbone, output, store["inputs"])
             if stop and all(n in store for n in names):
                 raise _FeaturesRead
 

@@ -48,6 +48,12 @@ def _text_setup(model_cfg: ModelConfig, data_free: bool) -> Setup:
     """A text-to-image teacher (SD 1.x/2.x, SDXL): latents and prompt embeddings of a captioned folder, or only the
     prompts' embeddings of ``model_cfg.prompts`` for data-free methods; the grid shows the first 16 prompts."""
     model = load_text_to_image(model_cfg.teacher, model_cfg.revision, model_cfg.variant)
+    if model.prompts.family == "flux":
+        raise ValueError(
+            f"{model_cfg.teacher!r} is a FLUX.1 pipeline: this version loads FLUX teachers (prompt embeddings, the "
+            "guidance-distilled score) but does not train students of them yet; distil an SD 1.x/2.x, SDXL or SD3 "
+            "teacher."
+        )
     if data_free:
         if not model_cfg.prompts:
             raise ValueError(

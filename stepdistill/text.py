@@ -32,7 +32,12 @@ from .hf_datasets import DatasetImages, DatasetItem
 from .io import atomic_torch_save, check_model_path, hub_errors, read_jsonl
 from .streams import index_shards, shard_files, shard_member
 
-FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
+FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
 TEXT_PIPELINES = tuple(FAMILIES)
 CAPTION_KEYS = ("text", "caption", "prompt")
 
@@ -69,7 +74,7 @@ def absent_components(path: str, **hub_kwargs) -> dict[str, None]:
 
 
 def is_text_to_image(path: str, **hub_kwargs) -> bool:
-    """Whether ``path`` is a Stable Diffusion (1.x/2.x), SDXL or SD3 pipeline."""
+    """Whether ``path`` is a Stable Diffusion (1.x/2.x), SDXL, SD3 or FLUX.1 pipeline."""
     return pipeline_class(path, **hub_kwargs) in TEXT_PIPELINES
 
 
@@ -81,7 +86,8 @@ class PromptEncoder(nn.Module):
         family: ``"sd"`` (one CLIP encoder's last hidden states), ``"sdxl"`` (two CLIP encoders' penultimate hidden
             states concatenated, the second's pooled projection, and ``time_ids``) or ``"sd3"`` (two CLIP encoders'
             penultimate hidden states concatenated and zero-padded to the T5 width, followed by the T5 encoder's
-            256 token embeddings, or zeros without a T5 encoder; both CLIP pooled projections concatenated).
+            256 token embeddings, or zeros without a T5 encoder; both CLIP pooled projections concatenated) or
+            ``"flux"`` (the T5 encoder's 512 token embeddings, and the CLIP encoder's pooled output).
         tokenizers, encoders: the family's tokenizers and text encoders, in the pipeline's order (SD3's third, the
             T5 encoder, may be left out: ``t5_width`` then gives the width of its zero embeddings).
         zero_null: the empty prompt's embeddings are zeros (SDXL's ``force_zeros_for_empty_prompt``).
@@ -90,6 +96,7 @@ class PromptEncoder(nn.Module):
     """
 
     T5_TOKENS = 256  # diffusers' SD3 default max_sequence_length
+    FLUX_T5_TOKENS = 512  # FluxPipeline's default max_sequence_length
 
     def __init__(
         self,
@@ -121,6 +128,13 @@ class PromptEncoder(nn.Module):
             tokenizer, encoder = self.tokenizers[0], self.encoders[0]
             # CLIP's causal attention only, as diffusers does (the encoder's use_attention_mask is unset)
             return Condition(text=encoder(self._ids(tokenizer, prompts, tokenizer.model_max_length))[0].float())
+        if self.family == "flux":  # FluxPipeline.encode_prompt: CLIP's pooled output, T5's token embeddings
+            clip_tokenizer, t5_tokenizer = self.tokenizers
+            pooled = self.encoders[0](
+                self._ids(clip_tokenizer, prompts, clip_tokenizer.model_max_length)
+            ).pooler_output
+            text = self.encoders[1](self._ids(t5_tokenizer, prompts, self.FLUX_T5_TOKENS))[0]
+            return Condition(text=text.float(), pooled=pooled.float())
         hidden, pooled = [], []
         for tokenizer, encoder in list(zip(self.tokenizers, self.encoders))[:2]:  # the CLIP encoders
             out = encoder(self._ids(tokenizer, prompts, tokenizer.model_max_length), output_hidden_states=True)
@@ -174,6 +188,12 @@ class LatentCodec(nn.Module):
         return images.float().clamp(-1, 1)
 
 
+def latent_size(config) -> int:
+    """The latent size a backbone generates at by default: its config's ``sample_size``, or FluxPipeline's
+    ``default_sample_size`` (128: 1024-pixel images) for a FLUX transformer, whose config has none."""
+    return getattr(config, "sample_size", None) or 128
+
+
 @dataclass
 class TextToImage:
     """A loaded text-to-image teacher: the denoiser (with the empty prompt as its null condition), its prompt
@@ -187,13 +207,13 @@ class TextToImage:
 
     @property
     def image_size(self) -> int:
-        return self.teacher.backbone.config.sample_size * self.codec.scale_factor
+        return latent_size(self.teacher.backbone.config) * self.codec.scale_factor
 
 
 def load_text_to_image(
     path: str, revision: str | None = None, variant: str | None = None, dtype: torch.dtype | None = None
 ) -> TextToImage:
-    """Load an SD 1.x/2.x, SDXL or SD3 pipeline (local folder or Hub id) as a teacher with its frozen parts.
+    """Load an SD 1.x/2.x, SDXL, SD3 or FLUX.1 pipeline (local folder or Hub id) as a teacher with its frozen parts.
 
     Raises:
         ValueError: if ``path`` is another kind of pipeline.
@@ -209,10 +229,10 @@ def load_text_to_image(
     family = FAMILIES[name]
     with hub_errors(path):
         index = diffusers.DiffusionPipeline.load_config(path, **hub)
-        backbone = "transformer" if family == "sd3" else "unet"
+        backbone = "transformer" if family in ("sd3", "flux") else "unet"
         teacher = Denoiser.from_pretrained(path, subfolder=backbone, dtype=dtype, **hub)
         vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **hub)
-        parts = {"sd": [""], "sdxl": ["", "_2"], "sd3": ["", "_2", "_3"]}[family]
+        parts = {"sd": [""], "sdxl": ["", "_2"], "sd3": ["", "_2", "_3"], "flux": ["", "_2"]}[family]
         parts = [p for p in parts if (index.get(f"text_encoder{p}") or [None])[0] is not None]  # SD3 without T5
         rev = {"revision": revision} if revision else {}
         tokenizers, encoders = [], []
@@ -225,7 +245,8 @@ def load_text_to_image(
     config = teacher.backbone.config
     zero_null = family == "sdxl" and index.get("force_zeros_for_empty_prompt", True)
     t5_width = getattr(config, "joint_attention_dim", 0) or 0
-    prompts = PromptEncoder(family, tokenizers, encoders, zero_null, config.sample_size * codec.scale_factor, t5_width)
+    image_size = latent_size(config) * codec.scale_factor
+    prompts = PromptEncoder(family, tokenizers, encoders, zero_null, image_size, t5_width)
     null = prompts.null()
     teacher.null_text, teacher.null_pooled = null.text, null.pooled
     return TextToImage(teacher.frozen(), prompts, codec, path, name)

@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion 1.5- and SDXL-shaped pipelines built locally: the real diffusers/transformers classes and
+"""Tiny Stable Diffusion 1.5-, SDXL-, SD3- and FLUX.1-shaped pipelines built locally: the real diffusers/transformers classes and
 hub file layout with random weights, and an offline CLIP tokenizer made from open_clip's BPE merges, so that the
 text-to-image code paths run without the network."""
 
@@ -126,6 +126,64 @@ def build_sd3(folder, seed: int = 0, t5: bool = False) -> str:
         tokenizer_2=tokenizer,
         text_encoder_3=_t5_encoder(len(t5_tokenizer()), 32, seed + 4) if t5 else None,
         tokenizer_3=t5_tokenizer() if t5 else None,
+    )
+    pipe.save_pretrained(os.fspath(folder))
+    return os.fspath(folder)
+
+
+def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
+    """A FLUX-shaped transformer with random weights: 16 latent channels packed to 64, 2 double- and 1
+    single-stream blocks, T5 width 32, pooled CLIP width 16, FLUX.1-dev's guidance input if ``guidance_embeds``."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+
+
+def build_flux(folder, seed: int = 0, guidance_embeds: bool = True) -> str:
+    """A tiny FLUX.1-shaped pipeline in hub layout: the transformer above (FLUX.1-dev's guidance input, or
+    schnell's none), a 16-channel VAE with a shift and scale, a CLIP encoder (pooled output) and a T5 encoder."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=16,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=16,
+        shift_factor=0.1,
+        scaling_factor=1.5,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256
+    )
+    pipe = FluxPipeline(
+        transformer=tiny_flux_transformer(guidance_embeds, seed + 3),
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=_text_encoder(tokenizer, False, 16, seed + 1),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(len(t5_tokenizer()), 32, seed + 4),
+        tokenizer_2=t5_tokenizer(),
     )
     pipe.save_pretrained(os.fspath(folder))
     return os.fspath(folder)
