@@ -243,7 +243,7 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="assets/fashion-teacher", help="teacher model folder")
     parser.add_argument("--data", default="assets/fashion-mnist", help="training images")
@@ -259,6 +259,11 @@ def main():
         help="run the pipeline code the --pipelines folders carry (stepdistill's exports do); off by default",
     )
     parser.add_argument("--out", default="benchmarks/speed", help="output folder")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     if args.batch_size < 1 or args.steps < 3 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be >= 1 and --steps >= 3.")

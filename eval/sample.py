@@ -14,7 +14,7 @@ from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.sampling import ddim_sample
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder with unet/ and scheduler/")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -23,6 +23,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling of the PNG")
     parser.add_argument("--out", required=True, help="PNG path")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
 
     den = Denoiser.from_pretrained(args.model).frozen()

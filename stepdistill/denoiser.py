@@ -266,7 +266,8 @@ class Denoiser(nn.Module):
         timestep_cond, guidance = None, None
         if self.guidance_embedding_dim or self.guidance_distilled:
             if w is None:
-                raise ValueError("This denoiser takes the guidance scale as an input: pass guidance_scale.")
+                kind = "a guidance-scale embedding" if self.guidance_embedding_dim else "the guidance scale as an input"
+                raise ValueError(f"This denoiser takes {kind}: pass guidance_scale.")
             if self.guidance_embedding_dim:
                 timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
             else:

@@ -23,15 +23,21 @@ FRESH_PROCESS = {"train/teacher.py"}
 
 
 def run(*args, env=None):
+    """Run a script command that must succeed; returns returncode, stdout and stderr like ``subprocess.run``."""
+    proc = run_command(*args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def run_command(*args, env=None):
+    """Run a script command, in this process unless it is in FRESH_PROCESS or needs its own ``env``."""
     script = args[0]
     if env is None and script.endswith(".py") and script not in FRESH_PROCESS:
         module = load_script(script)
-        proc = run_entry_point(getattr(module, "cli", None) or (lambda: run_cli(module.main)), list(args))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
+        return run_entry_point(getattr(module, "cli", None) or (lambda: run_cli(module.main)), list(args))
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env or ENV, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_quiet_start(proc.stderr)
+    if proc.returncode == 0:
+        assert_quiet_start(proc.stderr)
     return proc
 
 
@@ -238,13 +244,7 @@ def test_training_on_unusable_data_is_one_error_line_and_leaves_no_run(tmp_path)
     for i in range(4):
         Image.new("L", (16, 32)).save(data / f"{i}.png")
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "train/consistency.py", "--data", str(tmp_path / "data"), "--output-dir", str(out)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
+    proc = run_command("train/consistency.py", "--data", str(tmp_path / "data"), "--output-dir", str(out))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: training data")
     assert "Traceback" not in proc.stderr and "32x16" in proc.stderr and not out.exists()
 
@@ -254,13 +254,7 @@ def test_progressive_max_steps_stops_early_and_too_many_is_refused(tmp_path):
     common += ["--batch-size", "4", "--data-limit", "64", "--log-every", "1"]
     run(*common, "--max-steps", "6", "--output-dir", str(tmp_path / "pd"))
     assert [json.loads(line)["step"] for line in open(tmp_path / "pd" / "log.jsonl")][-1] == 6
-    proc = subprocess.run(
-        [sys.executable, *common, "--max-steps", "9", "--output-dir", str(tmp_path / "pd9")],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
+    proc = run_command(*common, "--max-steps", "9", "--output-dir", str(tmp_path / "pd9"))
     assert proc.returncode == 2 and "--max-steps 9 exceeds the progressive schedule (8 steps" in proc.stderr
 
 

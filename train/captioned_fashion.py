@@ -77,7 +77,7 @@ def write_shards(images, labels, captions, out: str, shard_size: int) -> None:
                 sink.write({"__key__": f"{i:06d}", "png": png.getvalue(), "txt": captions[i], "cls": int(label)})
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="assets/fashion-mnist", help="folder of Fashion-MNIST idx files")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
@@ -92,6 +92,11 @@ def main():
         help="write webdataset .tar shards of this many samples (KEY.png, KEY.txt caption, KEY.cls label) instead "
         "of an image folder",
     )
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     n = write_captioned(args.data, args.out, args.split, args.limit, args.seed, args.resolution, args.shard_size)
     print(f"{n} captioned images in {args.out}")
