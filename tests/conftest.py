@@ -20,6 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # and the processes a worker starts: 
 SHARED_FIXTURE_GROUPS = (
     "tests/test_strategies.py::test_every_strategy_trains_on_two_processes",  # one torchrun launch for all cases
     "tests/test_golden_exports.py::",  # every golden export computed at once
+    "tests/test_students.py::",  # the teacher's own score at each step count computed once
 )
 LONGEST_FIRST = (
     "tests/test_evaluation.py::test_inception_fid_on_the_real_network",
@@ -28,6 +29,7 @@ LONGEST_FIRST = (
     "tests/test_reliability.py::test_sigkill_and_resume_of_a_gan_and_a_lora_run_equal_the_uninterrupted_runs",
     "tests/test_trainer.py::test_sigkill_at_random_moments_then_resume_is_bit_identical",
     "tests/test_golden_exports.py::",
+    "tests/test_students.py::",
 )
 
 

@@ -44,9 +44,11 @@ def inception():
 
 
 def test_inception_fid_on_the_real_network(inception):
-    reference = ReferenceStats.of(inception, fashion(0, 120), "t-shirts A")
+    """The TF-FID Inception network sees a class change: 100 sneakers lie more than 3x farther from 100 t-shirts
+    than 100 other t-shirts do (measured: 263.9 against 69.1, 3.8x; at 120 images each, 4.1x)."""
+    reference = ReferenceStats.of(inception, fashion(0, 100), "t-shirts A")
     fids = {}
-    for name, images in {"same class": fashion(0, 120, offset=120), "sneakers": fashion(7, 120)}.items():
+    for name, images in {"same class": fashion(0, 100, offset=100), "sneakers": fashion(7, 100)}.items():
         fd = FrechetDistance(inception, reference)
         fd.update(images)
         fids[name] = fd.compute()
