@@ -36,7 +36,7 @@ def _text_encoder(tokenizer, projection: bool, hidden: int, seed: int):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _vae(seed: int):
+def _vae(seed: int, latent_channels: int = 4):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -46,7 +46,7 @@ def _vae(seed: int):
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 8),
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=4,
         sample_size=16,
@@ -154,25 +154,13 @@ def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
 def build_flux(folder, seed: int = 0, guidance_embeds: bool = True) -> str:
     """A tiny FLUX.1-shaped pipeline in hub layout: the transformer above (FLUX.1-dev's guidance input, or
     schnell's none), a 16-channel VAE with a shift and scale, a CLIP encoder (pooled output) and a T5 encoder."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, max_merges=2000))
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 8),
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=16,
-        shift_factor=0.1,
-        scaling_factor=1.5,
-    )
+    vae = _vae(seed, latent_channels=16)
+    vae.register_to_config(shift_factor=0.1, scaling_factor=1.5)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256
     )
