@@ -3,7 +3,8 @@
 A command in a ``bash`` block of the README or of ``docs/`` that runs a train script is parsed by that script with
 ``--print-config`` appended (its preset, config file and flags resolve, and every option's checks pass); one that
 runs a script with a ``build_parser`` is parsed by it; any other script's flags must appear in its ``--help``. The
-long runs behind the measured numbers are not re-run here; the short ones are (``test_scripts.py``).
+long runs behind the measured numbers are not re-run here (their test-sized versions run in ``test_scripts.py``); the
+short ones run as written (``runs_as_written``).
 """
 
 import contextlib
@@ -18,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import load_script, run_entry_point
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -61,12 +62,27 @@ def test_the_readme_is_short_and_the_pages_have_commands():
     assert len(COMMANDS) >= 40
 
 
+def runs_as_written(words: list[str]) -> bool:
+    """The short documented commands, run as written (in a scratch folder) rather than only parsed: writing the
+    data guide's captioned Fashion-MNIST subsets (--limit)."""
+    return words[0] == "train/captioned_fashion.py" and "--limit" in words
+
+
 @pytest.mark.parametrize("where, words", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_every_documented_command_parses(where, words, monkeypatch):
+def test_every_documented_command_parses(where, words, monkeypatch, tmp_path):
     script, argv = words[0], words[1:]
     monkeypatch.chdir(ROOT)
     module = load_script(str(ROOT / script))
-    if hasattr(module, "PRESETS") and "argv" in inspect.signature(module.main).parameters:
+    if runs_as_written(words):
+        (tmp_path / "assets").symlink_to(ROOT / "assets")  # the command's default --data, as in the repository
+        monkeypatch.chdir(tmp_path)
+        proc = run_entry_point(module.cli, words)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = tmp_path / argv[argv.index("--out") + 1]
+        limit = int(argv[argv.index("--limit") + 1])
+        written = list(out.glob("*.tar")) or list(out.rglob("*.png"))
+        assert written and f"{limit} captioned images" in proc.stdout, (where, proc.stdout)
+    elif hasattr(module, "PRESETS") and "argv" in inspect.signature(module.main).parameters:
         # a train script: its preset, config file and flags resolve and validate, then --print-config exits 0
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
