@@ -84,6 +84,11 @@ class BackboneAdapter:
         unconditional branch."""
         return False
 
+    def sample_shape(self, backbone: nn.Module) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the samples (pixels or latents) the backbone denoises at its default size."""
+        config = backbone.config
+        return (config.in_channels, config.sample_size, config.sample_size)
+
     def condition_kwargs(self, backbone: nn.Module, cond: Condition, dtype: torch.dtype) -> dict:
         raise NotImplementedError
 
@@ -225,6 +230,11 @@ class FluxTransformerAdapter(SD3TransformerAdapter):
 
     def guidance_distilled(self, backbone):
         return bool(backbone.config.guidance_embeds)
+
+    def sample_shape(self, backbone):
+        """FLUX's latents before packing: a quarter of the packed channels, at FluxPipeline's default 128 x 128 (1024
+        pixels); the transformer itself takes any even latent size."""
+        return (backbone.config.in_channels // 4, 128, 128)
 
     def feature_map(self, backbone, output, inputs):
         """The middle double-stream block's image tokens ``[B, h*w, C]`` on the grid of packed patches (read from

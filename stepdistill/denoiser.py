@@ -266,7 +266,9 @@ class Denoiser(nn.Module):
         timestep_cond, guidance = None, None
         if self.guidance_embedding_dim or self.guidance_distilled:
             if w is None:
-                kind = "a guidance-scale embedding" if self.guidance_embedding_dim else "the guidance scale as an input"
+                kind = (
+                    "a guidance-scale embedding" if self.guidance_embedding_dim else "the guidance scale as an input"
+                )
                 raise ValueError(f"This denoiser takes {kind}: pass guidance_scale.")
             if self.guidance_embedding_dim:
                 timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
@@ -275,6 +277,13 @@ class Denoiser(nn.Module):
         adapter = adapter_for(self.backbone)
         out = adapter(self.backbone, x_t, timestep, cond or Condition(), timestep_cond, guidance=guidance)
         return out.to(x_t.dtype)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one sample this network denoises at its default size (latents for a latent model)."""
+        if self.backbone is None:
+            raise ValueError("This denoiser has no diffusers backbone, so no sample shape of its own.")
+        return adapter_for(self.backbone).sample_shape(self.backbone)
 
     @property
     def guidance_distilled(self) -> bool:

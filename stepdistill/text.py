@@ -188,12 +188,6 @@ class LatentCodec(nn.Module):
         return images.float().clamp(-1, 1)
 
 
-def latent_size(config) -> int:
-    """The latent size a backbone generates at by default: its config's ``sample_size``, or FluxPipeline's
-    ``default_sample_size`` (128: 1024-pixel images) for a FLUX transformer, whose config has none."""
-    return getattr(config, "sample_size", None) or 128
-
-
 @dataclass
 class TextToImage:
     """A loaded text-to-image teacher: the denoiser (with the empty prompt as its null condition), its prompt
@@ -207,7 +201,7 @@ class TextToImage:
 
     @property
     def image_size(self) -> int:
-        return latent_size(self.teacher.backbone.config) * self.codec.scale_factor
+        return self.teacher.sample_shape[-1] * self.codec.scale_factor
 
 
 def load_text_to_image(
@@ -245,7 +239,7 @@ def load_text_to_image(
     config = teacher.backbone.config
     zero_null = family == "sdxl" and index.get("force_zeros_for_empty_prompt", True)
     t5_width = getattr(config, "joint_attention_dim", 0) or 0
-    image_size = latent_size(config) * codec.scale_factor
+    image_size = teacher.sample_shape[-1] * codec.scale_factor
     prompts = PromptEncoder(family, tokenizers, encoders, zero_null, image_size, t5_width)
     null = prompts.null()
     teacher.null_text, teacher.null_pooled = null.text, null.pooled

@@ -427,15 +427,10 @@ class Trainer:
         acc = self.accelerator
         if not acc.is_main_process or self.grid_condition is None:
             return None
-        config = self.strategy.sampling_network().backbone.config
+        shape = unwrap(self.strategy.sampling_network()).sample_shape
         cond = self.grid_condition.map(lambda v: v.to(acc.device))
-        noise = torch.randn(
-            len(cond),
-            config.in_channels,
-            config.sample_size,
-            config.sample_size,
-            generator=torch.Generator().manual_seed(self.config.seed),
-        ).to(acc.device)
+        noise = torch.randn(len(cond), *shape, generator=torch.Generator().manual_seed(self.config.seed))
+        noise = noise.to(acc.device)
         images = self.sample(noise, cond)
         if self.decode is not None:
             images = self.decode(images)

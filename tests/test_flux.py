@@ -112,6 +112,8 @@ def test_a_flux_pipeline_loads_as_a_teacher_and_encodes_prompts_as_fluxpipeline(
     assert loaded.pipeline_class == "FluxPipeline" and loaded.prompts.family == "flux"
     assert loaded.teacher.schedule.kind == "flow" and loaded.teacher.prediction == "flow"
     assert loaded.teacher.guidance_distilled
+    # FLUX's latents before packing, at FluxPipeline's default size (its transformer config has no sample_size)
+    assert loaded.teacher.sample_shape == (16, 128, 128) and loaded.image_size == 128 * loaded.codec.scale_factor
     cond = loaded.prompts.encode(PROMPTS[:3])
     pipe = FluxPipeline.from_pretrained(folder)
     with torch.no_grad():  # as in the pipeline's __call__ (T5's attention may take another kernel with autograd)

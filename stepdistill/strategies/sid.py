@@ -127,8 +127,7 @@ class SiDStrategy(TeacherCritic, ScoreDistillationStrategy):
         if sample_shape is None:
             if teacher.backbone is None:
                 raise ValueError("SiD reads no images: give sample_shape for a teacher without a diffusers backbone.")
-            backbone = teacher.backbone.config
-            sample_shape = (backbone.in_channels, backbone.sample_size, backbone.sample_size)
+            sample_shape = teacher.sample_shape
         self.sample_shape = tuple(sample_shape)
         self.times = self._generator_times()
         self._add_teacher_critic()
