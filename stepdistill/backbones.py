@@ -55,6 +55,42 @@ def call_inputs(args: tuple, kwargs: dict) -> dict:
     return {**kwargs, "x_t": args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))}
 
 
+class FeaturesRead(Exception):
+    """Raised by ``captured_levels(..., stop=True)`` once every named block has run: the rest of the forward pass
+    (a UNet's up blocks, about half its cost) is skipped."""
+
+
+@contextmanager
+def captured_levels(backbone: nn.Module, names: list[str], stop: bool = False):
+    """Within the block, ``store[name]`` receives the features ``[B, C, h, w]`` (``BackboneAdapter.feature_map``) of
+    block ``name`` of every call (forward hooks; the backbone's code is not forked): the bottleneck that DMD2's GAN
+    head reads, or the levels of a discriminator. ``stop``: a call ends, with ``FeaturesRead``, as soon as
+    every named block has run (the caller wants the features, not the output)."""
+    adapter = adapter_for(backbone)
+    store: dict[str, Tensor] = {}
+
+    def remember_input(_module, args, kwargs):
+        for name in names:
+            store.pop(name, None)
+        store["inputs"] = call_inputs(args, kwargs)
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            store[name] = adapter.feature_map(backbone, output, store["inputs"])
+            if stop and all(n in store for n in names):
+                raise FeaturesRead
+
+        return hook
+
+    handles = [backbone.register_forward_pre_hook(remember_input, with_kwargs=True)]
+    handles += [backbone.get_submodule(name).register_forward_hook(hook_for(name)) for name in names]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class BackboneAdapter:
     """Maps ``(x_t, timestep, Condition)`` to one family's call and returns its raw output ``[B, C, H, W]``."""
 
@@ -93,46 +129,17 @@ class BackboneAdapter:
         raise NotImplementedError
 
     def feature_module(self, backbone: nn.Module) -> str | None:
-        """The name of the bottleneck whose output ``capture_features`` returns (``None``: there is none)."""
+        """The name of the bottleneck block, whose features DMD2's GAN head reads (``None``: there is none)."""
         return "mid_block" if getattr(backbone, "mid_block", None) is not None else None
 
     def feature_channels(self, backbone: nn.Module) -> int:
-        """Channels ``C`` of the features ``capture_features`` returns."""
+        """Channels ``C`` of the bottleneck's features (``feature_module``)."""
         return backbone.config.block_out_channels[-1]
 
     def feature_map(self, backbone: nn.Module, output, inputs: dict) -> Tensor:
         """The output of ``feature_module`` as features ``[B, C, h, w]``; ``inputs``: the backbone call's keyword
         inputs, its first one (the noisy input as the backbone takes it) also as ``"x_t"`` (``call_inputs``)."""
         return output[0] if isinstance(output, tuple) else output
-
-    @contextmanager
-    def capture_features(self, backbone: nn.Module):
-        """Within the block, ``store["features"]`` receives the output ``[B, C, h, w]`` of the bottleneck
-        (``feature_module``) of every call, through forward hooks (no fork of the backbone's code)."""
-        name = self.feature_module(backbone)
-        if name is None:
-            raise ValueError(
-                f"{type(backbone).__name__} has no bottleneck for a GAN head on its features: "
-                "set both GAN weights to 0."
-            )
-        module = backbone.get_submodule(name)
-        store: dict[str, Tensor] = {}
-
-        def remember_input(_module, args, kwargs):
-            store["inputs"] = call_inputs(args, kwargs)
-
-        def hook(_module, _inputs, output):
-            store["features"] = self.feature_map(backbone, output, store["inputs"])
-
-        handles = [
-            backbone.register_forward_pre_hook(remember_input, with_kwargs=True),
-            module.register_forward_hook(hook),
-        ]
-        try:
-            yield store
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 @register_backbone("UNet2DModel")

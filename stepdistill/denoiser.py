@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import lora
-from .backbones import adapter_for, supported_backbones
+from .backbones import adapter_for, captured_levels, supported_backbones
 from .io import check_model_path, hub_errors
 from .schedules import Prediction, Schedule, check_prediction, combine, load_scheduler_config, split
 
@@ -263,18 +263,13 @@ class Denoiser(nn.Module):
         # float32 timesteps (sCM: lower precision time embeddings make grad-norm spikes); float64 for float64 inputs
         time_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         timestep = self.schedule.model_timestep(t).to(device=x_t.device, dtype=time_dtype)
-        timestep_cond, guidance = None, None
-        if self.guidance_embedding_dim or self.guidance_distilled:
-            if w is None:
-                kind = (
-                    "a guidance-scale embedding" if self.guidance_embedding_dim else "the guidance scale as an input"
-                )
-                raise ValueError(f"This denoiser takes {kind}: pass guidance_scale.")
-            if self.guidance_embedding_dim:
-                timestep_cond = guidance_embedding(w, self.guidance_embedding_dim)
-            else:
-                guidance = w
         adapter = adapter_for(self.backbone)
+        distilled = adapter.guidance_distilled(self.backbone)
+        if (self.guidance_embedding_dim or distilled) and w is None:
+            kind = "a guidance-scale embedding" if self.guidance_embedding_dim else "the guidance scale as an input"
+            raise ValueError(f"This denoiser takes {kind}: pass guidance_scale.")
+        timestep_cond = guidance_embedding(w, self.guidance_embedding_dim) if self.guidance_embedding_dim else None
+        guidance = w if distilled else None
         out = adapter(self.backbone, x_t, timestep, cond or Condition(), timestep_cond, guidance=guidance)
         return out.to(x_t.dtype)
 
@@ -388,9 +383,15 @@ class Denoiser(nn.Module):
         t = self._as_batch_t(t, x_t)
         alpha, sigma = self.schedule.alpha_sigma(t)
         if return_features:
-            with adapter_for(self.backbone).capture_features(self.backbone) as store:
+            name = adapter_for(self.backbone).feature_module(self.backbone)
+            if name is None:
+                raise ValueError(
+                    f"{type(self.backbone).__name__} has no bottleneck for a GAN head on its features: "
+                    "set both GAN weights to 0."
+                )
+            with captured_levels(self.backbone, [name]) as store:
                 out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
-            features = store["features"][-len(x_t) :]  # a doubled CFG batch holds [uncond, cond]
+            features = store[name][-len(x_t) :]  # a doubled CFG batch holds [uncond, cond]
         else:
             out = self.guided_native(x_t, t, cond, guidance_scale, uncond)
         if kind != self.prediction:

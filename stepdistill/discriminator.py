@@ -18,12 +18,11 @@ Rule: a discriminator reads the teacher, the fake score or the student, never th
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-from .backbones import adapter_for, call_inputs
+from .backbones import FeaturesRead, captured_levels
 from .denoiser import Condition, Denoiser
 from .schedules import add_noise
 
@@ -53,48 +52,13 @@ def level_channels(backbone: nn.Module, name: str) -> int:
     return config.num_attention_heads * config.attention_head_dim
 
 
-class _FeaturesRead(Exception):
-    """Raised by ``captured_levels(..., stop=True)`` once every named block has run: the rest of the forward pass
-    (a UNet's up blocks, about half its cost) is skipped."""
-
-
-@contextmanager
-def captured_levels(backbone: nn.Module, names: list[str], stop: bool = False):
-    """Within the block, ``store[name]`` receives the features ``[B, C, h, w]`` of block ``name`` of every call
-    (forward hooks; the backbone's code is not forked). ``stop``: a call ends, with ``_FeaturesRead``, as soon as
-    every named block has run (the caller wants the features, not the output)."""
-    adapter = adapter_for(backbone)
-    store: dict[str, Tensor] = {}
-
-    def remember_input(_module, args, kwargs):
-        for name in names:
-            store.pop(name, None)
-        store["inputs"] = call_inputs(args, kwargs)
-
-    def hook_for(name):
-        def hook(_module, _inputs, output):
-            store[name] = adapter.feature_map(backbone, output, store["inputs"])
-            if stop and all(n in store for n in names):
-                raise _FeaturesRead
-
-        return hook
-
-    handles = [backbone.register_forward_pre_hook(remember_input, with_kwargs=True)]
-    handles += [backbone.get_submodule(name).register_forward_hook(hook_for(name)) for name in names]
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def read_features(net: Denoiser, x_t: Tensor, t: Tensor, cond: Condition | None, names: list[str]) -> list[Tensor]:
     """``net``'s features of blocks ``names`` at ``(x_t, t)`` (unguided), one forward pass that stops after the last
     of them. Gradient reaches ``x_t`` if it has one; ``net``'s parameters get none when it is frozen."""
     with captured_levels(net.backbone, names, stop=True) as store:
         try:
             net(x_t, t, cond)
-        except _FeaturesRead:
+        except FeaturesRead:
             pass
     return [store[name] for name in names]
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import tiny_scheduler, tiny_unet
 
+from stepdistill.backbones import captured_levels
 from stepdistill.denoiser import Condition, Denoiser
 from stepdistill.discriminator import (
     Discriminator,
     accuracy_by_level,
     approximate_r1,
-    captured_levels,
     critic_loss,
     critic_times,
     feature_levels,
